@@ -1,0 +1,314 @@
+//! Merging the configuration layers: defaults → file → profile → environment → flags.
+#![forbid(unsafe_code)]
+
+use super::{Config, ConfigError, ConfigErrors, Cores, SinkKind};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Sections a tuning profile may set: placement and capacity, never where data goes.
+const PROFILE_SECTIONS: &[&str] = &["shards", "queue", "upload", "glommio"];
+
+/// Command-line overrides (the last layer).
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--listen ADDR`
+    pub listen: Option<String>,
+    /// `--sink fs|s3|discard`
+    pub sink: Option<SinkKind>,
+    /// `--fs-root DIR`
+    pub fs_root: Option<String>,
+    /// `--cores N` (or `all`)
+    pub cores: Option<String>,
+}
+
+/// Everything `load` reads.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `--config FILE`: a full configuration file (TOML).
+    pub config_file: Option<PathBuf>,
+    /// `--profile FILE`: a tuning profile (TOML, tuning sections only).
+    pub profile_file: Option<PathBuf>,
+    /// The process environment (only the variables listed in the README are read).
+    pub env: HashMap<String, String>,
+    /// Command-line flags.
+    pub flags: Flags,
+}
+
+/// Builds the configuration from all layers and validates it.
+pub fn load(src: &Sources) -> Result<Config, ConfigErrors> {
+    let mut errs = Vec::new();
+    let mut merged = toml::Table::new();
+    if let Some(path) = &src.config_file {
+        if let Some(t) = read_layer(path, "config file", None, &mut errs) {
+            merge(&mut merged, t);
+        }
+    }
+    if let Some(path) = &src.profile_file {
+        if let Some(t) = read_layer(path, "profile", Some(PROFILE_SECTIONS), &mut errs) {
+            merge(&mut merged, t);
+        }
+    }
+    if !errs.is_empty() {
+        return Err(ConfigErrors(errs));
+    }
+    let mut cfg: Config = match Config::deserialize_table(merged) {
+        Ok(c) => c,
+        Err(e) => return Err(ConfigErrors(vec![ConfigError(e)])),
+    };
+    apply_env(&mut cfg, &src.env, &mut errs);
+    apply_flags(&mut cfg, &src.flags, &mut errs);
+    if let Err(ConfigErrors(more)) = cfg.validate() {
+        errs.extend(more);
+    }
+    if errs.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+impl Config {
+    fn deserialize_table(t: toml::Table) -> Result<Config, String> {
+        toml::Value::Table(t)
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("configuration: {}", e.message()))
+    }
+}
+
+/// Reads one TOML layer and checks it alone, so an error names the file it came from.
+fn read_layer(
+    path: &Path,
+    what: &str,
+    allowed: Option<&[&str]>,
+    errs: &mut Vec<ConfigError>,
+) -> Option<toml::Table> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            errs.push(ConfigError(format!(
+                "{what} {}: cannot read: {e}",
+                path.display()
+            )));
+            return None;
+        }
+    };
+    let table: toml::Table = match toml::from_str(&text) {
+        Ok(t) => t,
+        Err(e) => {
+            errs.push(ConfigError(format!("{what} {}: {e}", path.display())));
+            return None;
+        }
+    };
+    if let Some(allowed) = allowed {
+        for key in table.keys() {
+            if !allowed.contains(&key.as_str()) {
+                errs.push(ConfigError(format!(
+                    "{what} {}: [{key}] does not belong in a tuning profile (allowed: {})",
+                    path.display(),
+                    allowed.join(", ")
+                )));
+            }
+        }
+    }
+    // Unknown keys and wrong types, reported against this file.
+    if let Err(e) = toml::from_str::<Config>(&text) {
+        errs.push(ConfigError(format!("{what} {}: {e}", path.display())));
+        return None;
+    }
+    Some(table)
+}
+
+/// Deep merge: tables merge key by key, anything else in `over` replaces `base`.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    name: &str,
+    v: &str,
+    errs: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match v.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            errs.push(ConfigError(format!("{name}: {v:?} is not a number")));
+            None
+        }
+    }
+}
+
+fn apply_env(cfg: &mut Config, env: &HashMap<String, String>, errs: &mut Vec<ConfigError>) {
+    let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
+    if let Some(v) = get("MAX_WORKERS") {
+        if let Some(n) = parse_num("MAX_WORKERS", v, errs) {
+            cfg.upload.max_in_flight = n;
+        }
+    }
+    if let Some(v) = get("MAX_QUEUE") {
+        if let Some(n) = parse_num("MAX_QUEUE", v, errs) {
+            cfg.queue.max_payloads = n;
+        }
+    }
+    if let Some(v) = get("S3_ENDPOINT") {
+        cfg.sink.s3.endpoint = Some(v.clone());
+    }
+    if let Some(v) = get("S3_BUCKET") {
+        cfg.sink.s3.bucket = Some(v.clone());
+    }
+    if let Some(v) = get("S3_REGION").or_else(|| get("AWS_REGION")) {
+        cfg.sink.s3.region = v.clone();
+    }
+    if let Some(v) = get("S3_PREFIX") {
+        cfg.keys.prefix = v.clone();
+    }
+    if let Some(v) = get("AWS_ACCESS_KEY_ID") {
+        cfg.sink.s3.access_key_id = Some(v.clone());
+    }
+    if let Some(v) = get("AWS_SECRET_ACCESS_KEY") {
+        cfg.sink.s3.secret_access_key = Some(v.clone());
+    }
+}
+
+fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
+    if let Some(v) = &flags.listen {
+        cfg.server.listen = v.clone();
+    }
+    if let Some(v) = flags.sink {
+        cfg.sink.kind = v;
+    }
+    if let Some(v) = &flags.fs_root {
+        cfg.sink.fs.root = v.clone();
+    }
+    if let Some(v) = &flags.cores {
+        if v == "all" {
+            cfg.shards.cores = Cores::Named("all".into());
+        } else if let Some(n) = parse_num("--cores", v, errs) {
+            cfg.shards.cores = Cores::Count(n);
+            // An explicit count on the command line replaces any CPU list from the file.
+            if cfg.shards.cpus.as_ref().is_some_and(|c| c.len() != n) {
+                cfg.shards.cpus = None;
+                cfg.shards.worker_cpus = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let conf = file("[server]\nlisten = \"127.0.0.1:9000\"\n[queue]\nmax_payloads = 10\n[upload]\nmax_in_flight = 3\n");
+        let prof = file("[queue]\nmax_payloads = 20\n[shards]\ncores = 2\n");
+        let mut env = HashMap::new();
+        env.insert("MAX_WORKERS".to_string(), "7".to_string());
+        let src = Sources {
+            config_file: Some(conf.path().into()),
+            profile_file: Some(prof.path().into()),
+            env,
+            flags: Flags {
+                cores: Some("1".into()),
+                ..Flags::default()
+            },
+        };
+        let c = load(&src).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9000"); // file
+        assert_eq!(c.queue.max_payloads, 20); // profile over file
+        assert_eq!(c.upload.max_in_flight, 7); // env over file
+        assert_eq!(c.shards.cores, Cores::Count(1)); // flag over profile
+        assert_eq!(c.queue.max_bytes, 64 << 20); // default kept
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_file() {
+        let conf = file("[queue]\nmax_payload = 10\n");
+        let src = Sources {
+            config_file: Some(conf.path().into()),
+            ..Sources::default()
+        };
+        let msg = load(&src).unwrap_err().to_string();
+        assert!(msg.contains("max_payload"), "{msg}");
+        assert!(msg.contains("config file"), "{msg}");
+    }
+
+    #[test]
+    fn profile_may_not_choose_the_sink() {
+        let prof = file("[sink]\nkind = \"discard\"\n");
+        let src = Sources {
+            profile_file: Some(prof.path().into()),
+            ..Sources::default()
+        };
+        let msg = load(&src).unwrap_err().to_string();
+        assert!(msg.contains("[sink] does not belong"), "{msg}");
+    }
+
+    #[test]
+    fn bad_env_number_names_the_variable() {
+        let mut env = HashMap::new();
+        env.insert("MAX_QUEUE".to_string(), "lots".to_string());
+        let src = Sources {
+            env,
+            ..Sources::default()
+        };
+        let msg = load(&src).unwrap_err().to_string();
+        assert!(msg.starts_with("MAX_QUEUE:"), "{msg}");
+    }
+
+    #[test]
+    fn s3_env_fills_the_sink() {
+        let mut env = HashMap::new();
+        for (k, v) in [
+            ("S3_ENDPOINT", "http://127.0.0.1:3900"),
+            ("S3_BUCKET", "b"),
+            ("S3_REGION", "garage"),
+            ("S3_PREFIX", "p"),
+            ("AWS_ACCESS_KEY_ID", "id"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ] {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let src = Sources {
+            env,
+            flags: Flags {
+                sink: Some(SinkKind::S3),
+                ..Flags::default()
+            },
+            ..Sources::default()
+        };
+        let c = load(&src).unwrap();
+        assert_eq!(c.sink.s3.bucket.as_deref(), Some("b"));
+        assert_eq!(c.sink.s3.region, "garage");
+        assert_eq!(c.keys.prefix, "p");
+    }
+
+    #[test]
+    fn shipped_profiles_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let src = Sources {
+                profile_file: Some(path.clone()),
+                ..Sources::default()
+            };
+            load(&src).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+        assert!(n >= 4, "expected the dev, two-core, auto and bare-metal profiles");
+    }
+}

@@ -1,0 +1,536 @@
+//! Configuration: built-in defaults, then a config file, then a tuning profile, then the
+//! environment, then command-line flags (later wins), then validation.
+//!
+//! Every struct here is the user's reference: each field's doc comment says what it does and
+//! why it exists. Unknown keys are errors (`deny_unknown_fields`) and `validate` names the key
+//! of every impossible value.
+#![forbid(unsafe_code)]
+
+mod load;
+mod placement;
+
+pub use load::{load, Flags, Sources};
+pub use placement::{allowed_cpus, resolve_placement, ShardPlacement};
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The whole server configuration, as merged from all layers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP front end: address, limits, timeouts, what a `200` promises.
+    pub server: ServerConfig,
+    /// How many shards (one glommio executor each) and on which CPUs.
+    pub shards: ShardsConfig,
+    /// Per-shard queue between the HTTP shard and its upload worker.
+    pub queue: QueueConfig,
+    /// Upload worker behaviour: concurrency and retries.
+    pub upload: UploadConfig,
+    /// Where payloads are stored.
+    pub sink: SinkConfig,
+    /// How object keys are built.
+    pub keys: KeysConfig,
+    /// Knobs passed to each glommio executor.
+    pub glommio: GlommioConfig,
+}
+
+/// HTTP front-end settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address every shard listens on (each with its own `SO_REUSEPORT` socket). Port 0 picks a
+    /// free port; the ready line prints the one bound.
+    pub listen: String,
+    /// Largest request body accepted; larger ones get `413` without being read into memory.
+    pub max_body_bytes: usize,
+    /// Which body parser to use. `serde` (serde_json, payloads kept as the bytes the client
+    /// sent) or `simd` (simd-json tape). `benches/ingest.rs` compares them.
+    pub parser: ParserKind,
+    /// What a `200` promises. Only `queued` (in the shard's memory queue, the Go service's
+    /// promise) is available in this build; `durable` and `uploaded` are planned.
+    pub ack: Ack,
+    /// A client must send its complete request head within this time, or the connection is
+    /// closed (slow-loris protection).
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive completely within this time, or the request gets `408`.
+    pub body_read_timeout_ms: u64,
+    /// Largest request head (request line plus headers) accepted.
+    pub max_header_bytes: usize,
+    /// On shutdown, requests in progress get this long to finish before their connections are
+    /// closed.
+    pub shutdown_grace_ms: u64,
+    /// Value of `Retry-After` (seconds) on `503` answers.
+    pub retry_after_secs: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1 << 20,
+            parser: ParserKind::Serde,
+            ack: Ack::Queued,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            max_header_bytes: 16 * 1024,
+            shutdown_grace_ms: 10_000,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// The body parser behind `ingest::BodyParser`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ParserKind {
+    /// serde_json into borrowed raw values: validates, keeps each payload's bytes as sent.
+    Serde,
+    /// simd-json tape (reused buffers) for validation and shape, structural indexes for the
+    /// payload byte ranges.
+    Simd,
+}
+
+/// What a `200` promises.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    /// The payloads are in the shard's memory queue.
+    Queued,
+    /// The payloads are in the shard's fsynced spool (not available yet).
+    Durable,
+    /// The payloads are in the store (not available yet).
+    Uploaded,
+}
+
+/// Number of shards: a count, or `"all"` for every CPU the process may use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Cores {
+    /// Exactly this many shards, on the first CPUs of the affinity mask.
+    Count(usize),
+    /// A keyword; only `"all"` is valid.
+    Named(String),
+}
+
+/// Shard count and placement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardsConfig {
+    /// Number of shards (`N` or `"all"`). One glommio executor per shard, each pinned to a CPU.
+    pub cores: Cores,
+    /// Explicit CPU ids for the shards (overrides the first-N choice). Each must be in the
+    /// process's affinity mask (`taskset`, cgroup cpusets); its length must match `cores`.
+    pub cpus: Option<Vec<usize>>,
+    /// CPU ids for the upload workers, one per shard. Default: the shard's own CPU.
+    pub worker_cpus: Option<Vec<usize>>,
+    /// Open connections allowed per shard; further connections are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        Self {
+            cores: Cores::Count(1),
+            cpus: None,
+            worker_cpus: None,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Per-shard queue bounds. A request is queued whole or not at all.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Payloads queued or uploading per shard before new requests get `503`. `MAX_QUEUE` sets it.
+    pub max_payloads: usize,
+    /// Request bytes held per shard (queued or uploading) before new requests get `503`: the
+    /// shard's memory ceiling for payload data.
+    pub max_bytes: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_payloads: 100_000,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Upload worker settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Concurrent PUTs per shard. `MAX_WORKERS` sets it.
+    pub max_in_flight: usize,
+    /// Attempts per object for transient failures (connection errors, 5xx, SlowDown,
+    /// timeouts); `0` retries until the store answers, so an outage fills the queue and turns
+    /// into `503`s instead of loss.
+    pub max_attempts: u32,
+    /// First retry delay; each retry doubles it (full jitter), up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    /// Longest delay between two attempts.
+    pub backoff_max_ms: u64,
+    /// Time limit for one PUT request.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 64,
+            max_attempts: 0,
+            backoff_base_ms: 50,
+            backoff_max_ms: 5_000,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// The kind of sink.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Objects as files under a local directory (no setup needed; the default).
+    Fs,
+    /// An S3 or S3-compatible store.
+    S3,
+    /// Count and drop. For benchmarks of the front end only.
+    Discard,
+}
+
+impl fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SinkKind::Fs => "fs",
+            SinkKind::S3 => "s3",
+            SinkKind::Discard => "discard",
+        })
+    }
+}
+
+/// Where payloads go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `fs`, `s3` or `discard`.
+    pub kind: SinkKind,
+    /// Settings of the `fs` sink.
+    pub fs: FsSinkConfig,
+    /// Settings of the `s3` sink.
+    pub s3: S3SinkConfig,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            kind: SinkKind::Fs,
+            fs: FsSinkConfig::default(),
+            s3: S3SinkConfig::default(),
+        }
+    }
+}
+
+/// The local-directory sink.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FsSinkConfig {
+    /// Directory under which objects are written, one file per key (atomically, by rename).
+    pub root: String,
+}
+
+impl Default for FsSinkConfig {
+    fn default() -> Self {
+        Self {
+            root: "corepost-data".into(),
+        }
+    }
+}
+
+/// The S3 sink.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3SinkConfig {
+    /// Endpoint URL of an S3-compatible store (`S3_ENDPOINT`); empty means AWS itself.
+    pub endpoint: Option<String>,
+    /// Region name (`S3_REGION`).
+    pub region: String,
+    /// Bucket name (`S3_BUCKET`). Required for the s3 sink.
+    pub bucket: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
+    pub path_style: bool,
+    /// Access key id; `AWS_ACCESS_KEY_ID` overrides it.
+    pub access_key_id: Option<String>,
+    /// Secret access key; `AWS_SECRET_ACCESS_KEY` overrides it. Never printed.
+    pub secret_access_key: Option<String>,
+}
+
+impl Default for S3SinkConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: "us-east-1".into(),
+            bucket: None,
+            path_style: true,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
+}
+
+/// Object key settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// First path segment of every key (`S3_PREFIX`).
+    pub prefix: String,
+    /// Name of this process in keys, so instances behind one load balancer never collide.
+    /// Default: the host name.
+    pub instance: Option<String>,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "corepost".into(),
+            instance: None,
+        }
+    }
+}
+
+/// glommio executor knobs, per shard.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GlommioConfig {
+    /// Busy-poll this long before parking an idle executor: lower latency, more CPU.
+    pub spin_before_park_us: u64,
+    /// Locked memory per executor for io_uring buffers, in KiB.
+    pub io_memory_kib: usize,
+    /// Entries in each io_uring ring.
+    pub ring_depth: usize,
+}
+
+impl Default for GlommioConfig {
+    fn default() -> Self {
+        Self {
+            spin_before_park_us: 0,
+            io_memory_kib: 10 * 1024,
+            ring_depth: 128,
+        }
+    }
+}
+
+/// A configuration error; the message always names the key (or variable, or flag).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All errors found in one configuration, reported together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Checks every value that the types alone cannot; each error names its key.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errs = Vec::new();
+        let mut bad = |key: &str, msg: String| errs.push(ConfigError(format!("{key}: {msg}")));
+        if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad(
+                "server.listen",
+                format!("{:?} is not an IP:port address", self.server.listen),
+            );
+        }
+        if self.server.max_body_bytes == 0 || self.server.max_body_bytes > 1 << 30 {
+            bad(
+                "server.max_body_bytes",
+                "must be between 1 and 1073741824".into(),
+            );
+        }
+        if self.server.ack != Ack::Queued {
+            bad(
+                "server.ack",
+                format!(
+                    "\"{}\" is not available in this build; only \"queued\" is",
+                    format!("{:?}", self.server.ack).to_lowercase()
+                ),
+            );
+        }
+        for (key, v) in [
+            ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
+            ("upload.request_timeout_ms", self.upload.request_timeout_ms),
+            ("upload.backoff_base_ms", self.upload.backoff_base_ms),
+        ] {
+            if v == 0 {
+                bad(key, "must be greater than 0".into());
+            }
+        }
+        if self.server.max_header_bytes < 1024 {
+            bad("server.max_header_bytes", "must be at least 1024".into());
+        }
+        if self.upload.backoff_max_ms < self.upload.backoff_base_ms {
+            bad(
+                "upload.backoff_max_ms",
+                "must be at least upload.backoff_base_ms".into(),
+            );
+        }
+        if let Cores::Named(name) = &self.shards.cores {
+            if name != "all" {
+                bad(
+                    "shards.cores",
+                    format!("{name:?} is neither a number nor \"all\""),
+                );
+            }
+        }
+        if self.shards.cores == Cores::Count(0) {
+            bad("shards.cores", "must be at least 1".into());
+        }
+        if self.shards.max_connections == 0 {
+            bad("shards.max_connections", "must be at least 1".into());
+        }
+        if self.queue.max_payloads == 0 {
+            bad("queue.max_payloads", "must be at least 1 (MAX_QUEUE)".into());
+        }
+        if self.queue.max_bytes < self.server.max_body_bytes {
+            bad(
+                "queue.max_bytes",
+                format!(
+                    "must be at least server.max_body_bytes ({}), or no full-size request could ever be queued",
+                    self.server.max_body_bytes
+                ),
+            );
+        }
+        if self.upload.max_in_flight == 0 || self.upload.max_in_flight > 4096 {
+            bad(
+                "upload.max_in_flight",
+                "must be between 1 and 4096 (MAX_WORKERS)".into(),
+            );
+        }
+        if self.sink.kind == SinkKind::S3 {
+            if self.sink.s3.bucket.as_deref().unwrap_or("").is_empty() {
+                bad("sink.s3.bucket", "required for the s3 sink (S3_BUCKET)".into());
+            }
+            if self.sink.s3.access_key_id.is_none() || self.sink.s3.secret_access_key.is_none() {
+                bad(
+                    "sink.s3.access_key_id",
+                    "credentials required for the s3 sink (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)".into(),
+                );
+            }
+            if let Some(ep) = &self.sink.s3.endpoint {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    bad(
+                        "sink.s3.endpoint",
+                        format!("{ep:?} must start with http:// or https://"),
+                    );
+                }
+            }
+        }
+        if self.sink.kind == SinkKind::Fs && self.sink.fs.root.is_empty() {
+            bad("sink.fs.root", "must not be empty".into());
+        }
+        if self.keys.prefix.starts_with('/') || self.keys.prefix.contains("..") {
+            bad(
+                "keys.prefix",
+                "must not start with '/' or contain '..'".into(),
+            );
+        }
+        if let Some(inst) = &self.keys.instance {
+            if inst.is_empty() || inst.contains('/') {
+                bad("keys.instance", "must be non-empty and contain no '/'".into());
+            }
+        }
+        if self.glommio.io_memory_kib < 64 {
+            bad("glommio.io_memory_kib", "must be at least 64".into());
+        }
+        if !(8..=32768).contains(&self.glommio.ring_depth) {
+            bad("glommio.ring_depth", "must be between 8 and 32768".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
+    /// The configuration as TOML, with secrets redacted (for `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        if c.sink.s3.secret_access_key.is_some() {
+            c.sink.s3.secret_access_key = Some("<redacted>".into());
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn errors_name_their_keys() {
+        let mut c = Config::default();
+        c.server.listen = "nowhere".into();
+        c.queue.max_payloads = 0;
+        c.upload.max_in_flight = 0;
+        c.shards.cores = Cores::Named("many".into());
+        c.sink.kind = SinkKind::S3;
+        let errs = c.validate().unwrap_err().0;
+        let text: Vec<_> = errs.iter().map(|e| e.0.split(':').next().unwrap()).collect();
+        assert_eq!(
+            text,
+            [
+                "server.listen",
+                "shards.cores",
+                "queue.max_payloads",
+                "upload.max_in_flight",
+                "sink.s3.bucket",
+                "sink.s3.access_key_id"
+            ]
+        );
+    }
+
+    #[test]
+    fn unsupported_ack_is_an_error() {
+        let mut c = Config::default();
+        c.server.ack = Ack::Durable;
+        let errs = c.validate().unwrap_err();
+        assert!(errs.to_string().starts_with("server.ack: \"durable\""), "{errs}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = Config::default();
+        c.sink.s3.secret_access_key = Some("hunter2".into());
+        let out = c.to_redacted_toml();
+        assert!(!out.contains("hunter2"));
+        assert!(out.contains("<redacted>"));
+    }
+}

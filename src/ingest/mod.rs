@@ -1,0 +1,309 @@
+//! Body → payloads: validating a request body and finding each payload's bytes in it.
+//!
+//! Both parsers return the same thing: the byte range of every element of `data`, as the
+//! client sent it (escapes, non-ASCII text and 64-bit integers survive because nothing is
+//! re-encoded). Which one runs is `server.parser`; `benches/ingest.rs` measures both.
+#![forbid(unsafe_code)]
+
+mod simd;
+
+use crate::config::ParserKind;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Deepest nesting of arrays and objects accepted (the top-level object is level 1); the same
+/// limit as serde_json's recursion limit, so neither parser accepts what the other refuses.
+pub const MAX_DEPTH: usize = 128;
+
+/// Byte range `start..end` of one payload inside the request body.
+pub type Span = (u32, u32);
+
+/// Why a request was not accepted. Each variant knows its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    /// The body is not valid JSON (or not UTF-8).
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// Valid JSON of the wrong shape.
+    #[error("wrong shape: {0}")]
+    Shape(String),
+    /// Containers nested deeper than [`MAX_DEPTH`].
+    #[error("nesting deeper than {0} levels")]
+    TooDeep(usize),
+    /// The body is larger than `server.max_body_bytes`.
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    /// The body could not be read (connection error, bad chunked encoding).
+    #[error("could not read the body: {0}")]
+    Body(String),
+    /// The body did not arrive within `server.body_read_timeout_ms`.
+    #[error("body not received within {0} ms")]
+    BodyTimeout(u64),
+    /// The shard's queue has no room for the whole request.
+    #[error("overloaded")]
+    Overloaded,
+    /// The server is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl IngestError {
+    /// The HTTP status that tells the client what happened.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::Json(_)
+            | IngestError::Shape(_)
+            | IngestError::Body(_)
+            | IngestError::TooDeep(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            IngestError::Overloaded | IngestError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// The collection as the Go service defined it. `version` and `token` are optional like in
+/// Go's decoder, but must be strings when present; unknown top-level fields are ignored.
+#[derive(Deserialize)]
+struct Collection<'a> {
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: Vec<&'a RawValue>,
+}
+
+/// A body parser with its reusable buffers; one per shard.
+#[derive(Debug)]
+pub struct BodyParser {
+    kind: ParserKind,
+    simd: simd::SimdState,
+}
+
+impl BodyParser {
+    /// A parser of the given kind.
+    pub fn new(kind: ParserKind) -> Self {
+        Self {
+            kind,
+            simd: simd::SimdState::default(),
+        }
+    }
+
+    /// Validates `body` and appends the byte range of each payload to `spans` (cleared first).
+    pub fn parse(&mut self, body: &[u8], spans: &mut Vec<Span>) -> Result<(), IngestError> {
+        spans.clear();
+        if body.len() > u32::MAX as usize {
+            return Err(IngestError::TooLarge(u32::MAX as usize));
+        }
+        match self.kind {
+            ParserKind::Serde => parse_serde(body, spans),
+            ParserKind::Simd => self.simd.parse(body, spans),
+        }
+    }
+}
+
+fn parse_serde(body: &[u8], spans: &mut Vec<Span>) -> Result<(), IngestError> {
+    let c: Collection<'_> = serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => IngestError::Shape(e.to_string()),
+            _ => IngestError::Json(e.to_string()),
+        }
+    })?;
+    check_depth(body, MAX_DEPTH)?;
+    let base = body.as_ptr() as usize;
+    spans.reserve(c.data.len());
+    for raw in c.data {
+        let s = raw.get();
+        // A borrowed RawValue is a sub-slice of `body`; its offset is plain address arithmetic.
+        let start = (s.as_ptr() as usize).wrapping_sub(base);
+        if start > body.len() || start + s.len() > body.len() {
+            return Err(IngestError::Json("payload outside the body".into()));
+        }
+        spans.push((start as u32, (start + s.len()) as u32));
+    }
+    Ok(())
+}
+
+/// Refuses nesting deeper than `max`. serde_json skips over a raw value without a depth limit,
+/// so the serde path checks here; counting brackets first makes the common case one cheap pass.
+fn check_depth(body: &[u8], max: usize) -> Result<(), IngestError> {
+    let opens = body.iter().filter(|&&c| c == b'[' || c == b'{').count();
+    if opens <= max {
+        return Ok(());
+    }
+    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
+    for &c in body {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if c == b'\\' {
+                esc = true;
+            } else if c == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(IngestError::TooDeep(max));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY10: &[u8] = include_bytes!("../../benches/workload/body10.json");
+
+    fn both(body: &[u8]) -> Vec<Result<Vec<String>, IngestError>> {
+        [ParserKind::Serde, ParserKind::Simd]
+            .into_iter()
+            .map(|k| {
+                let mut p = BodyParser::new(k);
+                let mut spans = Vec::new();
+                p.parse(body, &mut spans).map(|()| {
+                    spans
+                        .iter()
+                        .map(|&(s, e)| String::from_utf8(body[s as usize..e as usize].to_vec()).unwrap())
+                        .collect()
+                })
+            })
+            .collect()
+    }
+
+    fn ok(body: &str) -> Vec<String> {
+        let r = both(body.as_bytes());
+        assert_eq!(r[0], r[1], "parsers disagree on {body}");
+        r[0].clone().unwrap_or_else(|e| panic!("{body}: {e}"))
+    }
+
+    fn err(body: &[u8]) -> IngestError {
+        let r = both(body);
+        let e0 = r[0].clone().expect_err("serde accepted");
+        let e1 = r[1].clone().expect_err("simd accepted");
+        assert_eq!(e0.status(), e1.status(), "{e0} vs {e1}");
+        assert_eq!(
+            std::mem::discriminant(&e0),
+            std::mem::discriminant(&e1),
+            "{e0} vs {e1}"
+        );
+        e0
+    }
+
+    #[test]
+    fn standard_body_gives_ten_payloads_equal_in_value() {
+        let payloads = ok(std::str::from_utf8(BODY10).unwrap());
+        assert_eq!(payloads.len(), 10);
+        let whole: serde_json::Value = serde_json::from_slice(BODY10).unwrap();
+        for (i, p) in payloads.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(p).unwrap();
+            assert_eq!(v, whole["data"][i]);
+        }
+    }
+
+    #[test]
+    fn bytes_as_sent_survive() {
+        let body = r#" { "token" : "t" , "data" : [ {"s":"a\"b\\c\u00e9\n","big":18446744073709551615,"neg":-9223372036854775808} , "ünïcødé ✓" ,
+        [1,[2,{"x":[]}]] , null , 1.5e300 ] , "version" : "v" } "#;
+        let p = ok(body);
+        assert_eq!(
+            p,
+            [
+                r#"{"s":"a\"b\\c\u00e9\n","big":18446744073709551615,"neg":-9223372036854775808}"#,
+                r#""ünïcødé ✓""#,
+                r#"[1,[2,{"x":[]}]]"#,
+                "null",
+                "1.5e300"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_data_is_fine_and_other_fields_are_optional() {
+        assert!(ok(r#"{"version":"1","token":"t","data":[]}"#).is_empty());
+        assert_eq!(ok(r#"{"data":[{}],"extra":{"data":[1,2]}}"#), ["{}"]);
+        assert_eq!(ok(r#"{"version":null,"data":[ 7 ]}"#), ["7"]);
+    }
+
+    #[test]
+    fn escaped_key_is_still_data() {
+        assert_eq!(ok(r#"{"d\u0061ta":[1]}"#), ["1"]);
+    }
+
+    #[test]
+    fn invalid_json_is_a_json_error() {
+        for b in [
+            &b""[..],
+            b"{",
+            b"{\"data\":[1,]}",
+            b"{\"data\":[1]} x",
+            b"{\"data\":[\"\xff\"]}",
+            b"nul",
+        ] {
+            assert!(matches!(err(b), IngestError::Json(_)), "{:?}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn wrong_shape_is_a_shape_error() {
+        for b in [
+            &br#"[]"#[..],
+            br#"{"version":"1"}"#,
+            br#"{"data":{}}"#,
+            br#"{"data":[],"version":5}"#,
+            br#"{"data":[],"token":[]}"#,
+            br#"{"data":[],"data":[]}"#,
+            br#""data""#,
+        ] {
+            assert!(matches!(err(b), IngestError::Shape(_)), "{}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let mut b = String::from(r#"{"data":["#);
+        b.push_str(&"[".repeat(10_000));
+        b.push_str(&"]".repeat(10_000));
+        b.push_str("]}");
+        let e = err(b.as_bytes());
+        assert_eq!(e, IngestError::TooDeep(MAX_DEPTH));
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn depth_limit_is_the_same_for_both_parsers() {
+        // Top-level object is level 1, `data` level 2, so payloads may nest MAX_DEPTH - 2 deep.
+        let nested = |n: usize| format!(r#"{{"data":[{}{}]}}"#, "[".repeat(n), "]".repeat(n));
+        assert_eq!(ok(&nested(MAX_DEPTH - 2)).len(), 1);
+        assert_eq!(err(nested(MAX_DEPTH - 1).as_bytes()), IngestError::TooDeep(MAX_DEPTH));
+        // Brackets inside strings do not count.
+        let in_string = format!(r#"{{"data":["{}"]}}"#, "[".repeat(500));
+        assert_eq!(ok(&in_string).len(), 1);
+    }
+
+    #[test]
+    fn error_messages_say_where() {
+        let r = both(b"{\"data\":[1,]}");
+        for e in r {
+            let msg = e.unwrap_err().to_string();
+            assert!(msg.contains("column 12") || msg.contains("byte 11"), "{msg}");
+        }
+    }
+}

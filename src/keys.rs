@@ -1,0 +1,125 @@
+//! Object keys: `{prefix}/{yyyy}/{mm}/{dd}/{hh}/{instance}-{shard}-{start}-{seq}.json`.
+//!
+//! `instance` names the process, `start` is its start time in microseconds and `seq` counts
+//! per shard, so two keys collide only if the same host name starts two processes within the
+//! same microsecond: never across shards, restarts or machines (the Go service's
+//! `folder/UnixNano` keys could collide between any two workers).
+#![forbid(unsafe_code)]
+
+use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Everything about a key that is fixed for a shard's lifetime.
+#[derive(Debug, Clone)]
+pub struct KeySpace {
+    prefix: String,
+    /// `{instance}-{shard}-{start}-`, formatted once.
+    stem: String,
+}
+
+impl KeySpace {
+    /// The key space of one shard of one process.
+    pub fn new(prefix: &str, instance: &str, shard: usize, start_micros: u64) -> Self {
+        Self {
+            prefix: prefix.trim_end_matches('/').to_string(),
+            stem: format!("{instance}-{shard}-{start_micros}-"),
+        }
+    }
+
+    /// The key of payload `seq`, received at `unix_secs`, with the given extension.
+    pub fn key(&self, unix_secs: u64, seq: u64, ext: &str) -> String {
+        let (y, m, d, h) = civil_hour(unix_secs);
+        let mut k = String::with_capacity(self.prefix.len() + self.stem.len() + 40);
+        if !self.prefix.is_empty() {
+            k.push_str(&self.prefix);
+            k.push('/');
+        }
+        // Writing into a String cannot fail.
+        let _ = write!(k, "{y:04}/{m:02}/{d:02}/{h:02}/{}{seq}.{ext}", self.stem);
+        k
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The host name, for the default instance name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().replace('/', "_"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "corepost".into())
+}
+
+/// UTC (year, month, day, hour) of a Unix time, by Howard Hinnant's `civil_from_days`.
+fn civil_hour(unix_secs: u64) -> (i64, u32, u32, u32) {
+    let days = (unix_secs / 86_400) as i64;
+    let hour = ((unix_secs % 86_400) / 3600) as u32;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, hour)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_hour(0), (1970, 1, 1, 0));
+        // 2000-02-29 13:00:00 UTC (leap day in a century leap year)
+        assert_eq!(civil_hour(951_829_200), (2000, 2, 29, 13));
+        // 2026-11-28 23:59:59 UTC
+        assert_eq!(civil_hour(1_795_910_399), (2026, 11, 28, 23));
+        // 2024-12-31 00:00:00 UTC and the next day
+        assert_eq!(civil_hour(1_735_603_200), (2024, 12, 31, 0));
+        assert_eq!(civil_hour(1_735_689_600), (2025, 1, 1, 0));
+    }
+
+    #[test]
+    fn key_layout() {
+        let ks = KeySpace::new("events/", "host-a", 1, 1_700_000_000_000_000);
+        assert_eq!(
+            ks.key(1_795_910_399, 42, "json"),
+            "events/2026/11/28/23/host-a-1-1700000000000000-42.json"
+        );
+        let bare = KeySpace::new("", "h", 0, 5);
+        assert_eq!(bare.key(0, 0, "json"), "1970/01/01/00/h-0-5-0.json");
+    }
+
+    #[test]
+    fn keys_differ_across_shards_restarts_and_instances() {
+        let t = 1_795_910_399;
+        let keys = [
+            KeySpace::new("p", "a", 0, 1).key(t, 7, "json"),
+            KeySpace::new("p", "a", 1, 1).key(t, 7, "json"),
+            KeySpace::new("p", "a", 0, 2).key(t, 7, "json"),
+            KeySpace::new("p", "b", 0, 1).key(t, 7, "json"),
+        ];
+        let mut uniq = keys.to_vec();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(uniq.len(), keys.len());
+    }
+}

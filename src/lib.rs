@@ -1,0 +1,18 @@
+//! corepost: a thread-per-core HTTP ingest server that lands every POSTed payload in S3.
+//!
+//! # Layout
+//! - [`config`]: defaults, config file, tuning profile, environment and flags; validation;
+//!   CPU placement.
+//! - [`ingest`]: request body → validated payload byte ranges (simd-json or serde_json).
+//! - [`keys`]: object keys that never collide across shards, restarts or machines.
+//! - [`queue`]: the per-shard queue to the upload worker, bounded by payloads and bytes.
+//! - [`upload`]: upload workers, sinks (s3, fs, discard), retries with backoff.
+//! - [`metrics`]: per-shard counters and the Prometheus text rendering.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod ingest;
+pub mod keys;
+pub mod metrics;
+pub mod queue;
+pub mod upload;

@@ -1,0 +1,200 @@
+//! Per-shard counters, summed (and labelled by shard) only when `/metrics` is scraped.
+//!
+//! Each counter has one writer: the shard's executor or the shard's upload worker, so the
+//! atomics are never contended on the hot path; a scrape only reads them.
+#![forbid(unsafe_code)]
+
+use crate::queue::Budget;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Routes counted in `corepost_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/payloads` and `POST /`.
+    Payloads,
+    /// `/healthz`
+    Health,
+    /// `/readyz`
+    Ready,
+    /// `/metrics`
+    Metrics,
+    /// Anything else.
+    Other,
+}
+
+const ROUTES: [&str; 5] = ["payloads", "healthz", "readyz", "metrics", "other"];
+const STATUSES: [u16; 11] = [200, 400, 404, 405, 408, 413, 500, 503, 204, 431, 0];
+/// Upload latency histogram bucket bounds, in seconds.
+const LATENCY_BOUNDS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+fn status_index(status: u16) -> usize {
+    STATUSES
+        .iter()
+        .position(|&s| s == status)
+        .unwrap_or(STATUSES.len() - 1)
+}
+
+/// One shard's counters.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    /// Payloads answered 200 for.
+    pub payloads_accepted: AtomicU64,
+    /// Request body bytes accepted.
+    pub bytes_in: AtomicU64,
+    /// Payloads stored in the sink.
+    pub payloads_uploaded: AtomicU64,
+    /// Payloads given up on after retries (logged each).
+    pub payloads_failed: AtomicU64,
+    /// Upload attempts that failed and were retried.
+    pub upload_retries: AtomicU64,
+    /// Bytes written to the sink.
+    pub bytes_out: AtomicU64,
+    /// Uploads in progress now.
+    pub uploads_in_flight: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Connections closed at once because `shards.max_connections` was reached.
+    pub connections_rejected: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BOUNDS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    /// False while the sink's last attempt failed (drives `/readyz`).
+    pub sink_failing: AtomicBool,
+}
+
+/// Adds to a counter.
+pub fn inc(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Relaxed);
+}
+
+/// Subtracts from a gauge.
+pub fn dec(c: &AtomicU64, n: u64) {
+    c.fetch_sub(n, Relaxed);
+}
+
+impl ShardStats {
+    /// Counts one answered request.
+    pub fn request(&self, route: Route, status: u16) {
+        inc(&self.requests[route as usize][status_index(status)], 1);
+    }
+
+    /// Records one successful upload's latency.
+    pub fn observe_upload(&self, seconds: f64) {
+        if let Some(i) = LATENCY_BOUNDS.iter().position(|&b| seconds <= b) {
+            inc(&self.latency_buckets[i], 1);
+        }
+        inc(&self.latency_count, 1);
+        inc(&self.latency_sum_us, (seconds * 1e6) as u64);
+    }
+
+    /// Requests answered on `route` with `status`.
+    pub fn requests(&self, route: Route, status: u16) -> u64 {
+        self.requests[route as usize][status_index(status)].load(Relaxed)
+    }
+}
+
+/// What a scrape reads from one shard.
+#[derive(Debug, Clone)]
+pub struct ShardView {
+    /// The shard's counters.
+    pub stats: Arc<ShardStats>,
+    /// The shard's queue budget (for the queue depth gauges).
+    pub budget: Arc<Budget>,
+}
+
+/// Renders all shards in Prometheus text format.
+pub fn render(shards: &[ShardView], ready: bool) -> String {
+    let mut out = String::with_capacity(8192);
+    let counters: [(&str, &str, fn(&ShardStats) -> &AtomicU64); 9] = [
+        ("corepost_payloads_accepted_total", "Payloads answered 200 for.", |s| &s.payloads_accepted),
+        ("corepost_bytes_in_total", "Request body bytes accepted.", |s| &s.bytes_in),
+        ("corepost_payloads_uploaded_total", "Payloads stored in the sink.", |s| &s.payloads_uploaded),
+        ("corepost_payloads_failed_total", "Payloads given up on after retries.", |s| &s.payloads_failed),
+        ("corepost_upload_retries_total", "Upload attempts retried.", |s| &s.upload_retries),
+        ("corepost_bytes_out_total", "Bytes written to the sink.", |s| &s.bytes_out),
+        ("corepost_uploads_in_flight", "Uploads in progress.", |s| &s.uploads_in_flight),
+        ("corepost_connections_open", "Connections open.", |s| &s.connections_open),
+        ("corepost_connections_rejected_total", "Connections refused at the per-shard limit.", |s| &s.connections_rejected),
+    ];
+    for (name, help, get) in counters {
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (i, sh) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(&sh.stats).load(Relaxed));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP corepost_requests_total HTTP requests by route and status.\n# TYPE corepost_requests_total counter"
+    );
+    for (i, sh) in shards.iter().enumerate() {
+        for (r, route) in ROUTES.iter().enumerate() {
+            for (s, status) in STATUSES.iter().enumerate() {
+                let v = sh.stats.requests[r][s].load(Relaxed);
+                if v > 0 {
+                    let status = if *status == 0 { "other".to_string() } else { status.to_string() };
+                    let _ = writeln!(
+                        out,
+                        "corepost_requests_total{{shard=\"{i}\",route=\"{route}\",status=\"{status}\"}} {v}"
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP corepost_queue_payloads Payloads queued or uploading.\n# TYPE corepost_queue_payloads gauge");
+    for (i, sh) in shards.iter().enumerate() {
+        let _ = writeln!(out, "corepost_queue_payloads{{shard=\"{i}\"}} {}", sh.budget.depth().0);
+    }
+    let _ = writeln!(out, "# HELP corepost_queue_bytes Body bytes queued or uploading.\n# TYPE corepost_queue_bytes gauge");
+    for (i, sh) in shards.iter().enumerate() {
+        let _ = writeln!(out, "corepost_queue_bytes{{shard=\"{i}\"}} {}", sh.budget.depth().1);
+    }
+    let name = "corepost_upload_duration_seconds";
+    let _ = writeln!(out, "# HELP {name} Latency of successful uploads.\n# TYPE {name} histogram");
+    for (i, sh) in shards.iter().enumerate() {
+        let st = &sh.stats;
+        let mut cum = 0;
+        for (b, bound) in LATENCY_BOUNDS.iter().enumerate() {
+            cum += st.latency_buckets[b].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{shard=\"{i}\",le=\"{bound}\"}} {cum}");
+        }
+        let count = st.latency_count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {count}");
+        let sum = st.latency_sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {sum}\n{name}_count{{shard=\"{i}\"}} {count}");
+    }
+    let _ = writeln!(out, "# HELP corepost_ready 1 when the server is ready (sink working, not shutting down).\n# TYPE corepost_ready gauge\ncorepost_ready {}", u8::from(ready));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_per_shard_values() {
+        let views: Vec<_> = (0..2)
+            .map(|_| ShardView {
+                stats: Arc::new(ShardStats::default()),
+                budget: Arc::new(Budget::new(10, 100)),
+            })
+            .collect();
+        views[1].stats.request(Route::Payloads, 200);
+        views[1].stats.request(Route::Payloads, 200);
+        views[0].stats.request(Route::Other, 404);
+        inc(&views[0].stats.payloads_accepted, 7);
+        views[0].stats.observe_upload(0.003);
+        let text = render(&views, true);
+        assert!(text.contains("corepost_requests_total{shard=\"1\",route=\"payloads\",status=\"200\"} 2"));
+        assert!(text.contains("corepost_requests_total{shard=\"0\",route=\"other\",status=\"404\"} 1"));
+        assert!(text.contains("corepost_payloads_accepted_total{shard=\"0\"} 7"));
+        assert!(text.contains("corepost_upload_duration_seconds_bucket{shard=\"0\",le=\"0.005\"} 1"));
+        assert!(text.contains("corepost_upload_duration_seconds_bucket{shard=\"0\",le=\"0.002\"} 0"));
+        assert!(text.contains("corepost_ready 1"));
+    }
+}

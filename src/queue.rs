@@ -1,0 +1,161 @@
+//! The per-shard queue between a shard (glommio) and its upload worker (tokio), with
+//! backpressure: bounded by payload count and by bytes, a request is queued whole or not at all.
+#![forbid(unsafe_code)]
+
+use crate::ingest::{IngestError, Span};
+use bytes::Bytes;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// One accepted request: its body and where each payload lies in it.
+#[derive(Debug)]
+pub struct Job {
+    /// The request body, exactly as received (owned, exact size).
+    pub body: Bytes,
+    /// Byte range of each payload in `body`.
+    pub spans: Vec<Span>,
+    /// Sequence number of the first payload; payload `i` has `first_seq + i`.
+    pub first_seq: u64,
+    /// When the request was accepted (Unix seconds), for the key's date path.
+    pub received_secs: u64,
+}
+
+/// The shard's memory budget for payload data: what is queued or uploading. The shard
+/// reserves, the worker releases when a request's last payload is stored (or given up).
+#[derive(Debug)]
+pub struct Budget {
+    payloads: AtomicUsize,
+    bytes: AtomicUsize,
+    max_payloads: usize,
+    max_bytes: usize,
+}
+
+impl Budget {
+    /// A budget of `max_payloads` payloads and `max_bytes` body bytes.
+    pub fn new(max_payloads: usize, max_bytes: usize) -> Self {
+        Self {
+            payloads: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_payloads,
+            max_bytes,
+        }
+    }
+
+    /// Whether a body of `bytes` could fit now (checked before reading it).
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.payloads.load(Relaxed) < self.max_payloads
+            && self.bytes.load(Relaxed) + bytes <= self.max_bytes
+    }
+
+    /// Reserves room for a whole request. Only the owning shard reserves, and the worker only
+    /// ever frees, so a check followed by an add cannot overshoot.
+    fn try_reserve(&self, payloads: usize, bytes: usize) -> bool {
+        if self.payloads.load(Relaxed) + payloads > self.max_payloads
+            || self.bytes.load(Relaxed) + bytes > self.max_bytes
+        {
+            return false;
+        }
+        self.payloads.fetch_add(payloads, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+        true
+    }
+
+    /// Returns the room a finished request held.
+    pub fn release(&self, payloads: usize, bytes: usize) {
+        self.payloads.fetch_sub(payloads, Relaxed);
+        self.bytes.fetch_sub(bytes, Relaxed);
+    }
+
+    /// Payloads and bytes held now.
+    pub fn depth(&self) -> (usize, usize) {
+        (self.payloads.load(Relaxed), self.bytes.load(Relaxed))
+    }
+}
+
+/// The shard's end of its queue.
+#[derive(Debug)]
+pub struct JobSender {
+    tx: flume::Sender<Job>,
+    budget: Arc<Budget>,
+}
+
+/// Creates a shard's queue; the receiver goes to its upload worker.
+pub fn channel(budget: Arc<Budget>) -> (JobSender, flume::Receiver<Job>) {
+    // Every job holds at least one payload, so the count bound of the budget is the binding
+    // one; the channel bound only keeps flume's own buffer finite.
+    let (tx, rx) = flume::bounded(budget.max_payloads.max(1));
+    (JobSender { tx, budget }, rx)
+}
+
+impl JobSender {
+    /// The budget this queue is bounded by.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    /// Queues a whole request or refuses it; never waits.
+    pub fn send(&self, job: Job) -> Result<(), IngestError> {
+        let (n, bytes) = (job.spans.len(), job.body.len());
+        if !self.budget.try_reserve(n, bytes) {
+            return Err(IngestError::Overloaded);
+        }
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.budget.release(n, bytes);
+                Err(match e {
+                    flume::TrySendError::Full(_) => IngestError::Overloaded,
+                    flume::TrySendError::Disconnected(_) => IngestError::ShuttingDown,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: usize, bytes: usize) -> Job {
+        Job {
+            body: Bytes::from(vec![b' '; bytes]),
+            spans: vec![(0, 1); n],
+            first_seq: 0,
+            received_secs: 0,
+        }
+    }
+
+    #[test]
+    fn requests_are_queued_whole_or_not_at_all() {
+        let budget = Arc::new(Budget::new(10, 1000));
+        let (tx, rx) = channel(budget.clone());
+        tx.send(job(6, 100)).unwrap();
+        assert_eq!(tx.send(job(5, 100)), Err(IngestError::Overloaded));
+        assert_eq!(budget.depth(), (6, 100));
+        tx.send(job(4, 100)).unwrap();
+        assert_eq!(tx.send(job(1, 1)), Err(IngestError::Overloaded));
+        let first = rx.recv().unwrap();
+        budget.release(first.spans.len(), first.body.len());
+        tx.send(job(1, 1)).unwrap();
+        assert_eq!(budget.depth(), (5, 101));
+    }
+
+    #[test]
+    fn byte_bound_holds() {
+        let budget = Arc::new(Budget::new(100, 250));
+        let (tx, _rx) = channel(budget.clone());
+        tx.send(job(1, 200)).unwrap();
+        assert_eq!(tx.send(job(1, 51)), Err(IngestError::Overloaded));
+        assert!(!budget.has_room(51));
+        assert!(budget.has_room(50));
+    }
+
+    #[test]
+    fn closed_queue_means_shutting_down() {
+        let budget = Arc::new(Budget::new(10, 1000));
+        let (tx, rx) = channel(budget.clone());
+        drop(rx);
+        assert_eq!(tx.send(job(1, 1)), Err(IngestError::ShuttingDown));
+        assert_eq!(budget.depth(), (0, 0));
+    }
+}

@@ -8,6 +8,8 @@
 //! - [`queue`]: the per-shard queue to the upload worker, bounded by payloads and bytes.
 //! - [`upload`]: upload workers, sinks (s3, fs, discard), retries with backoff.
 //! - [`metrics`]: per-shard counters and the Prometheus text rendering.
+//! - [`http`]: hyper http1 on glommio streams, routing, the API's answers.
+//! - [`shard`]: executors pinned per core, listeners, start-up and graceful shutdown.
 #![warn(missing_docs)]
 
 pub mod config;
@@ -16,3 +18,5 @@ pub mod keys;
 pub mod metrics;
 pub mod queue;
 pub mod upload;
+pub mod http;
+pub mod shard;

@@ -1,0 +1,216 @@
+//! HTTP: hyper http1 connections on glommio, routing, and the answers the API promises.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `POST /v1/payloads`, `POST /` | `200 {"accepted": N}`, `400`, `408`, `413`, `503` |
+//! | other method on a payload path | `405` with `Allow: POST` |
+//! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus text |
+
+mod io;
+
+pub use io::{GlommioTimer, HyperIo, Scratch};
+
+use crate::ingest::IngestError;
+use crate::metrics::{inc, render, Route};
+use crate::queue::Job;
+use crate::shard::ShardCtx;
+use bytes::Bytes;
+use futures_lite::future;
+use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Every answer is a small in-memory body.
+pub type Resp = Response<Full<Bytes>>;
+
+/// Serves one connection until the client closes it, an error ends it, or shutdown asks it to
+/// finish (the request in progress completes, keep-alive stops).
+pub async fn serve_connection(stream: glommio::net::TcpStream, shard: Rc<ShardCtx>) {
+    let cfg = &shard.config.server;
+    let io = HyperIo::new(stream, shard.scratch.clone());
+    let svc_shard = shard.clone();
+    let svc = service_fn(move |req| {
+        let shard = svc_shard.clone();
+        async move { Ok::<_, Infallible>(handle(&shard, req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(GlommioTimer)
+        .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
+        // hyper refuses a head larger than its read buffer with 431; 8 KiB is hyper's minimum.
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .writev(false)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, svc);
+    futures_lite::pin!(conn);
+    let stop = shard.shutdown.wait();
+    let finished_first = future::or(
+        async {
+            let _ = conn.as_mut().await;
+            true
+        },
+        async {
+            stop.await;
+            false
+        },
+    )
+    .await;
+    if !finished_first {
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+}
+
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `{"error": "..."}` with the message escaped.
+pub fn error_body(msg: &str) -> Bytes {
+    Bytes::from(serde_json::json!({ "error": msg }).to_string())
+}
+
+fn method_not_allowed(allow: &'static str) -> Resp {
+    let mut r = json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        error_body(&format!("method not allowed; use {allow}")),
+    );
+    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn refuse(shard: &ShardCtx, e: &IngestError) -> Resp {
+    let mut r = json(e.status(), error_body(&e.to_string()));
+    if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(shard.config.server.retry_after_secs));
+    }
+    r
+}
+
+async fn handle(shard: &ShardCtx, req: Request<Incoming>) -> Resp {
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (route, resp) = match req.uri().path() {
+        "/v1/payloads" | "/" => (
+            Route::Payloads,
+            if req.method() == Method::POST {
+                match ingest(shard, req).await {
+                    Ok(n) => accepted(n),
+                    Err(e) => refuse(shard, &e),
+                }
+            } else {
+                method_not_allowed("POST")
+            },
+        ),
+        "/healthz" if get => (Route::Health, json(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])),
+        "/readyz" if get => (
+            Route::Ready,
+            if shard.ready() {
+                json(StatusCode::OK, &b"{\"status\":\"ready\"}"[..])
+            } else {
+                json(StatusCode::SERVICE_UNAVAILABLE, &b"{\"status\":\"not ready\"}"[..])
+            },
+        ),
+        "/metrics" if get => {
+            let mut r = Response::new(Full::new(Bytes::from(render(&shard.views, shard.ready()))));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            (Route::Metrics, r)
+        }
+        "/healthz" | "/readyz" | "/metrics" => (Route::Other, method_not_allowed("GET")),
+        path => (
+            Route::Other,
+            json(StatusCode::NOT_FOUND, error_body(&format!("no such path: {path}"))),
+        ),
+    };
+    shard.stats.request(route, resp.status().as_u16());
+    resp
+}
+
+fn accepted(n: usize) -> Resp {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n);
+    let mut body = Vec::with_capacity(14 + digits.len());
+    body.extend_from_slice(b"{\"accepted\":");
+    body.extend_from_slice(digits.as_bytes());
+    body.push(b'}');
+    json(StatusCode::OK, body)
+}
+
+/// Reads, validates and queues one collection; returns how many payloads were accepted.
+async fn ingest(shard: &ShardCtx, req: Request<Incoming>) -> Result<usize, IngestError> {
+    let cfg = &shard.config.server;
+    let limit = cfg.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        // Refused before any of the body is read (and before `100 Continue` is sent).
+        return Err(IngestError::TooLarge(limit));
+    }
+    if shard.shutdown.is_triggered() {
+        return Err(IngestError::ShuttingDown);
+    }
+    if !shard.budget.has_room(declared.unwrap_or(0)) {
+        return Err(IngestError::Overloaded);
+    }
+    let timeout = cfg.body_read_timeout_ms;
+    let body = future::or(read_body(req.into_body(), limit, declared), async {
+        glommio::timer::sleep(Duration::from_millis(timeout)).await;
+        Err(IngestError::BodyTimeout(timeout))
+    })
+    .await?;
+    let mut spans = Vec::new();
+    shard.parser.borrow_mut().parse(&body, &mut spans)?;
+    let n = spans.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    let len = body.len();
+    let job = Job {
+        body,
+        spans,
+        first_seq: shard.take_seq(n),
+        received_secs: crate::keys::unix_secs(),
+    };
+    shard.send(job)?;
+    inc(&shard.stats.payloads_accepted, n as u64);
+    inc(&shard.stats.bytes_in, len as u64);
+    Ok(n)
+}
+
+/// Collects the body into one exact-size buffer, refusing it as soon as it passes `limit`.
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    declared: Option<usize>,
+) -> Result<Bytes, IngestError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(declared.unwrap_or(4096).min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| IngestError::Body(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(IngestError::TooLarge(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    if buf.capacity() > buf.len() * 2 {
+        buf.shrink_to_fit();
+    }
+    Ok(Bytes::from(buf))
+}

@@ -1,0 +1,319 @@
+//! Shards: one glommio executor per configured core, pinned, each with its own `SO_REUSEPORT`
+//! listener, parser buffers, counters and queue sender; plus start-up and shutdown of the whole
+//! server.
+#![forbid(unsafe_code)]
+
+use crate::config::{allowed_cpus, resolve_placement, Config};
+use crate::http::{serve_connection, Scratch};
+use crate::ingest::{BodyParser, IngestError};
+use crate::keys::{host_name, unix_micros, KeySpace};
+use crate::metrics::{dec, inc, ShardStats, ShardView};
+use crate::queue::{channel, Budget, Job, JobSender};
+use crate::upload::{self, WorkerSetup};
+use anyhow::{anyhow, Context as _};
+use event_listener::Event;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A shard-local shutdown signal: set once, wakes every waiter.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    flag: Cell<bool>,
+    event: Event,
+}
+
+impl Shutdown {
+    /// Starts shutdown on this shard.
+    pub fn trigger(&self) {
+        self.flag.set(true);
+        self.event.notify(usize::MAX);
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_triggered(&self) -> bool {
+        self.flag.get()
+    }
+
+    /// Resolves once shutdown has started.
+    pub async fn wait(&self) {
+        loop {
+            if self.flag.get() {
+                return;
+            }
+            let listener = self.event.listen();
+            if self.flag.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Everything one shard owns. Lives in an `Rc` on the shard's executor; nothing here is shared
+/// with another core except the counters (read by scrapes) and the queue.
+#[derive(Debug)]
+pub struct ShardCtx {
+    /// Shard index.
+    pub id: usize,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Body parser with its reusable buffers.
+    pub parser: RefCell<BodyParser>,
+    /// The shard's end of its queue; taken (closing the queue) when the shard stops.
+    sender: RefCell<Option<JobSender>>,
+    /// The shard's queue budget.
+    pub budget: Arc<Budget>,
+    /// Next payload sequence number (part of every key).
+    seq: Cell<u64>,
+    /// This shard's counters.
+    pub stats: Arc<ShardStats>,
+    /// Every shard's counters, for `/metrics`.
+    pub views: Arc<Vec<ShardView>>,
+    /// Read scratch for the hyper adapter.
+    pub scratch: Scratch,
+    /// Shard-local shutdown signal.
+    pub shutdown: Shutdown,
+    /// Process-wide "shutting down" flag, for `/readyz` on every shard.
+    stopping: Arc<AtomicBool>,
+    /// Open connections.
+    open: Cell<usize>,
+}
+
+impl ShardCtx {
+    /// Reserves `n` consecutive sequence numbers and returns the first.
+    pub fn take_seq(&self, n: usize) -> u64 {
+        let first = self.seq.get();
+        self.seq.set(first + n as u64);
+        first
+    }
+
+    /// Queues a job, or says why not.
+    pub fn send(&self, job: Job) -> Result<(), IngestError> {
+        match self.sender.borrow().as_ref() {
+            Some(tx) => tx.send(job),
+            None => Err(IngestError::ShuttingDown),
+        }
+    }
+
+    /// Ready: not shutting down and no shard's sink is failing.
+    pub fn ready(&self) -> bool {
+        !self.stopping.load(Relaxed)
+            && !self
+                .views
+                .iter()
+                .any(|v| v.stats.sink_failing.load(Relaxed))
+    }
+}
+
+/// A running server: its shards and upload workers.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    shards: usize,
+    stops: Vec<flume::Sender<()>>,
+    executors: Vec<glommio::ExecutorJoinHandle<()>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+/// Starts every shard and upload worker; returns once all listeners are bound.
+pub fn start(config: Config) -> anyhow::Result<Server> {
+    let placement =
+        resolve_placement(&config.shards, &allowed_cpus()).map_err(|e| anyhow!("{e}"))?;
+    let config = Arc::new(config);
+    let instance = config.keys.instance.clone().unwrap_or_else(host_name);
+    let start_micros = unix_micros();
+    let stopping = Arc::new(AtomicBool::new(false));
+
+    let mut views = Vec::new();
+    let mut senders = Vec::new();
+    let mut workers = Vec::new();
+    for p in &placement {
+        let stats = Arc::new(ShardStats::default());
+        let budget = Arc::new(Budget::new(config.queue.max_payloads, config.queue.max_bytes));
+        let (tx, rx) = channel(budget.clone());
+        let keys = KeySpace::new(&config.keys.prefix, &instance, p.shard, start_micros);
+        workers.push(
+            upload::spawn(WorkerSetup {
+                shard: p.shard,
+                cpu: p.worker_cpu,
+                rx,
+                budget: budget.clone(),
+                stats: stats.clone(),
+                keys,
+                config: config.clone(),
+            })
+            .context("starting an upload worker")?,
+        );
+        views.push(ShardView { stats, budget });
+        senders.push(tx);
+    }
+    let views = Arc::new(views);
+
+    let mut addr: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .map_err(|_| anyhow!("server.listen: {:?} is not an address", config.server.listen))?;
+    let mut stops = Vec::new();
+    let mut executors = Vec::new();
+    // Shard 0 binds first so that port 0 resolves to one port that the others then share.
+    for (p, sender) in placement.iter().zip(senders) {
+        let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let (cfg, views, stopping) = (config.clone(), views.clone(), stopping.clone());
+        let shard = p.shard;
+        let g = &config.glommio;
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(p.cpu))
+            .name(&format!("shard-{shard}"))
+            .io_memory(g.io_memory_kib * 1024)
+            .ring_depth(g.ring_depth);
+        if g.spin_before_park_us > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(g.spin_before_park_us));
+        }
+        let handle = builder
+            .spawn(move || async move {
+                let listener = match TcpListener::bind(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(format!("shard {shard}: cannot listen on {addr}: {e}")));
+                        return;
+                    }
+                };
+                let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                let view = &views[shard];
+                let ctx = Rc::new(ShardCtx {
+                    id: shard,
+                    parser: RefCell::new(BodyParser::new(cfg.server.parser)),
+                    sender: RefCell::new(Some(sender)),
+                    budget: view.budget.clone(),
+                    seq: Cell::new(0),
+                    stats: view.stats.clone(),
+                    views: views.clone(),
+                    scratch: Rc::new(RefCell::new(vec![0u8; 64 * 1024].into_boxed_slice())),
+                    shutdown: Shutdown::default(),
+                    stopping,
+                    open: Cell::new(0),
+                    config: cfg,
+                });
+                shard_main(ctx, listener, stop_rx).await;
+            })
+            .map_err(|e| anyhow!("starting shard {shard} on CPU {}: {e}", p.cpu))?;
+        let bound = bound_rx
+            .recv()
+            .map_err(|_| anyhow!("shard {shard} stopped before binding"))?
+            .map_err(|e| anyhow!(e))?;
+        addr = bound;
+        stops.push(stop_tx);
+        executors.push(handle);
+    }
+    Ok(Server {
+        addr,
+        shards: placement.len(),
+        stops,
+        executors,
+        workers,
+        stopping,
+    })
+}
+
+async fn shard_main(ctx: Rc<ShardCtx>, listener: TcpListener, stop: flume::Receiver<()>) {
+    let stopper = ctx.clone();
+    glommio::spawn_local(async move {
+        let _ = stop.recv_async().await;
+        stopper.shutdown.trigger();
+    })
+    .detach();
+    let max = ctx.config.shards.max_connections;
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            ctx.shutdown.wait().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                if ctx.open.get() >= max {
+                    inc(&ctx.stats.connections_rejected, 1);
+                    drop(stream);
+                    continue;
+                }
+                ctx.open.set(ctx.open.get() + 1);
+                inc(&ctx.stats.connections_open, 1);
+                let conn_ctx = ctx.clone();
+                glommio::spawn_local(async move {
+                    serve_connection(stream, conn_ctx.clone()).await;
+                    conn_ctx.open.set(conn_ctx.open.get() - 1);
+                    dec(&conn_ctx.stats.connections_open, 1);
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    drop(listener);
+    // Requests in progress get the grace period; connections still open after it are dropped.
+    let deadline = Instant::now() + Duration::from_millis(ctx.config.server.shutdown_grace_ms);
+    while ctx.open.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // Closing the queue lets the upload worker finish once it has drained it.
+    ctx.sender.borrow_mut().take();
+}
+
+impl Server {
+    /// The address every shard listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Stops accepting, lets requests in progress finish, drains every queue to the sink,
+    /// and returns when all threads have ended.
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        self.stopping.store(true, Relaxed);
+        for s in &self.stops {
+            let _ = s.send(());
+        }
+        let mut result = Ok(());
+        for (i, h) in self.executors.into_iter().enumerate() {
+            if let Err(e) = h.join() {
+                result = Err(anyhow!("shard {i} ended abnormally: {e}"));
+            }
+        }
+        for (i, h) in self.workers.into_iter().enumerate() {
+            if h.join().is_err() {
+                result = Err(anyhow!("upload worker {i} panicked"));
+            }
+        }
+        result
+    }
+}
+
+/// Starts the server, calls `ready` with its address, runs until `shutdown` resolves, then
+/// shuts down gracefully.
+pub fn run(
+    config: Config,
+    ready: impl FnOnce(&Server),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let server = start(config)?;
+    ready(&server);
+    futures_lite::future::block_on(shutdown);
+    server.shutdown()
+}

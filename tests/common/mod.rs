@@ -1,0 +1,384 @@
+//! Shared helpers for the integration tests: the real server binary on port 0, a minimal
+//! HTTP/1.1 client (raw bytes, so tests control pipelining and `Expect`), and a real Garage.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const BODY10: &[u8] = include_bytes!("../../benches/workload/body10.json");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running `corepost serve`, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub ready_line: String,
+}
+
+impl Server {
+    /// Starts the binary with `--listen 127.0.0.1:0` plus `args`, and waits for its ready line.
+    pub fn start(args: &[&str], env: &[(String, String)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_corepost"));
+        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").args(args);
+        for k in ["MAX_WORKERS", "MAX_QUEUE", "S3_ENDPOINT", "S3_BUCKET", "S3_PREFIX", "S3_REGION"] {
+            cmd.env_remove(k);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn corepost");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("corepost did not print its ready line within 30 s");
+            }
+        };
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in ready line {line:?}"));
+        Server { child, addr, ready_line: line }
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// SIGTERM, then waits for the exit status (at most `secs`).
+    pub fn stop(mut self, secs: u64) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "corepost did not exit within {secs} s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        let r = request(self.addr, "GET", "/metrics", &[], b"");
+        assert_eq!(r.status, 200);
+        Metrics::parse(&String::from_utf8_lossy(&r.body))
+    }
+
+    /// Polls /metrics until `uploaded + failed` reaches `accepted` (the queues are drained).
+    pub fn wait_drained(&self, timeout: Duration) -> Metrics {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.metrics();
+            let accepted = m.sum("corepost_payloads_accepted_total");
+            let done = m.sum("corepost_payloads_uploaded_total") + m.sum("corepost_payloads_failed_total");
+            if done >= accepted {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "queues not drained: {done} of {accepted}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parsed Prometheus text: `name{labels}` → value.
+pub struct Metrics(pub HashMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut m = HashMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            if let Some((k, v)) = line.rsplit_once(' ') {
+                m.insert(k.to_string(), v.parse().unwrap_or(f64::NAN));
+            }
+        }
+        Metrics(m)
+    }
+
+    /// Sum over all label sets of a metric.
+    pub fn sum(&self, name: &str) -> u64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.split('{').next() == Some(name))
+            .map(|(_, v)| *v as u64)
+            .sum()
+    }
+
+    /// Sum over the label sets of a metric that contain `label` (e.g. `shard="1"`).
+    pub fn sum_with(&self, name: &str, label: &str) -> u64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.split('{').next() == Some(name) && k.contains(label))
+            .map(|(_, v)| *v as u64)
+            .sum()
+    }
+}
+
+/// One HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Reads one response (Content-Length bodies only, which is all corepost sends).
+pub fn read_response(r: &mut BufReader<TcpStream>) -> Resp {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header line");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse::<usize>().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    if status != 100 {
+        r.read_exact(&mut body).expect("body");
+    }
+    Resp { status, headers, body }
+}
+
+pub fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let r = BufReader::new(s.try_clone().unwrap());
+    (s, r)
+}
+
+pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding")) {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    let mut out = req.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// One request on a fresh connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let (mut s, mut r) = connect(addr);
+    s.write_all(&raw_request(method, path, headers, body)).unwrap();
+    read_response(&mut r)
+}
+
+pub fn post(addr: SocketAddr, body: &[u8]) -> Resp {
+    request(addr, "POST", "/v1/payloads", &[("Content-Type", "application/json")], body)
+}
+
+/// The payloads of a collection, as JSON values.
+pub fn payloads_of(body: &[u8]) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    v["data"].as_array().unwrap().clone()
+}
+
+/// All files under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A real Garage started by `scripts/garage.sh`, once per test binary, stopped by a watchdog
+/// when the test process exits. Tests keep apart by using their own key prefix.
+pub struct Garage {
+    pub dir: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+static GARAGE: OnceLock<Garage> = OnceLock::new();
+
+pub fn garage() -> &'static Garage {
+    GARAGE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("corepost-test-garage-{}", std::process::id()));
+        let script = repo().join("scripts/garage.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(&dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/garage.sh");
+        assert!(out.status.success(), "scripts/garage.sh start failed");
+        // Stop (and delete) this Garage when the test process ends, however it ends.
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; bash '{s}' wipe '{d}' >/dev/null 2>&1",
+                pid = std::process::id(),
+                s = script.display(),
+                d = dir.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn watchdog");
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches(|c| c == '"' || c == '\'').to_string()))
+            .collect();
+        Garage { dir, env }
+    })
+}
+
+impl Garage {
+    pub fn var(&self, k: &str) -> String {
+        self.env
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("garage env lacks {k}"))
+    }
+
+    /// Environment for a corepost using this Garage with key prefix `prefix`.
+    pub fn server_env(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        env.push(("S3_PREFIX".into(), prefix.into()));
+        env
+    }
+
+    pub fn bucket(&self) -> Box<s3::Bucket> {
+        let region = s3::Region::Custom {
+            region: self.var("S3_REGION"),
+            endpoint: self.var("S3_ENDPOINT"),
+        };
+        let creds = s3::creds::Credentials::new(
+            Some(&self.var("AWS_ACCESS_KEY_ID")),
+            Some(&self.var("AWS_SECRET_ACCESS_KEY")),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        s3::Bucket::new(&self.var("S3_BUCKET"), region, creds)
+            .unwrap()
+            .with_path_style()
+    }
+
+    pub fn run<F: std::future::Future>(&self, f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// Every key under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let bucket = self.bucket();
+        self.run(async {
+            let pages = bucket.list(format!("{prefix}/"), None).await.expect("list");
+            pages
+                .into_iter()
+                .flat_map(|p| p.contents.into_iter().map(|o| o.key))
+                .collect()
+        })
+    }
+
+    /// Every object under `prefix`: key, content type, bytes (fetched 32 at a time).
+    pub fn objects(&self, prefix: &str) -> Vec<(String, Option<String>, Vec<u8>)> {
+        let keys = self.keys(prefix);
+        let bucket = self.bucket();
+        self.run(async move {
+            let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+            let mut set = tokio::task::JoinSet::new();
+            for key in keys {
+                let (b, sem) = (bucket.clone(), sem.clone());
+                set.spawn(async move {
+                    let _p = sem.acquire().await.unwrap();
+                    let r = b.get_object(&key).await.expect("get");
+                    assert_eq!(r.status_code(), 200, "GET {key}");
+                    let ct = r.headers().get("content-type").cloned();
+                    (key, ct, r.bytes().to_vec())
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = set.join_next().await {
+                out.push(r.unwrap());
+            }
+            out.sort();
+            out
+        })
+    }
+}

@@ -1,0 +1,300 @@
+//! The running server (two shards, fs sink): every status of the API, keep-alive, pipelining,
+//! `Expect: 100-continue`, and payloads landing on disk equal in value to what was sent.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+fn fs_server(dir: &std::path::Path, extra: &[&str]) -> Server {
+    let root = dir.to_str().unwrap();
+    let mut args = vec!["--cores", "2", "--fs-root", root];
+    args.extend_from_slice(extra);
+    Server::start(&args, &[])
+}
+
+#[test]
+fn ready_line_names_address_and_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    assert!(s.ready_line.contains("(2 shards, sink fs)"), "{}", s.ready_line);
+    assert_eq!(request(s.addr, "GET", "/healthz", &[], b"").status, 200);
+    assert_eq!(request(s.addr, "GET", "/readyz", &[], b"").status, 200);
+}
+
+#[test]
+fn payloads_land_in_files_equal_in_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    let tricky = r#"{"version":"1","token":"t","data":[{"s":"quote \" backslash \\ newline \n tab \t \u00e9 \ud83d\ude00","big":9223372036854775807,"neg":-9223372036854775808,"u":18446744073709551615},"ünïcødé ✓ 日本語",[1,2,{"x":null}],42,true]}"#;
+    for body in [BODY10, tricky.as_bytes()] {
+        let r = post(s.addr, body);
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["accepted"], payloads_of(body).len());
+    }
+    let r = request(s.addr, "POST", "/", &[], BODY10); // the Go service's path
+    assert_eq!(r.status, 200);
+    s.wait_drained(Duration::from_secs(30));
+
+    let files = files_under(&dir.path().join("corepost"));
+    assert_eq!(files.len(), 10 + 5 + 10);
+    let mut stored: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+            v.to_string()
+        })
+        .collect();
+    let mut sent: Vec<String> = [BODY10, tricky.as_bytes(), BODY10]
+        .iter()
+        .flat_map(|b| payloads_of(b))
+        .map(|v| v.to_string())
+        .collect();
+    stored.sort();
+    sent.sort();
+    assert_eq!(stored, sent);
+    // 64-bit integers survive exactly (the bytes as sent are stored).
+    let all: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    assert!(all.contains("18446744073709551615") && all.contains("-9223372036854775808"));
+    assert!(all.contains("ünïcødé ✓ 日本語"));
+    // Keys: prefix/yyyy/mm/dd/hh/instance-shard-start-seq.json
+    for f in &files {
+        let rel = f.strip_prefix(dir.path()).unwrap().to_string_lossy().into_owned();
+        let parts: Vec<&str> = rel.split('/').collect();
+        assert_eq!(parts.len(), 6, "{rel}");
+        assert_eq!(parts[0], "corepost");
+        assert!(parts[1..5].iter().all(|p| p.parse::<u32>().is_ok()), "{rel}");
+        let name = parts[5].strip_suffix(".json").unwrap();
+        let fields: Vec<&str> = name.rsplitn(4, '-').collect(); // seq, start, shard, instance
+        assert_eq!(fields.len(), 4, "{rel}");
+        assert!(fields[..3].iter().all(|f| f.parse::<u64>().is_ok()), "{rel}");
+        assert!(fields[2] == "0" || fields[2] == "1", "{rel}");
+    }
+    assert!(s.stop(10).success());
+}
+
+#[test]
+fn empty_data_is_accepted_with_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    let r = post(s.addr, br#"{"version":"1","token":"t","data":[]}"#);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), serde_json::json!({"accepted": 0}));
+}
+
+#[test]
+fn malformed_and_wrong_shape_are_400_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    let cases: [(&[u8], &str); 7] = [
+        (b"{\"data\":[1,}", "line 1 column"),
+        (b"not json", "invalid JSON"),
+        (b"{\"data\":{}}", "wrong shape"),
+        (b"{\"version\":3,\"data\":[]}", "wrong shape"),
+        (b"[1,2]", "wrong shape"),
+        (b"{\"data\":[\"\xff\xfe\"]}", "invalid JSON"),
+        (b"", "invalid JSON"),
+    ];
+    for (body, want) in cases {
+        let r = post(s.addr, body);
+        assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(body));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let msg = r.json()["error"].as_str().unwrap().to_string();
+        assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+    }
+    // Deep nesting: a clear 400, and the server keeps serving.
+    let deep = format!(r#"{{"data":[{}{}]}}"#, "[".repeat(10_000), "]".repeat(10_000));
+    let r = post(s.addr, deep.as_bytes());
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("nesting"));
+    assert_eq!(post(s.addr, BODY10).status, 200);
+}
+
+#[test]
+fn wrong_method_is_405_with_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    for (m, p, allow) in [
+        ("GET", "/v1/payloads", "POST"),
+        ("PUT", "/", "POST"),
+        ("DELETE", "/v1/payloads", "POST"),
+        ("POST", "/metrics", "GET"),
+    ] {
+        let r = request(s.addr, m, p, &[], b"");
+        assert_eq!(r.status, 405, "{m} {p}");
+        assert_eq!(r.header("allow"), Some(allow));
+        assert!(r.json()["error"].is_string());
+    }
+    let r = request(s.addr, "GET", "/nope", &[], b"");
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn oversized_bodies_are_413_without_reading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    // Declared too large: answered before any body byte is sent.
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"POST /v1/payloads HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n")
+        .unwrap();
+    let resp = read_response(&mut r);
+    assert_eq!(resp.status, 413);
+    assert!(resp.json()["error"].as_str().unwrap().contains("1048576"));
+    // Chunked, growing past the limit: refused once it passes 1 MiB.
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"POST /v1/payloads HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    while sent <= (1 << 20) + 64 * 1024 {
+        let head = format!("{:x}\r\n", chunk.len());
+        if w.write_all(head.as_bytes()).is_err() || w.write_all(&chunk).is_err() || w.write_all(b"\r\n").is_err() {
+            break; // the server may close once it has answered
+        }
+        sent += chunk.len();
+    }
+    let resp = read_response(&mut r);
+    assert_eq!(resp.status, 413);
+    // A body exactly at the limit is fine.
+    let mut body = br#"{"data":[1],"pad":""#.to_vec();
+    body.resize((1 << 20) - 2, b'x');
+    body.extend_from_slice(b"\"}");
+    assert_eq!(body.len(), 1 << 20);
+    assert_eq!(post(s.addr, &body).status, 200);
+}
+
+#[test]
+fn keep_alive_and_pipelining() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    let (mut w, mut r) = connect(s.addr);
+    // Sequential requests on one connection.
+    for _ in 0..3 {
+        w.write_all(&raw_request("POST", "/v1/payloads", &[], BODY10)).unwrap();
+        let resp = read_response(&mut r);
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.json()["accepted"], 10);
+    }
+    // Three requests in one write, answered in order.
+    let mut batch = raw_request("POST", "/v1/payloads", &[], br#"{"data":[1]}"#);
+    batch.extend(raw_request("POST", "/v1/payloads", &[], br#"{"data":[1,2]}"#));
+    batch.extend(raw_request("GET", "/v1/payloads", &[], b""));
+    w.write_all(&batch).unwrap();
+    assert_eq!(read_response(&mut r).json()["accepted"], 1);
+    assert_eq!(read_response(&mut r).json()["accepted"], 2);
+    assert_eq!(read_response(&mut r).status, 405);
+}
+
+#[test]
+fn expect_100_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    let (mut w, mut r) = connect(s.addr);
+    let head = format!(
+        "POST /v1/payloads HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        BODY10.len()
+    );
+    w.write_all(head.as_bytes()).unwrap();
+    assert_eq!(read_response(&mut r).status, 100);
+    w.write_all(BODY10).unwrap();
+    let resp = read_response(&mut r);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.json()["accepted"], 10);
+    // Too large: the final answer comes instead of `100 Continue`.
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(b"POST /v1/payloads HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5000000\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut r).status, 413);
+}
+
+#[test]
+fn full_queue_gives_503_with_retry_after() {
+    // An S3 endpoint that refuses connections: uploads retry, the queue (10 payloads) fills.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let env: Vec<(String, String)> = [
+        ("S3_ENDPOINT", format!("http://{closed}")),
+        ("S3_BUCKET", "nowhere".into()),
+        ("S3_REGION", "garage".into()),
+        ("AWS_ACCESS_KEY_ID", "GK0000".into()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".into()),
+        ("MAX_QUEUE", "10".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let s = Server::start(&["--cores", "1", "--sink", "s3"], &env);
+    assert_eq!(post(s.addr, BODY10).status, 200);
+    let t0 = std::time::Instant::now();
+    let r = post(s.addr, BODY10);
+    assert_eq!(r.status, 503);
+    assert!(t0.elapsed() < Duration::from_secs(2), "503 must come at once");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json(), serde_json::json!({"error": "overloaded"}));
+    // Nothing was half-queued, and readiness reports the failing sink.
+    let m = s.metrics();
+    assert_eq!(m.sum("corepost_payloads_accepted_total"), 10);
+    assert_eq!(m.sum("corepost_queue_payloads"), 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.metrics().sum("corepost_upload_retries_total") == 0 {
+        assert!(std::time::Instant::now() < deadline, "uploads are not being retried");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(request(s.addr, "GET", "/readyz", &[], b"").status, 503);
+    assert_eq!(s.metrics().sum("corepost_payloads_failed_total"), 0, "never given up on");
+}
+
+#[test]
+fn both_shards_serve_and_metrics_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let addr = s.addr;
+        handles.push(std::thread::spawn(move || {
+            for _ in 0..25 {
+                assert_eq!(post(addr, BODY10).status, 200);
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(post(s.addr, b"{").status, 400);
+    let m = s.wait_drained(Duration::from_secs(60));
+    assert_eq!(m.sum("corepost_payloads_accepted_total"), 2000);
+    assert_eq!(m.sum("corepost_payloads_uploaded_total"), 2000);
+    assert_eq!(m.sum("corepost_bytes_in_total"), 200 * BODY10.len() as u64);
+    let ok = |shard: &str| m.sum_with("corepost_requests_total", &format!("shard=\"{shard}\",route=\"payloads\",status=\"200\""));
+    assert_eq!(ok("0") + ok("1"), 200);
+    assert!(ok("0") > 0 && ok("1") > 0, "both shards should serve: {} / {}", ok("0"), ok("1"));
+    assert_eq!(m.sum_with("corepost_requests_total", "status=\"400\""), 1);
+    assert_eq!(files_under(&dir.path().join("corepost")).len(), 2000);
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    for _ in 0..20 {
+        assert_eq!(post(s.addr, BODY10).status, 200);
+    }
+    let status = s.stop(20);
+    assert!(status.success(), "{status:?}");
+    assert_eq!(files_under(&dir.path().join("corepost")).len(), 200);
+}
+
+#[test]
+fn idle_connection_does_not_block_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    // A client that sends half a request head and stalls.
+    let (mut idle, _r) = connect(s.addr);
+    idle.write_all(b"POST /v1/payloads HTTP/1.1\r\nHost: t\r\n").unwrap();
+    let mut slow = std::net::TcpStream::connect(s.addr).unwrap();
+    slow.write_all(b"P").unwrap();
+    assert_eq!(post(s.addr, BODY10).status, 200);
+    let mut buf = [0u8; 1];
+    slow.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    assert!(slow.read(&mut buf).is_err(), "the stalled client gets no answer yet");
+}

@@ -13,10 +13,10 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod http;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
 pub mod queue;
-pub mod upload;
-pub mod http;
 pub mod shard;
+pub mod upload;

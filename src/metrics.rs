@@ -107,25 +107,68 @@ pub struct ShardView {
     pub budget: Arc<Budget>,
 }
 
+/// Picks one counter out of a shard's stats.
+type Field = fn(&ShardStats) -> &AtomicU64;
+
 /// Renders all shards in Prometheus text format.
 pub fn render(shards: &[ShardView], ready: bool) -> String {
     let mut out = String::with_capacity(8192);
-    let counters: [(&str, &str, fn(&ShardStats) -> &AtomicU64); 9] = [
-        ("corepost_payloads_accepted_total", "Payloads answered 200 for.", |s| &s.payloads_accepted),
-        ("corepost_bytes_in_total", "Request body bytes accepted.", |s| &s.bytes_in),
-        ("corepost_payloads_uploaded_total", "Payloads stored in the sink.", |s| &s.payloads_uploaded),
-        ("corepost_payloads_failed_total", "Payloads given up on after retries.", |s| &s.payloads_failed),
-        ("corepost_upload_retries_total", "Upload attempts retried.", |s| &s.upload_retries),
-        ("corepost_bytes_out_total", "Bytes written to the sink.", |s| &s.bytes_out),
-        ("corepost_uploads_in_flight", "Uploads in progress.", |s| &s.uploads_in_flight),
-        ("corepost_connections_open", "Connections open.", |s| &s.connections_open),
-        ("corepost_connections_rejected_total", "Connections refused at the per-shard limit.", |s| &s.connections_rejected),
+    let counters: [(&str, &str, Field); 9] = [
+        (
+            "corepost_payloads_accepted_total",
+            "Payloads answered 200 for.",
+            |s| &s.payloads_accepted,
+        ),
+        (
+            "corepost_bytes_in_total",
+            "Request body bytes accepted.",
+            |s| &s.bytes_in,
+        ),
+        (
+            "corepost_payloads_uploaded_total",
+            "Payloads stored in the sink.",
+            |s| &s.payloads_uploaded,
+        ),
+        (
+            "corepost_payloads_failed_total",
+            "Payloads given up on after retries.",
+            |s| &s.payloads_failed,
+        ),
+        (
+            "corepost_upload_retries_total",
+            "Upload attempts retried.",
+            |s| &s.upload_retries,
+        ),
+        (
+            "corepost_bytes_out_total",
+            "Bytes written to the sink.",
+            |s| &s.bytes_out,
+        ),
+        ("corepost_uploads_in_flight", "Uploads in progress.", |s| {
+            &s.uploads_in_flight
+        }),
+        ("corepost_connections_open", "Connections open.", |s| {
+            &s.connections_open
+        }),
+        (
+            "corepost_connections_rejected_total",
+            "Connections refused at the per-shard limit.",
+            |s| &s.connections_rejected,
+        ),
     ];
     for (name, help, get) in counters {
-        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (i, sh) in shards.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(&sh.stats).load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{i}\"}} {}",
+                get(&sh.stats).load(Relaxed)
+            );
         }
     }
     let _ = writeln!(
@@ -137,7 +180,11 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             for (s, status) in STATUSES.iter().enumerate() {
                 let v = sh.stats.requests[r][s].load(Relaxed);
                 if v > 0 {
-                    let status = if *status == 0 { "other".to_string() } else { status.to_string() };
+                    let status = if *status == 0 {
+                        "other".to_string()
+                    } else {
+                        status.to_string()
+                    };
                     let _ = writeln!(
                         out,
                         "corepost_requests_total{{shard=\"{i}\",route=\"{route}\",status=\"{status}\"}} {v}"
@@ -148,14 +195,25 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
     }
     let _ = writeln!(out, "# HELP corepost_queue_payloads Payloads queued or uploading.\n# TYPE corepost_queue_payloads gauge");
     for (i, sh) in shards.iter().enumerate() {
-        let _ = writeln!(out, "corepost_queue_payloads{{shard=\"{i}\"}} {}", sh.budget.depth().0);
+        let _ = writeln!(
+            out,
+            "corepost_queue_payloads{{shard=\"{i}\"}} {}",
+            sh.budget.depth().0
+        );
     }
     let _ = writeln!(out, "# HELP corepost_queue_bytes Body bytes queued or uploading.\n# TYPE corepost_queue_bytes gauge");
     for (i, sh) in shards.iter().enumerate() {
-        let _ = writeln!(out, "corepost_queue_bytes{{shard=\"{i}\"}} {}", sh.budget.depth().1);
+        let _ = writeln!(
+            out,
+            "corepost_queue_bytes{{shard=\"{i}\"}} {}",
+            sh.budget.depth().1
+        );
     }
     let name = "corepost_upload_duration_seconds";
-    let _ = writeln!(out, "# HELP {name} Latency of successful uploads.\n# TYPE {name} histogram");
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latency of successful uploads.\n# TYPE {name} histogram"
+    );
     for (i, sh) in shards.iter().enumerate() {
         let st = &sh.stats;
         let mut cum = 0;
@@ -166,7 +224,10 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
         let count = st.latency_count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {count}");
         let sum = st.latency_sum_us.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{shard=\"{i}\"}} {sum}\n{name}_count{{shard=\"{i}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{shard=\"{i}\"}} {sum}\n{name}_count{{shard=\"{i}\"}} {count}"
+        );
     }
     let _ = writeln!(out, "# HELP corepost_ready 1 when the server is ready (sink working, not shutting down).\n# TYPE corepost_ready gauge\ncorepost_ready {}", u8::from(ready));
     out
@@ -190,11 +251,18 @@ mod tests {
         inc(&views[0].stats.payloads_accepted, 7);
         views[0].stats.observe_upload(0.003);
         let text = render(&views, true);
-        assert!(text.contains("corepost_requests_total{shard=\"1\",route=\"payloads\",status=\"200\"} 2"));
-        assert!(text.contains("corepost_requests_total{shard=\"0\",route=\"other\",status=\"404\"} 1"));
+        assert!(text
+            .contains("corepost_requests_total{shard=\"1\",route=\"payloads\",status=\"200\"} 2"));
+        assert!(
+            text.contains("corepost_requests_total{shard=\"0\",route=\"other\",status=\"404\"} 1")
+        );
         assert!(text.contains("corepost_payloads_accepted_total{shard=\"0\"} 7"));
-        assert!(text.contains("corepost_upload_duration_seconds_bucket{shard=\"0\",le=\"0.005\"} 1"));
-        assert!(text.contains("corepost_upload_duration_seconds_bucket{shard=\"0\",le=\"0.002\"} 0"));
+        assert!(
+            text.contains("corepost_upload_duration_seconds_bucket{shard=\"0\",le=\"0.005\"} 1")
+        );
+        assert!(
+            text.contains("corepost_upload_duration_seconds_bucket{shard=\"0\",le=\"0.002\"} 0")
+        );
         assert!(text.contains("corepost_ready 1"));
     }
 }

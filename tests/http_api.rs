@@ -18,7 +18,11 @@ fn fs_server(dir: &std::path::Path, extra: &[&str]) -> Server {
 fn ready_line_names_address_and_shards() {
     let dir = tempfile::tempdir().unwrap();
     let s = fs_server(dir.path(), &[]);
-    assert!(s.ready_line.contains("(2 shards, sink fs)"), "{}", s.ready_line);
+    assert!(
+        s.ready_line.contains("(2 shards, sink fs)"),
+        "{}",
+        s.ready_line
+    );
     assert_eq!(request(s.addr, "GET", "/healthz", &[], b"").status, 200);
     assert_eq!(request(s.addr, "GET", "/readyz", &[], b"").status, 200);
 }
@@ -55,20 +59,33 @@ fn payloads_land_in_files_equal_in_value() {
     sent.sort();
     assert_eq!(stored, sent);
     // 64-bit integers survive exactly (the bytes as sent are stored).
-    let all: String = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    let all: String = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
     assert!(all.contains("18446744073709551615") && all.contains("-9223372036854775808"));
     assert!(all.contains("ünïcødé ✓ 日本語"));
     // Keys: prefix/yyyy/mm/dd/hh/instance-shard-start-seq.json
     for f in &files {
-        let rel = f.strip_prefix(dir.path()).unwrap().to_string_lossy().into_owned();
+        let rel = f
+            .strip_prefix(dir.path())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let parts: Vec<&str> = rel.split('/').collect();
         assert_eq!(parts.len(), 6, "{rel}");
         assert_eq!(parts[0], "corepost");
-        assert!(parts[1..5].iter().all(|p| p.parse::<u32>().is_ok()), "{rel}");
+        assert!(
+            parts[1..5].iter().all(|p| p.parse::<u32>().is_ok()),
+            "{rel}"
+        );
         let name = parts[5].strip_suffix(".json").unwrap();
         let fields: Vec<&str> = name.rsplitn(4, '-').collect(); // seq, start, shard, instance
         assert_eq!(fields.len(), 4, "{rel}");
-        assert!(fields[..3].iter().all(|f| f.parse::<u64>().is_ok()), "{rel}");
+        assert!(
+            fields[..3].iter().all(|f| f.parse::<u64>().is_ok()),
+            "{rel}"
+        );
         assert!(fields[2] == "0" || fields[2] == "1", "{rel}");
     }
     assert!(s.stop(10).success());
@@ -104,7 +121,11 @@ fn malformed_and_wrong_shape_are_400_with_a_reason() {
         assert!(msg.contains(want), "{msg:?} lacks {want:?}");
     }
     // Deep nesting: a clear 400, and the server keeps serving.
-    let deep = format!(r#"{{"data":[{}{}]}}"#, "[".repeat(10_000), "]".repeat(10_000));
+    let deep = format!(
+        r#"{{"data":[{}{}]}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     let r = post(s.addr, deep.as_bytes());
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].as_str().unwrap().contains("nesting"));
@@ -149,7 +170,10 @@ fn oversized_bodies_are_413_without_reading_them() {
     let mut sent = 0;
     while sent <= (1 << 20) + 64 * 1024 {
         let head = format!("{:x}\r\n", chunk.len());
-        if w.write_all(head.as_bytes()).is_err() || w.write_all(&chunk).is_err() || w.write_all(b"\r\n").is_err() {
+        if w.write_all(head.as_bytes()).is_err()
+            || w.write_all(&chunk).is_err()
+            || w.write_all(b"\r\n").is_err()
+        {
             break; // the server may close once it has answered
         }
         sent += chunk.len();
@@ -171,14 +195,20 @@ fn keep_alive_and_pipelining() {
     let (mut w, mut r) = connect(s.addr);
     // Sequential requests on one connection.
     for _ in 0..3 {
-        w.write_all(&raw_request("POST", "/v1/payloads", &[], BODY10)).unwrap();
+        w.write_all(&raw_request("POST", "/v1/payloads", &[], BODY10))
+            .unwrap();
         let resp = read_response(&mut r);
         assert_eq!(resp.status, 200);
         assert_eq!(resp.json()["accepted"], 10);
     }
     // Three requests in one write, answered in order.
     let mut batch = raw_request("POST", "/v1/payloads", &[], br#"{"data":[1]}"#);
-    batch.extend(raw_request("POST", "/v1/payloads", &[], br#"{"data":[1,2]}"#));
+    batch.extend(raw_request(
+        "POST",
+        "/v1/payloads",
+        &[],
+        br#"{"data":[1,2]}"#,
+    ));
     batch.extend(raw_request("GET", "/v1/payloads", &[], b""));
     w.write_all(&batch).unwrap();
     assert_eq!(read_response(&mut r).json()["accepted"], 1);
@@ -211,7 +241,10 @@ fn expect_100_continue() {
 #[test]
 fn full_queue_gives_503_with_retry_after() {
     // An S3 endpoint that refuses connections: uploads retry, the queue (10 payloads) fills.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let env: Vec<(String, String)> = [
         ("S3_ENDPOINT", format!("http://{closed}")),
         ("S3_BUCKET", "nowhere".into()),
@@ -228,7 +261,10 @@ fn full_queue_gives_503_with_retry_after() {
     let t0 = std::time::Instant::now();
     let r = post(s.addr, BODY10);
     assert_eq!(r.status, 503);
-    assert!(t0.elapsed() < Duration::from_secs(2), "503 must come at once");
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "503 must come at once"
+    );
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.json(), serde_json::json!({"error": "overloaded"}));
     // Nothing was half-queued, and readiness reports the failing sink.
@@ -237,11 +273,18 @@ fn full_queue_gives_503_with_retry_after() {
     assert_eq!(m.sum("corepost_queue_payloads"), 10);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while s.metrics().sum("corepost_upload_retries_total") == 0 {
-        assert!(std::time::Instant::now() < deadline, "uploads are not being retried");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uploads are not being retried"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(request(s.addr, "GET", "/readyz", &[], b"").status, 503);
-    assert_eq!(s.metrics().sum("corepost_payloads_failed_total"), 0, "never given up on");
+    assert_eq!(
+        s.metrics().sum("corepost_payloads_failed_total"),
+        0,
+        "never given up on"
+    );
 }
 
 #[test]
@@ -265,9 +308,19 @@ fn both_shards_serve_and_metrics_agree() {
     assert_eq!(m.sum("corepost_payloads_accepted_total"), 2000);
     assert_eq!(m.sum("corepost_payloads_uploaded_total"), 2000);
     assert_eq!(m.sum("corepost_bytes_in_total"), 200 * BODY10.len() as u64);
-    let ok = |shard: &str| m.sum_with("corepost_requests_total", &format!("shard=\"{shard}\",route=\"payloads\",status=\"200\""));
+    let ok = |shard: &str| {
+        m.sum_with(
+            "corepost_requests_total",
+            &format!("shard=\"{shard}\",route=\"payloads\",status=\"200\""),
+        )
+    };
     assert_eq!(ok("0") + ok("1"), 200);
-    assert!(ok("0") > 0 && ok("1") > 0, "both shards should serve: {} / {}", ok("0"), ok("1"));
+    assert!(
+        ok("0") > 0 && ok("1") > 0,
+        "both shards should serve: {} / {}",
+        ok("0"),
+        ok("1")
+    );
     assert_eq!(m.sum_with("corepost_requests_total", "status=\"400\""), 1);
     assert_eq!(files_under(&dir.path().join("corepost")).len(), 2000);
 }
@@ -290,11 +343,16 @@ fn idle_connection_does_not_block_others() {
     let s = fs_server(dir.path(), &[]);
     // A client that sends half a request head and stalls.
     let (mut idle, _r) = connect(s.addr);
-    idle.write_all(b"POST /v1/payloads HTTP/1.1\r\nHost: t\r\n").unwrap();
+    idle.write_all(b"POST /v1/payloads HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
     let mut slow = std::net::TcpStream::connect(s.addr).unwrap();
     slow.write_all(b"P").unwrap();
     assert_eq!(post(s.addr, BODY10).status, 200);
     let mut buf = [0u8; 1];
-    slow.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-    assert!(slow.read(&mut buf).is_err(), "the stalled client gets no answer yet");
+    slow.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    assert!(
+        slow.read(&mut buf).is_err(),
+        "the stalled client gets no answer yet"
+    );
 }

@@ -130,11 +130,7 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-fn parse_num<T: std::str::FromStr>(
-    name: &str,
-    v: &str,
-    errs: &mut Vec<ConfigError>,
-) -> Option<T> {
+fn parse_num<T: std::str::FromStr>(name: &str, v: &str, errs: &mut Vec<ConfigError>) -> Option<T> {
     match v.trim().parse() {
         Ok(n) => Some(n),
         Err(_) => {
@@ -309,6 +305,9 @@ mod tests {
             load(&src).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }
-        assert!(n >= 4, "expected the dev, two-core, auto and bare-metal profiles");
+        assert!(
+            n >= 4,
+            "expected the dev, two-core, auto and bare-metal profiles"
+        );
     }
 }

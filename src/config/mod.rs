@@ -379,8 +379,14 @@ impl Config {
             );
         }
         for (key, v) in [
-            ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
-            ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
             ("upload.request_timeout_ms", self.upload.request_timeout_ms),
             ("upload.backoff_base_ms", self.upload.backoff_base_ms),
         ] {
@@ -412,7 +418,10 @@ impl Config {
             bad("shards.max_connections", "must be at least 1".into());
         }
         if self.queue.max_payloads == 0 {
-            bad("queue.max_payloads", "must be at least 1 (MAX_QUEUE)".into());
+            bad(
+                "queue.max_payloads",
+                "must be at least 1 (MAX_QUEUE)".into(),
+            );
         }
         if self.queue.max_bytes < self.server.max_body_bytes {
             bad(
@@ -431,7 +440,10 @@ impl Config {
         }
         if self.sink.kind == SinkKind::S3 {
             if self.sink.s3.bucket.as_deref().unwrap_or("").is_empty() {
-                bad("sink.s3.bucket", "required for the s3 sink (S3_BUCKET)".into());
+                bad(
+                    "sink.s3.bucket",
+                    "required for the s3 sink (S3_BUCKET)".into(),
+                );
             }
             if self.sink.s3.access_key_id.is_none() || self.sink.s3.secret_access_key.is_none() {
                 bad(
@@ -459,7 +471,10 @@ impl Config {
         }
         if let Some(inst) = &self.keys.instance {
             if inst.is_empty() || inst.contains('/') {
-                bad("keys.instance", "must be non-empty and contain no '/'".into());
+                bad(
+                    "keys.instance",
+                    "must be non-empty and contain no '/'".into(),
+                );
             }
         }
         if self.glommio.io_memory_kib < 64 {
@@ -503,7 +518,10 @@ mod tests {
         c.shards.cores = Cores::Named("many".into());
         c.sink.kind = SinkKind::S3;
         let errs = c.validate().unwrap_err().0;
-        let text: Vec<_> = errs.iter().map(|e| e.0.split(':').next().unwrap()).collect();
+        let text: Vec<_> = errs
+            .iter()
+            .map(|e| e.0.split(':').next().unwrap())
+            .collect();
         assert_eq!(
             text,
             [
@@ -522,7 +540,10 @@ mod tests {
         let mut c = Config::default();
         c.server.ack = Ack::Durable;
         let errs = c.validate().unwrap_err();
-        assert!(errs.to_string().starts_with("server.ack: \"durable\""), "{errs}");
+        assert!(
+            errs.to_string().starts_with("server.ack: \"durable\""),
+            "{errs}"
+        );
     }
 
     #[test]

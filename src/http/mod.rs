@@ -85,15 +85,18 @@ fn method_not_allowed(allow: &'static str) -> Resp {
         StatusCode::METHOD_NOT_ALLOWED,
         error_body(&format!("method not allowed; use {allow}")),
     );
-    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     r
 }
 
 fn refuse(shard: &ShardCtx, e: &IngestError) -> Resp {
     let mut r = json(e.status(), error_body(&e.to_string()));
     if e.status() == StatusCode::SERVICE_UNAVAILABLE {
-        r.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(shard.config.server.retry_after_secs));
+        r.headers_mut().insert(
+            RETRY_AFTER,
+            HeaderValue::from(shard.config.server.retry_after_secs),
+        );
     }
     r
 }
@@ -112,13 +115,19 @@ async fn handle(shard: &ShardCtx, req: Request<Incoming>) -> Resp {
                 method_not_allowed("POST")
             },
         ),
-        "/healthz" if get => (Route::Health, json(StatusCode::OK, &b"{\"status\":\"ok\"}"[..])),
+        "/healthz" if get => (
+            Route::Health,
+            json(StatusCode::OK, &b"{\"status\":\"ok\"}"[..]),
+        ),
         "/readyz" if get => (
             Route::Ready,
             if shard.ready() {
                 json(StatusCode::OK, &b"{\"status\":\"ready\"}"[..])
             } else {
-                json(StatusCode::SERVICE_UNAVAILABLE, &b"{\"status\":\"not ready\"}"[..])
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &b"{\"status\":\"not ready\"}"[..],
+                )
             },
         ),
         "/metrics" if get => {
@@ -132,7 +141,10 @@ async fn handle(shard: &ShardCtx, req: Request<Incoming>) -> Resp {
         "/healthz" | "/readyz" | "/metrics" => (Route::Other, method_not_allowed("GET")),
         path => (
             Route::Other,
-            json(StatusCode::NOT_FOUND, error_body(&format!("no such path: {path}"))),
+            json(
+                StatusCode::NOT_FOUND,
+                error_body(&format!("no such path: {path}")),
+            ),
         ),
     };
     shard.stats.request(route, resp.status().as_u16());

@@ -56,9 +56,7 @@ impl IngestError {
             IngestError::Json(_)
             | IngestError::Shape(_)
             | IngestError::Body(_)
-            | IngestError::TooDeep(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            | IngestError::TooDeep(_) => StatusCode::BAD_REQUEST,
             IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::Overloaded | IngestError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -181,7 +179,9 @@ mod tests {
                 p.parse(body, &mut spans).map(|()| {
                     spans
                         .iter()
-                        .map(|&(s, e)| String::from_utf8(body[s as usize..e as usize].to_vec()).unwrap())
+                        .map(|&(s, e)| {
+                            String::from_utf8(body[s as usize..e as usize].to_vec()).unwrap()
+                        })
                         .collect()
                 })
             })
@@ -257,7 +257,11 @@ mod tests {
             b"{\"data\":[\"\xff\"]}",
             b"nul",
         ] {
-            assert!(matches!(err(b), IngestError::Json(_)), "{:?}", String::from_utf8_lossy(b));
+            assert!(
+                matches!(err(b), IngestError::Json(_)),
+                "{:?}",
+                String::from_utf8_lossy(b)
+            );
         }
     }
 
@@ -272,7 +276,11 @@ mod tests {
             br#"{"data":[],"data":[]}"#,
             br#""data""#,
         ] {
-            assert!(matches!(err(b), IngestError::Shape(_)), "{}", String::from_utf8_lossy(b));
+            assert!(
+                matches!(err(b), IngestError::Shape(_)),
+                "{}",
+                String::from_utf8_lossy(b)
+            );
         }
     }
 
@@ -292,7 +300,10 @@ mod tests {
         // Top-level object is level 1, `data` level 2, so payloads may nest MAX_DEPTH - 2 deep.
         let nested = |n: usize| format!(r#"{{"data":[{}{}]}}"#, "[".repeat(n), "]".repeat(n));
         assert_eq!(ok(&nested(MAX_DEPTH - 2)).len(), 1);
-        assert_eq!(err(nested(MAX_DEPTH - 1).as_bytes()), IngestError::TooDeep(MAX_DEPTH));
+        assert_eq!(
+            err(nested(MAX_DEPTH - 1).as_bytes()),
+            IngestError::TooDeep(MAX_DEPTH)
+        );
         // Brackets inside strings do not count.
         let in_string = format!(r#"{{"data":["{}"]}}"#, "[".repeat(500));
         assert_eq!(ok(&in_string).len(), 1);
@@ -303,7 +314,10 @@ mod tests {
         let r = both(b"{\"data\":[1,]}");
         for e in r {
             let msg = e.unwrap_err().to_string();
-            assert!(msg.contains("column 12") || msg.contains("byte 11"), "{msg}");
+            assert!(
+                msg.contains("column 12") || msg.contains("byte 11"),
+                "{msg}"
+            );
         }
     }
 }

@@ -56,10 +56,16 @@ impl SimdState {
             if *e.error() == simd_json::ErrorType::DepthLimitExceeded {
                 return Err(IngestError::TooDeep(MAX_DEPTH));
             }
-            return Err(IngestError::Json(format!("{:?} at byte {}", e.error(), e.index())));
+            return Err(IngestError::Json(format!(
+                "{:?} at byte {}",
+                e.error(),
+                e.index()
+            )));
         }
         if !top_is_object {
-            return Err(shape("the body must be a JSON object with a \"data\" array"));
+            return Err(shape(
+                "the body must be a JSON object with a \"data\" array",
+            ));
         }
         walk(body, self.buffers.structural_indexes(), spans)
     }

@@ -136,7 +136,10 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
     let mut workers = Vec::new();
     for p in &placement {
         let stats = Arc::new(ShardStats::default());
-        let budget = Arc::new(Budget::new(config.queue.max_payloads, config.queue.max_bytes));
+        let budget = Arc::new(Budget::new(
+            config.queue.max_payloads,
+            config.queue.max_bytes,
+        ));
         let (tx, rx) = channel(budget.clone());
         let keys = KeySpace::new(&config.keys.prefix, &instance, p.shard, start_micros);
         workers.push(
@@ -156,11 +159,12 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
     }
     let views = Arc::new(views);
 
-    let mut addr: SocketAddr = config
-        .server
-        .listen
-        .parse()
-        .map_err(|_| anyhow!("server.listen: {:?} is not an address", config.server.listen))?;
+    let mut addr: SocketAddr = config.server.listen.parse().map_err(|_| {
+        anyhow!(
+            "server.listen: {:?} is not an address",
+            config.server.listen
+        )
+    })?;
     let mut stops = Vec::new();
     let mut executors = Vec::new();
     // Shard 0 binds first so that port 0 resolves to one port that the others then share.
@@ -182,7 +186,8 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
                 let listener = match TcpListener::bind(addr) {
                     Ok(l) => l,
                     Err(e) => {
-                        let _ = bound_tx.send(Err(format!("shard {shard}: cannot listen on {addr}: {e}")));
+                        let _ = bound_tx
+                            .send(Err(format!("shard {shard}: cannot listen on {addr}: {e}")));
                         return;
                     }
                 };

@@ -51,9 +51,16 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
         .name(format!("upload-{}", setup.shard))
         .spawn(move || {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: setup.cpu }) {
-                tracing::warn!(shard = setup.shard, cpu = setup.cpu, "could not pin upload worker");
+                tracing::warn!(
+                    shard = setup.shard,
+                    cpu = setup.cpu,
+                    "could not pin upload worker"
+                );
             }
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(shard = setup.shard, error = %e, "cannot start upload runtime");
@@ -127,7 +134,9 @@ impl Ctx {
     async fn upload(&self, job: &Job, i: usize) {
         let (start, end) = job.spans[i];
         let data = &job.body[start as usize..end as usize];
-        let key = self.keys.key(job.received_secs, job.first_seq + i as u64, "json");
+        let key = self
+            .keys
+            .key(job.received_secs, job.first_seq + i as u64, "json");
         let up = &self.config.upload;
         inc(&self.stats.uploads_in_flight, 1);
         let mut attempt = 0u32;
@@ -149,7 +158,8 @@ impl Ctx {
                     if !self.stats.sink_failing.swap(true, Relaxed) {
                         tracing::warn!(shard = self.shard, error = %e, "sink failing; retrying with backoff");
                     }
-                    tokio::time::sleep(backoff(attempt, up.backoff_base_ms, up.backoff_max_ms)).await;
+                    tokio::time::sleep(backoff(attempt, up.backoff_base_ms, up.backoff_max_ms))
+                        .await;
                 }
                 Err(e) => {
                     self.stats.sink_failing.store(true, Relaxed);
@@ -177,7 +187,8 @@ mod tests {
             assert!(backoff(1, 50, 5_000) <= Duration::from_millis(50));
             assert!(backoff(3, 50, 5_000) <= Duration::from_millis(200));
         }
-        let distinct: std::collections::HashSet<_> = (0..50).map(|_| backoff(10, 50, 5_000)).collect();
+        let distinct: std::collections::HashSet<_> =
+            (0..50).map(|_| backoff(10, 50, 5_000)).collect();
         assert!(distinct.len() > 10, "full jitter spreads retries");
     }
 }

@@ -78,7 +78,10 @@ impl Sink {
                         region: s3.region.clone(),
                         endpoint: endpoint.clone(),
                     },
-                    None => s3.region.parse().map_err(|e| bad(format!("sink.s3.region: {e}")))?,
+                    None => s3
+                        .region
+                        .parse()
+                        .map_err(|e| bad(format!("sink.s3.region: {e}")))?,
                 };
                 let creds = Credentials::new(
                     s3.access_key_id.as_deref(),
@@ -113,7 +116,10 @@ impl Sink {
             Sink::S3(bucket) => {
                 // A GET of a key that does not exist: `NoSuchKey` proves the bucket exists and
                 // the credentials work, without writing anything.
-                match bucket.get_object("corepost-readiness-probe-no-such-key").await {
+                match bucket
+                    .get_object("corepost-readiness-probe-no-such-key")
+                    .await
+                {
                     Ok(resp) => {
                         let body = resp.as_slice();
                         let text = String::from_utf8_lossy(body);
@@ -139,7 +145,10 @@ impl Sink {
         match self {
             Sink::Discard => Ok(()),
             Sink::Fs(fs) => fs.put(key, data),
-            Sink::S3(bucket) => match bucket.put_object_with_content_type(key, data, content_type).await {
+            Sink::S3(bucket) => match bucket
+                .put_object_with_content_type(key, data, content_type)
+                .await
+            {
                 Ok(resp) => classify_status(resp.status_code(), resp.as_slice()),
                 Err(s3::error::S3Error::HttpFailWithBody(status, body)) => {
                     classify_status(status, body.as_bytes())
@@ -166,7 +175,10 @@ impl FsSink {
             std::fs::create_dir_all(dir).map_err(|e| io("mkdir", dir, e))?;
             self.made.borrow_mut().insert(dir.to_path_buf());
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         // A dot-file in the same directory: the rename is atomic, and listings that skip dot
         // files never see a partial object.
         let tmp = dir.join(format!(".{name}.tmp"));
@@ -185,9 +197,15 @@ mod tests {
         assert!(classify_status(503, b"").unwrap_err().retryable());
         assert!(classify_status(500, b"").unwrap_err().retryable());
         assert!(classify_status(429, b"").unwrap_err().retryable());
-        assert!(classify_status(400, b"<Code>SlowDown</Code>").unwrap_err().retryable());
-        assert!(!classify_status(403, b"AccessDenied").unwrap_err().retryable());
-        assert!(!classify_status(404, b"NoSuchBucket").unwrap_err().retryable());
+        assert!(classify_status(400, b"<Code>SlowDown</Code>")
+            .unwrap_err()
+            .retryable());
+        assert!(!classify_status(403, b"AccessDenied")
+            .unwrap_err()
+            .retryable());
+        assert!(!classify_status(404, b"NoSuchBucket")
+            .unwrap_err()
+            .retryable());
     }
 
     #[test]
@@ -197,7 +215,8 @@ mod tests {
             root: dir.path().to_path_buf(),
             made: RefCell::new(HashSet::new()),
         };
-        sink.put("p/2026/01/02/03/a-0-1-2.json", b"{\"a\":1}").unwrap();
+        sink.put("p/2026/01/02/03/a-0-1-2.json", b"{\"a\":1}")
+            .unwrap();
         let got = std::fs::read(dir.path().join("p/2026/01/02/03/a-0-1-2.json")).unwrap();
         assert_eq!(got, b"{\"a\":1}");
         let names: Vec<_> = std::fs::read_dir(dir.path().join("p/2026/01/02/03"))

@@ -27,8 +27,18 @@ impl Server {
     /// Starts the binary with `--listen 127.0.0.1:0` plus `args`, and waits for its ready line.
     pub fn start(args: &[&str], env: &[(String, String)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_corepost"));
-        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").args(args);
-        for k in ["MAX_WORKERS", "MAX_QUEUE", "S3_ENDPOINT", "S3_BUCKET", "S3_PREFIX", "S3_REGION"] {
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args);
+        for k in [
+            "MAX_WORKERS",
+            "MAX_QUEUE",
+            "S3_ENDPOINT",
+            "S3_BUCKET",
+            "S3_PREFIX",
+            "S3_REGION",
+        ] {
             cmd.env_remove(k);
         }
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
@@ -56,7 +66,11 @@ impl Server {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in ready line {line:?}"));
-        Server { child, addr, ready_line: line }
+        Server {
+            child,
+            addr,
+            ready_line: line,
+        }
     }
 
     /// Sends a signal by name (`TERM`, `KILL`).
@@ -78,7 +92,10 @@ impl Server {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "corepost did not exit within {secs} s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "corepost did not exit within {secs} s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -95,11 +112,15 @@ impl Server {
         loop {
             let m = self.metrics();
             let accepted = m.sum("corepost_payloads_accepted_total");
-            let done = m.sum("corepost_payloads_uploaded_total") + m.sum("corepost_payloads_failed_total");
+            let done =
+                m.sum("corepost_payloads_uploaded_total") + m.sum("corepost_payloads_failed_total");
             if done >= accepted {
                 return m;
             }
-            assert!(Instant::now() < deadline, "queues not drained: {done} of {accepted}");
+            assert!(
+                Instant::now() < deadline,
+                "queues not drained: {done} of {accepted}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -118,7 +139,10 @@ pub struct Metrics(pub HashMap<String, f64>);
 impl Metrics {
     pub fn parse(text: &str) -> Metrics {
         let mut m = HashMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             if let Some((k, v)) = line.rsplit_once(' ') {
                 m.insert(k.to_string(), v.parse().unwrap_or(f64::NAN));
             }
@@ -162,8 +186,12 @@ impl Resp {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 }
 
@@ -197,7 +225,11 @@ pub fn read_response(r: &mut BufReader<TcpStream>) -> Resp {
     if status != 100 {
         r.read_exact(&mut body).expect("body");
     }
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
@@ -212,7 +244,10 @@ pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding")) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+    {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
@@ -222,14 +257,27 @@ pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u
 }
 
 /// One request on a fresh connection.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
     let (mut s, mut r) = connect(addr);
-    s.write_all(&raw_request(method, path, headers, body)).unwrap();
+    s.write_all(&raw_request(method, path, headers, body))
+        .unwrap();
     read_response(&mut r)
 }
 
 pub fn post(addr: SocketAddr, body: &[u8]) -> Resp {
-    request(addr, "POST", "/v1/payloads", &[("Content-Type", "application/json")], body)
+    request(
+        addr,
+        "POST",
+        "/v1/payloads",
+        &[("Content-Type", "application/json")],
+        body,
+    )
 }
 
 /// The payloads of a collection, as JSON values.
@@ -243,7 +291,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd {
             let p = e.unwrap().path();
             if p.is_dir() {
@@ -278,20 +328,16 @@ pub fn garage() -> &'static Garage {
             .output()
             .expect("run scripts/garage.sh");
         assert!(out.status.success(), "scripts/garage.sh start failed");
-        // Stop (and delete) this Garage when the test process ends, however it ends.
-        Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; bash '{s}' wipe '{d}' >/dev/null 2>&1",
-                pid = std::process::id(),
-                s = script.display(),
-                d = dir.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn watchdog");
+        // Stop (and delete) this Garage when the test process ends, however it ends: a
+        // detached watchdog (the outer shell exits at once and is reaped here).
+        let watchdog = format!(
+            "(while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; bash '{s}' wipe '{d}') >/dev/null 2>&1 </dev/null &",
+            pid = std::process::id(),
+            s = script.display(),
+            d = dir.display()
+        );
+        let st = Command::new("bash").arg("-c").arg(watchdog).status().expect("spawn watchdog");
+        assert!(st.success());
         let env = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.strip_prefix("export "))

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need (Garage for the S3
+# tests, Go for the baseline's build check), then runs formatting and lint checks, every unit
+# and integration test (the S3 ones against a real Garage that the tests start themselves),
+# and checks that the benchmarks and the Go baseline build. No timed comparison runs here:
+# speed is measured by benches/e2e/run.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Garage (real S3-compatible store for the S3 tests)"
+bash scripts/garage.sh ensure
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test (unit + integration + criterion benches run once as tests)"
+cargo test --locked --all-targets
+
+step "benchmarks build (cargo bench --no-run)"
+cargo bench --locked --no-run
+
+step "Go baseline builds"
+bash benches/go-baseline/build.sh
+
+step "all tests passed"

@@ -1,0 +1,122 @@
+//! The S3 sink against a real Garage (started by `scripts/garage.sh`): objects, keys, content
+//! type, and 1,000 concurrent POSTs over two shards giving exactly 10,000 objects.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn prefix(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+#[test]
+fn s3_round_trip_keeps_values_and_content_type() {
+    let g = garage();
+    let p = prefix("roundtrip");
+    let s = Server::start(&["--cores", "2", "--sink", "s3"], &g.server_env(&p));
+    let body = r#"{"version":"1","token":"t","data":[{"s":"\"q\" \\ \u00e9 ✓ 日本","n":18446744073709551615},[1,{"a":[]}],"plain"]}"#;
+    assert_eq!(post(s.addr, body.as_bytes()).status, 200);
+    assert_eq!(post(s.addr, BODY10).status, 200);
+    let m = s.wait_drained(Duration::from_secs(60));
+    assert_eq!(m.sum("corepost_payloads_uploaded_total"), 13);
+    assert_eq!(m.sum("corepost_payloads_failed_total"), 0);
+    assert_eq!(request(s.addr, "GET", "/readyz", &[], b"").status, 200);
+
+    let objects = g.objects(&p);
+    assert_eq!(objects.len(), 13);
+    let mut stored: Vec<String> = Vec::new();
+    for (key, ct, bytes) in &objects {
+        assert_eq!(ct.as_deref(), Some("application/json"), "{key}");
+        assert!(
+            key.starts_with(&format!("{p}/")) && key.ends_with(".json"),
+            "{key}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        stored.push(v.to_string());
+    }
+    let mut sent: Vec<String> = payloads_of(body.as_bytes())
+        .into_iter()
+        .chain(payloads_of(BODY10))
+        .map(|v| v.to_string())
+        .collect();
+    stored.sort();
+    sent.sort();
+    assert_eq!(stored, sent);
+    let raw: Vec<u8> = objects.iter().flat_map(|o| o.2.clone()).collect();
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(
+        raw.contains("18446744073709551615"),
+        "64-bit integers survive"
+    );
+    assert!(raw.contains("✓ 日本"));
+    assert!(s.stop(20).success());
+}
+
+#[test]
+fn thousand_concurrent_posts_give_ten_thousand_objects() {
+    let g = garage();
+    let p = prefix("thousand");
+    let s = Server::start(&["--cores", "2", "--sink", "s3"], &g.server_env(&p));
+    let addr = s.addr;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(1000));
+    let handles: Vec<_> = (0..1000)
+        .map(|_| {
+            let b = barrier.clone();
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let (mut w, mut r) = connect(addr);
+                    b.wait();
+                    std::io::Write::write_all(
+                        &mut w,
+                        &raw_request("POST", "/v1/payloads", &[], BODY10),
+                    )
+                    .unwrap();
+                    read_response(&mut r).status
+                })
+                .unwrap()
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        statuses.iter().all(|&st| st == 200),
+        "all 1,000 POSTs answered 200"
+    );
+
+    let m = s.wait_drained(Duration::from_secs(300));
+    assert_eq!(m.sum("corepost_payloads_accepted_total"), 10_000);
+    assert_eq!(m.sum("corepost_payloads_uploaded_total"), 10_000);
+    assert_eq!(m.sum("corepost_payloads_failed_total"), 0);
+    let served = |shard: &str| {
+        m.sum_with(
+            "corepost_requests_total",
+            &format!("shard=\"{shard}\",route=\"payloads\""),
+        )
+    };
+    assert!(
+        served("0") > 0 && served("1") > 0,
+        "both cores served: {} / {}",
+        served("0"),
+        served("1")
+    );
+
+    let objects = g.objects(&p);
+    assert_eq!(objects.len(), 10_000, "exactly 10,000 objects");
+    let mut keys: Vec<&String> = objects.iter().map(|o| &o.0).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 10_000, "distinct keys");
+    // Each of body10's ten payloads was sent 1,000 times: the bucket holds each 1,000 times.
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (_, _, bytes) in &objects {
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        *counts.entry(v.to_string()).or_default() += 1;
+    }
+    let expected: HashMap<String, usize> = payloads_of(BODY10)
+        .into_iter()
+        .map(|v| (v.to_string(), 1000))
+        .collect();
+    assert_eq!(counts, expected);
+    assert!(s.stop(30).success());
+}

@@ -17,6 +17,7 @@
 #   meta/ data/    Garage metadata (sqlite) and data blocks
 #   garage.log     server log        garage.pid   server pid
 #   env            sourceable S3_* / AWS_* exports (also printed by `start` on stdout)
+#   .initialized   layout/bucket/key setup done      .lock   flock for start/stop
 #
 # Several instances (different DIRs) can run at the same time; every port is picked
 # at random among the free ones. All progress messages go to stderr; stdout only
@@ -30,7 +31,15 @@
 #
 # Written against the Garage v2.x CLI (tested with 2.5.0); the commands used below
 # (`layout assign -z -c`, `layout apply --version`, `key import --yes`,
-# `bucket allow --read --write --owner`) are the same in v1.x.
+# `bucket allow --read --write --owner`) should be the same in v1.x (untested).
+#
+# Talking to it with curl: Garage rejects SigV4 requests without an
+# x-amz-content-sha256 header ("Missing X-Amz-Content-Sha256 field"), and curl
+# (7.88 at least) does not add one by itself, so pass it explicitly, e.g.
+#   . DIR/env
+#   curl --aws-sigv4 "aws:amz:garage:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+#     -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" -H "content-type: application/json" \
+#     -X PUT --data-binary @file.json "$S3_ENDPOINT/$S3_BUCKET/some/key.json"
 
 set -euo pipefail
 
@@ -43,6 +52,10 @@ readonly STARTUP_TIMEOUT="${GARAGE_STARTUP_TIMEOUT:-60}"
 readonly EMPTY_SHA256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 
 PROG="$(basename -- "${BASH_SOURCE[0]}")"
+[[ "$STARTUP_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || {
+	echo "$PROG: error: GARAGE_STARTUP_TIMEOUT must be a positive integer (seconds)" >&2
+	exit 1
+}
 
 die() {
 	echo "$PROG: error: $*" >&2
@@ -64,7 +77,7 @@ now_ms() { date +%s%3N; }
 find_garage() {
 	local c
 	if [[ -n "${GARAGE_BIN:-}" ]]; then
-		[[ -x "$GARAGE_BIN" ]] || die "GARAGE_BIN=$GARAGE_BIN is not an executable file"
+		[[ -x "$GARAGE_BIN" ]] || return 1
 		echo "$GARAGE_BIN"
 		return 0
 	fi
@@ -99,6 +112,9 @@ find_cargo() {
 # Prints the garage path; installs it with cargo if needed.
 ensure_garage() {
 	local g cargo lockfile rc
+	if [[ -n "${GARAGE_BIN:-}" && ! -x "$GARAGE_BIN" ]]; then
+		die "GARAGE_BIN=$GARAGE_BIN is not an executable file"
+	fi
 	if g="$(find_garage)"; then
 		echo "$g"
 		return 0
@@ -312,12 +328,14 @@ running_pid() {
 
 launch_server() {
 	: >>"$LOGFILE"
-	echo "==== $(date -u +%FT%TZ) starting garage server ====" >>"$LOGFILE"
+	# Remember where this run's log starts, to look for errors of this run only.
+	LOG_OFFSET="$(wc -c <"$LOGFILE")"
+	echo "==== $(date -u +%FT%TZ) $PROG: starting garage server ====" >>"$LOGFILE"
 	rm -f -- "$PIDFILE"
 	local -a detach=()
 	command -v setsid >/dev/null 2>&1 && detach=(setsid)
 	# The inner shell records its own pid and execs garage, so the pid file is right
-	# whether or not setsid forks. fd 9 (the DIR lock) must not leak into the server.
+	# whether or not setsid forks. fds 8/9 (our locks) must not leak into the server.
 	# shellcheck disable=SC2016 # $$ and $1.. are expanded by the inner shell
 	env -u GARAGE_RPC_HOST -u GARAGE_CONFIG_FILE -u GARAGE_RPC_SECRET -u GARAGE_RPC_SECRET_FILE \
 		-u GARAGE_ADMIN_TOKEN -u GARAGE_ADMIN_TOKEN_FILE -u GARAGE_METRICS_TOKEN -u GARAGE_METRICS_TOKEN_FILE \
@@ -326,7 +344,10 @@ launch_server() {
 		"$PIDFILE" "$GARAGE" "$CFG" </dev/null >>"$LOGFILE" 2>&1 8>&- 9>&- &
 	local i
 	for ((i = 0; i < 100; i++)); do
-		[[ -s "$PIDFILE" ]] && return 0
+		if [[ -s "$PIDFILE" ]]; then
+			LAUNCHED_PID="$(head -n1 "$PIDFILE")"
+			return 0
+		fi
 		sleep 0.05
 	done
 	die "garage server did not write its pid file $PIDFILE"
@@ -334,21 +355,25 @@ launch_server() {
 
 log_tail() {
 	echo "---- last lines of $LOGFILE ----" >&2
-	tail -n 40 -- "$LOGFILE" >&2 2>/dev/null || true
+	tail -n 30 -- "$LOGFILE" >&2 2>/dev/null || true
 	echo "----" >&2
 }
 
-# Waits until the server answers RPC (`garage status`). Returns 2 if the server
-# died because a port was taken, 1 on other failures.
+# Did this run of the server fail to bind one of its ports? (Garage keeps running
+# when only the S3 or admin listener fails, so the process being alive is not enough.)
+port_conflict() {
+	tail -c +"$((${LOG_OFFSET:-0} + 1))" -- "$LOGFILE" 2>/dev/null | grep -qi 'address already in use'
+}
+
+# Waits until the server answers RPC (`garage status`).
+# Returns 0 when ready, 2 on a port conflict, 1 on other failures.
 wait_rpc() {
-	local deadline pid
+	local deadline pid="$LAUNCHED_PID"
 	deadline=$(($(now_ms) + STARTUP_TIMEOUT * 1000))
-	pid="$(head -n1 "$PIDFILE")"
 	while :; do
+		port_conflict && return 2
 		if ! kill -0 "$pid" 2>/dev/null; then
-			if grep -qi 'address already in use' "$LOGFILE" 2>/dev/null; then
-				return 2
-			fi
+			port_conflict && return 2
 			log "garage server (pid $pid) exited during startup"
 			log_tail
 			return 1
@@ -449,6 +474,8 @@ urlencode() {
 	printf '%s' "$out"
 }
 
+# curl >= 7.75 has --aws-sigv4. (_CURL_SIGV4=no in the environment forces the
+# python3 fallback, for testing.)
 curl_has_sigv4() {
 	[[ -n "${_CURL_SIGV4:-}" ]] || {
 		if command -v curl >/dev/null 2>&1 && curl --help all 2>/dev/null | grep -q -- '--aws-sigv4'; then
@@ -471,18 +498,18 @@ s3_get() {
 	url="http://127.0.0.1:$S3_PORT$path${query:+?$query}"
 	: >"$out"
 	if curl_has_sigv4; then
-		S3_STATUS="$(curl -sS -o "$out" -w '%{http_code}' --max-time 60 \
+		S3_STATUS="$(curl -sS -o "$out" -w '%{http_code}' --max-time "${S3_MAX_TIME:-60}" \
 			--aws-sigv4 "aws:amz:$REGION:s3" --user "$ACCESS_KEY_ID:$SECRET_ACCESS_KEY" \
 			-H "x-amz-content-sha256: $EMPTY_SHA256" "$url" 2>/dev/null)" || S3_STATUS=000
 	elif command -v python3 >/dev/null 2>&1; then
-		S3_STATUS="$(python3 -c "$PY_SIGV4_GET" "$url" "$ACCESS_KEY_ID" "$SECRET_ACCESS_KEY" "$REGION" "$out")" || S3_STATUS=000
+		S3_STATUS="$(python3 -c "$PY_SIGV4_GET" "$url" "$ACCESS_KEY_ID" "$SECRET_ACCESS_KEY" "$REGION" "$out" "${S3_MAX_TIME:-60}")" || S3_STATUS=000
 	else
 		die "need curl >= 7.75 (for --aws-sigv4) or python3 to talk to S3"
 	fi
 }
 
 # Fallback SigV4 GET client for systems whose curl lacks --aws-sigv4.
-# argv: url access_key secret_key region outfile; prints the HTTP status.
+# argv: url access_key secret_key region outfile timeout; prints the HTTP status.
 PY_SIGV4_GET='
 import datetime, hashlib, hmac, sys, urllib.error, urllib.parse, urllib.request
 url, ak, sk, region, out = sys.argv[1:6]
@@ -504,7 +531,7 @@ req = urllib.request.Request(url, headers={
     "Authorization": "AWS4-HMAC-SHA256 Credential=" + ak + "/" + scope
     + ", SignedHeaders=" + signed + ", Signature=" + sig})
 try:
-    r = urllib.request.urlopen(req, timeout=60)
+    r = urllib.request.urlopen(req, timeout=float(sys.argv[6]))
     code, body = r.status, r.read()
 except urllib.error.HTTPError as e:
     code, body = e.code, e.read()
@@ -516,26 +543,36 @@ print("%03d" % code)
 
 # Waits until a signed ListObjectsV2 on the bucket succeeds: proves that the S3
 # port is up, the layout is active, and the key can read the bucket.
+# Returns 0 when ready, 2 on a port conflict, 1 on other failures.
 wait_s3() {
-	local deadline tmp
+	local deadline tmp rc=1
 	deadline=$(($(now_ms) + STARTUP_TIMEOUT * 1000))
 	tmp="$(mktemp)"
 	while :; do
-		s3_get "/$BUCKET" "list-type=2&max-keys=1" "$tmp"
+		S3_MAX_TIME=5 s3_get "/$BUCKET" "list-type=2&max-keys=1" "$tmp"
 		if [[ "$S3_STATUS" == 200 ]]; then
-			rm -f -- "$tmp"
-			return 0
+			rc=0
+			break
+		fi
+		if port_conflict; then
+			rc=2
+			break
+		fi
+		if [[ -n "${LAUNCHED_PID:-}" ]] && ! kill -0 "$LAUNCHED_PID" 2>/dev/null; then
+			log "garage server (pid $LAUNCHED_PID) exited"
+			log_tail
+			break
 		fi
 		if (($(now_ms) > deadline)); then
 			log "S3 API on 127.0.0.1:$S3_PORT not ready after ${STARTUP_TIMEOUT}s (last HTTP status $S3_STATUS)"
-			cat -- "$tmp" >&2
-			echo >&2
-			rm -f -- "$tmp"
+			[[ -s "$tmp" ]] && { cat -- "$tmp" >&2; echo >&2; }
 			log_tail
-			return 1
+			break
 		fi
 		sleep 0.2
 	done
+	rm -f -- "$tmp"
+	return "$rc"
 }
 
 write_env() {
@@ -562,17 +599,35 @@ cmd_ensure() {
 	ensure_garage
 }
 
+# EXIT trap of `start`: if we launched a server and then failed, do not leave a
+# half-configured server behind.
+start_cleanup() {
+	local rc=$?
+	if ((rc != 0)) && [[ -n "${LAUNCHED_PID:-}" ]] && pid_is_ours "$LAUNCHED_PID"; then
+		log "start failed; stopping the garage server it launched (pid $LAUNCHED_PID)"
+		stop_pid "$LAUNCHED_PID" || true
+		rm -f -- "$PIDFILE"
+	fi
+	return "$rc"
+}
+
 cmd_start() {
 	set_dir "${1:-}"
 	GARAGE="$(ensure_garage)"
 	lock_dir
 	local t0 pid attempt rc first=0
 	t0="$(now_ms)"
+	LAUNCHED_PID=""
+	trap start_cleanup EXIT
 
 	if pid="$(running_pid)"; then
 		log "garage already running for $DIR (pid $pid)"
 		[[ -f "$CFG" ]] || die "$CFG missing although a server is running"
 		load_instance
+		# only look at the log of the current server run for port conflicts
+		LOG_OFFSET="$(grep -ab 'starting garage server ====' -- "$LOGFILE" 2>/dev/null | tail -n1 | cut -d: -f1)" || true
+		[[ -f "$DIR/.initialized" ]] || init_cluster
+		wait_s3 || die "S3 API of the running server is not ready (log: $LOGFILE)"
 	else
 		if [[ ! -f "$CFG" ]]; then
 			first=1
@@ -584,30 +639,32 @@ cmd_start() {
 			launch_server
 			rc=0
 			wait_rpc || rc=$?
+			if ((rc == 0)); then
+				[[ -f "$DIR/.initialized" ]] || init_cluster
+				wait_s3 || rc=$?
+			fi
 			((rc == 0)) && break
-			pid="$(head -n1 "$PIDFILE" 2>/dev/null || true)"
-			[[ -n "$pid" ]] && pid_is_ours "$pid" && stop_pid "$pid"
+			# failed: stop what we launched before retrying or giving up
+			pid_is_ours "$LAUNCHED_PID" && stop_pid "$LAUNCHED_PID"
+			LAUNCHED_PID=""
 			rm -f -- "$PIDFILE"
 			if ((rc == 2 && first == 1 && attempt < 5)); then
-				log "a port was taken; picking new ports (attempt $((attempt + 1)))"
+				log "a port was already in use; picking new ports (attempt $((attempt + 1)))"
 				write_config
 				load_instance
 				continue
 			fi
 			if ((rc == 2)); then
-				log_tail
-				die "garage could not bind its ports (S3 $S3_PORT, RPC $RPC_PORT, admin $ADMIN_PORT are set in $CFG)"
+				tail -c +"$((LOG_OFFSET + 1))" -- "$LOGFILE" | grep -i 'address already in use' >&2 || true
+				die "a port of this instance is already in use (S3 $S3_PORT, RPC $RPC_PORT, admin $ADMIN_PORT, fixed in $CFG); free it or wipe $DIR"
 			fi
 			die "garage server failed to start (config $CFG, log $LOGFILE)"
 		done
 	fi
 
-	if [[ ! -f "$DIR/.initialized" ]]; then
-		init_cluster
-	fi
-	wait_s3 || die "S3 API did not become ready (log: $LOGFILE)"
-	log "ready: S3 on 127.0.0.1:$S3_PORT, RPC $RPC_PORT, admin $ADMIN_PORT, pid $(head -n1 "$PIDFILE" 2>/dev/null || running_pid), $(($(now_ms) - t0)) ms"
+	log "ready: S3 on 127.0.0.1:$S3_PORT, RPC $RPC_PORT, admin $ADMIN_PORT, pid $(head -n1 "$PIDFILE" 2>/dev/null || true), $(($(now_ms) - t0)) ms"
 	write_env
+	LAUNCHED_PID=""
 }
 
 cmd_stop() {

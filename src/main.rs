@@ -46,6 +46,9 @@ struct Opts {
     /// Number of shards (one per core), or `all`.
     #[arg(long, value_name = "N")]
     cores: Option<String>,
+    /// Directory for payloads that could not be delivered (uploaded first at the next start).
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<String>,
 }
 
 fn parse_sink(s: &str) -> Result<SinkKind, String> {
@@ -67,6 +70,7 @@ fn load(o: Opts) -> Result<config::Config, String> {
             sink: o.sink,
             fs_root: o.fs_root,
             cores: o.cores,
+            spill_dir: o.spill_dir,
         },
     };
     let cfg = config::load(&src).map_err(|e| e.to_string())?;

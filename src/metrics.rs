@@ -48,8 +48,10 @@ pub struct ShardStats {
     pub bytes_in: AtomicU64,
     /// Payloads stored in the sink.
     pub payloads_uploaded: AtomicU64,
-    /// Payloads given up on after retries (logged each).
+    /// Payloads neither stored nor spilled (disk failure on top of a store failure; logged).
     pub payloads_failed: AtomicU64,
+    /// Payloads written to the spill directory instead of the store.
+    pub payloads_spilled: AtomicU64,
     /// Upload attempts that failed and were retried.
     pub upload_retries: AtomicU64,
     /// Bytes written to the sink.
@@ -113,7 +115,7 @@ type Field = fn(&ShardStats) -> &AtomicU64;
 /// Renders all shards in Prometheus text format.
 pub fn render(shards: &[ShardView], ready: bool) -> String {
     let mut out = String::with_capacity(8192);
-    let counters: [(&str, &str, Field); 9] = [
+    let counters: [(&str, &str, Field); 10] = [
         (
             "corepost_payloads_accepted_total",
             "Payloads answered 200 for.",
@@ -130,8 +132,13 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             |s| &s.payloads_uploaded,
         ),
         (
+            "corepost_payloads_spilled_total",
+            "Payloads kept in the spill directory for the next start.",
+            |s| &s.payloads_spilled,
+        ),
+        (
             "corepost_payloads_failed_total",
-            "Payloads given up on after retries.",
+            "Payloads neither stored nor spilled (lost; logged).",
             |s| &s.payloads_failed,
         ),
         (

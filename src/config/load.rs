@@ -19,6 +19,8 @@ pub struct Flags {
     pub fs_root: Option<String>,
     /// `--cores N` (or `all`)
     pub cores: Option<String>,
+    /// `--spill-dir DIR`
+    pub spill_dir: Option<String>,
 }
 
 /// Everything `load` reads.
@@ -181,6 +183,9 @@ fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
     }
     if let Some(v) = &flags.fs_root {
         cfg.sink.fs.root = v.clone();
+    }
+    if let Some(v) = &flags.spill_dir {
+        cfg.upload.spill_dir = v.clone();
     }
     if let Some(v) = &flags.cores {
         if v == "all" {

@@ -175,6 +175,13 @@ pub struct UploadConfig {
     pub backoff_max_ms: u64,
     /// Time limit for one PUT request.
     pub request_timeout_ms: u64,
+    /// After SIGTERM, the queues have this long to drain into the sink. What is still
+    /// undelivered then is written to `spill_dir` and uploaded first at the next start.
+    pub drain_timeout_ms: u64,
+    /// Local directory for payloads that could not be delivered: left over at the drain
+    /// deadline, or refused by the store for good (bad credentials, missing bucket). Files are
+    /// named by object key and fsynced; the next start uploads and deletes them.
+    pub spill_dir: String,
 }
 
 impl Default for UploadConfig {
@@ -185,6 +192,8 @@ impl Default for UploadConfig {
             backoff_base_ms: 50,
             backoff_max_ms: 5_000,
             request_timeout_ms: 30_000,
+            drain_timeout_ms: 30_000,
+            spill_dir: "corepost-spill".into(),
         }
     }
 }
@@ -389,6 +398,7 @@ impl Config {
             ),
             ("upload.request_timeout_ms", self.upload.request_timeout_ms),
             ("upload.backoff_base_ms", self.upload.backoff_base_ms),
+            ("upload.drain_timeout_ms", self.upload.drain_timeout_ms),
         ] {
             if v == 0 {
                 bad(key, "must be greater than 0".into());
@@ -459,6 +469,9 @@ impl Config {
                     );
                 }
             }
+        }
+        if self.upload.spill_dir.is_empty() {
+            bad("upload.spill_dir", "must not be empty".into());
         }
         if self.sink.kind == SinkKind::Fs && self.sink.fs.root.is_empty() {
             bad("sink.fs.root", "must not be empty".into());

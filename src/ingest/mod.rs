@@ -115,7 +115,6 @@ fn parse_serde(body: &[u8], spans: &mut Vec<Span>) -> Result<(), IngestError> {
             _ => IngestError::Json(e.to_string()),
         }
     })?;
-    check_depth(body, MAX_DEPTH)?;
     let base = body.as_ptr() as usize;
     spans.reserve(c.data.len());
     for raw in c.data {
@@ -127,18 +126,28 @@ fn parse_serde(body: &[u8], spans: &mut Vec<Span>) -> Result<(), IngestError> {
         }
         spans.push((start as u32, (start + s.len()) as u32));
     }
-    Ok(())
+    check_depth(body, spans, MAX_DEPTH)
 }
 
 /// Refuses nesting deeper than `max`. serde_json skips over a raw value without a depth limit,
-/// so the serde path checks here; counting brackets first makes the common case one cheap pass.
-fn check_depth(body: &[u8], max: usize) -> Result<(), IngestError> {
-    let opens = body.iter().filter(|&&c| c == b'[' || c == b'{').count();
-    if opens <= max {
-        return Ok(());
+/// so the serde path checks each payload here (a payload sits at level 2). Counting a payload's
+/// opening brackets bounds its depth in one vectorisable pass; only a payload with more opening
+/// brackets than the limit allows is scanned precisely.
+fn check_depth(body: &[u8], spans: &[Span], max: usize) -> Result<(), IngestError> {
+    let max = max.saturating_sub(2);
+    for &(s, e) in spans {
+        let p = &body[s as usize..e as usize];
+        let opens = p.iter().filter(|&&c| c == b'[' || c == b'{').count();
+        if opens > max {
+            scan_depth(p, max)?;
+        }
     }
+    Ok(())
+}
+
+fn scan_depth(p: &[u8], max: usize) -> Result<(), IngestError> {
     let (mut depth, mut in_str, mut esc) = (0usize, false, false);
-    for &c in body {
+    for &c in p {
         if in_str {
             if esc {
                 esc = false;
@@ -154,7 +163,7 @@ fn check_depth(body: &[u8], max: usize) -> Result<(), IngestError> {
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
-                    return Err(IngestError::TooDeep(max));
+                    return Err(IngestError::TooDeep(MAX_DEPTH));
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),

@@ -119,6 +119,8 @@ pub struct Server {
     stops: Vec<flume::Sender<()>>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    drains: Vec<flume::Sender<Instant>>,
+    drain_timeout: Duration,
     stopping: Arc<AtomicBool>,
 }
 
@@ -134,7 +136,10 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
     let mut views = Vec::new();
     let mut senders = Vec::new();
     let mut workers = Vec::new();
+    let mut drains = Vec::new();
     for p in &placement {
+        let (drain_tx, drain_rx) = flume::bounded::<Instant>(1);
+        drains.push(drain_tx);
         let stats = Arc::new(ShardStats::default());
         let budget = Arc::new(Budget::new(
             config.queue.max_payloads,
@@ -147,6 +152,8 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
                 shard: p.shard,
                 cpu: p.worker_cpu,
                 rx,
+                drain: drain_rx,
+                replay_spill: p.shard == 0,
                 budget: budget.clone(),
                 stats: stats.clone(),
                 keys,
@@ -224,6 +231,8 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         stops,
         executors,
         workers,
+        drains,
+        drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
         stopping,
     })
 }
@@ -288,10 +297,14 @@ impl Server {
         self.shards
     }
 
-    /// Stops accepting, lets requests in progress finish, drains every queue to the sink,
-    /// and returns when all threads have ended.
+    /// Stops accepting, lets requests in progress finish, drains every queue to the sink
+    /// (what the drain deadline leaves is spilled), and returns when all threads have ended.
     pub fn shutdown(self) -> anyhow::Result<()> {
         self.stopping.store(true, Relaxed);
+        let deadline = Instant::now() + self.drain_timeout;
+        for d in &self.drains {
+            let _ = d.send(deadline);
+        }
         for s in &self.stops {
             let _ = s.send(());
         }

@@ -1,22 +1,27 @@
 //! Upload workers: one OS thread per shard (pinned, tokio current_thread, because rust-s3 needs
 //! tokio) that drains the shard's queue into the sink, `upload.max_in_flight` PUTs at a time,
 //! retrying transient failures with capped exponential backoff and full jitter.
+//!
+//! Nothing answered `200` is dropped: a payload the store refuses for good, or one still
+//! undelivered at the drain deadline after SIGTERM, is written to the spill directory (fsynced,
+//! named by its key), and worker 0 uploads the spill directory first at the next start.
 #![forbid(unsafe_code)]
 
 mod sink;
 
-pub use sink::{Sink, UploadError};
+pub use sink::{FsSink, Sink, UploadError};
 
 use crate::config::Config;
 use crate::keys::KeySpace;
 use crate::metrics::{dec, inc, ShardStats};
 use crate::queue::{Budget, Job};
 use std::cell::Cell;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 /// Everything a worker needs, handed over at start-up.
 #[derive(Debug)]
@@ -27,6 +32,10 @@ pub struct WorkerSetup {
     pub cpu: usize,
     /// The shard's queue.
     pub rx: flume::Receiver<Job>,
+    /// Receives the drain deadline when shutdown starts.
+    pub drain: flume::Receiver<Instant>,
+    /// Whether this worker uploads the spill directory left by an earlier run (worker 0).
+    pub replay_spill: bool,
     /// The shard's memory budget, released as requests finish.
     pub budget: Arc<Budget>,
     /// The shard's counters.
@@ -45,7 +54,7 @@ pub fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
 }
 
 /// Starts the worker thread. It returns when the queue is closed (every sender dropped) and
-/// everything queued has been uploaded or given up.
+/// everything queued has been stored or spilled.
 pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("upload-{}", setup.shard))
@@ -72,15 +81,33 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
         })
 }
 
+/// What became of one payload.
+enum Outcome {
+    Stored,
+    Spilled,
+}
+
+struct Ctx {
+    sink: Sink,
+    spill: FsSink,
+    stats: Arc<ShardStats>,
+    budget: Arc<Budget>,
+    keys: KeySpace,
+    config: Arc<Config>,
+    shard: usize,
+    /// Set at the drain deadline: stop trying the store, spill instead.
+    spilling: Cell<bool>,
+    deadline: Notify,
+}
+
 async fn run(s: WorkerSetup) {
     let sink = match Sink::new(&s.config.sink, &s.config.upload) {
-        Ok(sink) => Rc::new(sink),
+        Ok(sink) => sink,
         Err(e) => {
-            // Config validation should have caught this; keep the queue draining into errors
-            // rather than leaving 200-answered payloads in limbo silently.
-            tracing::error!(shard = s.shard, error = %e, "cannot build sink");
+            // Validation should make this unreachable; every payload then goes to the spill.
+            tracing::error!(shard = s.shard, error = %e, "cannot build sink; spilling everything");
             s.stats.sink_failing.store(true, Relaxed);
-            return;
+            Sink::Discard
         }
     };
     if let Err(e) = sink.check().await {
@@ -91,12 +118,32 @@ async fn run(s: WorkerSetup) {
     let permits = Arc::new(Semaphore::new(max));
     let ctx = Rc::new(Ctx {
         sink,
+        // Spill files are written without a per-file fsync (thousands of fsyncs would outlast
+        // any drain deadline); one syncfs at the end of the drain makes them all durable.
+        spill: FsSink::new(&s.config.upload.spill_dir, false),
         stats: s.stats,
         budget: s.budget,
         keys: s.keys,
         config: s.config,
         shard: s.shard,
+        spilling: Cell::new(false),
+        deadline: Notify::new(),
     });
+    let drain_ctx = ctx.clone();
+    tokio::task::spawn_local(async move {
+        if let Ok(at) = s.drain.recv_async().await {
+            tokio::time::sleep_until(at.into()).await;
+            drain_ctx.spilling.set(true);
+            drain_ctx.deadline.notify_waiters();
+            tracing::warn!(
+                shard = drain_ctx.shard,
+                "drain deadline reached; spilling what is left"
+            );
+        }
+    });
+    if s.replay_spill {
+        replay(&ctx, &permits).await;
+    }
     while let Ok(job) = s.rx.recv_async().await {
         let job = Rc::new(job);
         let remaining = Rc::new(Cell::new(job.spans.len()));
@@ -106,7 +153,12 @@ async fn run(s: WorkerSetup) {
             };
             let (ctx, job, remaining) = (ctx.clone(), job.clone(), remaining.clone());
             tokio::task::spawn_local(async move {
-                ctx.upload(&job, i).await;
+                let (start, end) = job.spans[i];
+                let data = &job.body[start as usize..end as usize];
+                let key = ctx
+                    .keys
+                    .key(job.received_secs, job.first_seq + i as u64, "json");
+                ctx.deliver(&key, data).await;
                 drop(permit);
                 remaining.set(remaining.get() - 1);
                 if remaining.get() == 0 {
@@ -117,33 +169,125 @@ async fn run(s: WorkerSetup) {
     }
     // The queue is closed and empty: wait for the uploads still in flight.
     let _ = permits.acquire_many(max as u32).await;
-    tracing::debug!(shard = s.shard, "upload worker drained");
+    if ctx.stats.payloads_spilled.load(Relaxed) > 0 {
+        sync_dir_fs(ctx.spill.root());
+    }
+    tracing::debug!(shard = ctx.shard, "upload worker drained");
 }
 
-struct Ctx {
-    sink: Rc<Sink>,
-    stats: Arc<ShardStats>,
-    budget: Arc<Budget>,
-    keys: KeySpace,
-    config: Arc<Config>,
-    shard: usize,
+/// Flushes the file system holding `dir` (every spilled file and directory entry at once).
+fn sync_dir_fs(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    match std::fs::File::open(dir) {
+        Ok(f) => {
+            if let Err(e) = nix::unistd::syncfs(f.as_raw_fd()) {
+                tracing::error!(dir = %dir.display(), error = %e, "syncfs of the spill directory failed");
+            }
+        }
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot open the spill directory")
+        }
+    }
+}
+
+/// Uploads every file of the spill directory (named by key) and deletes it once stored.
+async fn replay(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>) {
+    let root = ctx.spill.root().to_path_buf();
+    let files = spilled_files(&root);
+    if files.is_empty() {
+        return;
+    }
+    tracing::info!(files = files.len(), dir = %root.display(), "uploading payloads spilled by an earlier run");
+    for path in files {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let ctx = ctx.clone();
+        let root = root.clone();
+        tokio::task::spawn_local(async move {
+            let key = path
+                .strip_prefix(&root)
+                .map(|k| k.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match std::fs::read(&path) {
+                Ok(data) => {
+                    if let Outcome::Stored = ctx.deliver(&key, &data).await {
+                        if let Err(e) = std::fs::remove_file(&path) {
+                            tracing::warn!(file = %path.display(), error = %e, "stored, but cannot delete the spilled copy");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "cannot read spilled payload")
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Every regular file under `root` except in-progress dot-files, in key order.
+pub fn spilled_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in rd.flatten() {
+            let path = entry.path();
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() && !hidden => out.push(path),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 impl Ctx {
-    /// Uploads payload `i` of `job`, retrying as configured; counts and logs the outcome.
-    async fn upload(&self, job: &Job, i: usize) {
-        let (start, end) = job.spans[i];
-        let data = &job.body[start as usize..end as usize];
-        let key = self
-            .keys
-            .key(job.received_secs, job.first_seq + i as u64, "json");
-        let up = &self.config.upload;
+    /// Stores one payload, retrying as configured; what cannot be stored is spilled. Counts
+    /// and logs the outcome.
+    async fn deliver(&self, key: &str, data: &[u8]) -> Outcome {
         inc(&self.stats.uploads_in_flight, 1);
+        let outcome = match self.store(key, data).await {
+            Ok(()) => Outcome::Stored,
+            Err(e) => {
+                if let Err(spill_err) = self.spill.put(key, data) {
+                    inc(&self.stats.payloads_failed, 1);
+                    tracing::error!(shard = self.shard, key, error = %e, spill_error = %spill_err, "payload LOST: not stored and not spilled");
+                } else {
+                    inc(&self.stats.payloads_spilled, 1);
+                    if !self.spilling.get() {
+                        tracing::error!(shard = self.shard, key, error = %e, "payload not stored; kept in the spill directory");
+                    }
+                }
+                Outcome::Spilled
+            }
+        };
+        dec(&self.stats.uploads_in_flight, 1);
+        outcome
+    }
+
+    /// Tries the store until it succeeds, a permanent error, `max_attempts`, or the drain
+    /// deadline.
+    async fn store(&self, key: &str, data: &[u8]) -> Result<(), UploadError> {
+        let up = &self.config.upload;
         let mut attempt = 0u32;
         loop {
+            if self.spilling.get() {
+                return Err(UploadError::Transient("drain deadline reached".into()));
+            }
             attempt += 1;
             let t0 = Instant::now();
-            match self.sink.put(&key, data, "application/json").await {
+            let result = tokio::select! {
+                r = self.sink.put(key, data, "application/json") => r,
+                _ = self.deadline.notified() => Err(UploadError::Transient("drain deadline reached".into())),
+            };
+            match result {
                 Ok(()) => {
                     self.stats.observe_upload(t0.elapsed().as_secs_f64());
                     inc(&self.stats.payloads_uploaded, 1);
@@ -151,25 +295,28 @@ impl Ctx {
                     if self.stats.sink_failing.swap(false, Relaxed) {
                         tracing::info!(shard = self.shard, "sink recovered");
                     }
-                    break;
+                    return Ok(());
                 }
                 Err(e) if e.retryable() && (up.max_attempts == 0 || attempt < up.max_attempts) => {
+                    if self.spilling.get() {
+                        return Err(e);
+                    }
                     inc(&self.stats.upload_retries, 1);
                     if !self.stats.sink_failing.swap(true, Relaxed) {
                         tracing::warn!(shard = self.shard, error = %e, "sink failing; retrying with backoff");
                     }
-                    tokio::time::sleep(backoff(attempt, up.backoff_base_ms, up.backoff_max_ms))
-                        .await;
+                    let pause = backoff(attempt, up.backoff_base_ms, up.backoff_max_ms);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.deadline.notified() => {}
+                    }
                 }
                 Err(e) => {
                     self.stats.sink_failing.store(true, Relaxed);
-                    inc(&self.stats.payloads_failed, 1);
-                    tracing::error!(shard = self.shard, key = %key, attempts = attempt, error = %e, "payload not stored");
-                    break;
+                    return Err(e);
                 }
             }
         }
-        dec(&self.stats.uploads_in_flight, 1);
     }
 }
 

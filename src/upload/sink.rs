@@ -39,12 +39,15 @@ pub enum Sink {
     Discard,
 }
 
-/// The local-directory sink.
+/// The local-directory sink; also the spill directory's writer.
 #[derive(Debug)]
 pub struct FsSink {
     root: PathBuf,
     /// Directories already created, so a steady stream of objects costs no `mkdir` calls.
     made: RefCell<HashSet<PathBuf>>,
+    /// fsync each file before renaming it into place (the spill directory needs this; the fs
+    /// sink with `ack = "queued"` does not).
+    durable: bool,
 }
 
 /// Classifies an HTTP status from the store.
@@ -66,10 +69,7 @@ impl Sink {
     pub fn new(cfg: &SinkConfig, upload: &UploadConfig) -> Result<Sink, UploadError> {
         match cfg.kind {
             SinkKind::Discard => Ok(Sink::Discard),
-            SinkKind::Fs => Ok(Sink::Fs(FsSink {
-                root: PathBuf::from(&cfg.fs.root),
-                made: RefCell::new(HashSet::new()),
-            })),
+            SinkKind::Fs => Ok(Sink::Fs(FsSink::new(&cfg.fs.root, false))),
             SinkKind::S3 => {
                 let s3 = &cfg.s3;
                 let bad = |e: String| UploadError::Permanent(e);
@@ -160,7 +160,22 @@ impl Sink {
 }
 
 impl FsSink {
-    fn put(&self, key: &str, data: &[u8]) -> Result<(), UploadError> {
+    /// Files under `root`; `durable` fsyncs each file before it is renamed into place.
+    pub fn new(root: impl Into<PathBuf>, durable: bool) -> Self {
+        Self {
+            root: root.into(),
+            made: RefCell::new(HashSet::new()),
+            durable,
+        }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes one file atomically (temporary dot-file, then rename).
+    pub fn put(&self, key: &str, data: &[u8]) -> Result<(), UploadError> {
         let path = self.root.join(key);
         let io = |what: &str, p: &Path, e: std::io::Error| {
             let msg = format!("{what} {}: {e}", p.display());
@@ -182,8 +197,21 @@ impl FsSink {
         // A dot-file in the same directory: the rename is atomic, and listings that skip dot
         // files never see a partial object.
         let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, data).map_err(|e| io("write", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))
+        if self.durable {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+            f.write_all(data).map_err(|e| io("write", &tmp, e))?;
+            f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
+        } else {
+            std::fs::write(&tmp, data).map_err(|e| io("write", &tmp, e))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
+        if self.durable {
+            if let Ok(d) = std::fs::File::open(dir) {
+                d.sync_all().map_err(|e| io("fsync", dir, e))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -211,10 +239,7 @@ mod tests {
     #[test]
     fn fs_sink_writes_whole_files() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = FsSink {
-            root: dir.path().to_path_buf(),
-            made: RefCell::new(HashSet::new()),
-        };
+        let sink = FsSink::new(dir.path(), true);
         sink.put("p/2026/01/02/03/a-0-1-2.json", b"{\"a\":1}")
             .unwrap();
         let got = std::fs::read(dir.path().join("p/2026/01/02/03/a-0-1-2.json")).unwrap();

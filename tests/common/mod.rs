@@ -21,6 +21,9 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub ready_line: String,
+    /// The spill directory (a temp dir unless the test passed `--spill-dir`).
+    pub spill: PathBuf,
+    _spill_tmp: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -31,6 +34,14 @@ impl Server {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(args);
+        let (spill, spill_tmp) = match args.iter().position(|a| *a == "--spill-dir") {
+            Some(i) => (PathBuf::from(args[i + 1]), None),
+            None => {
+                let t = tempfile::tempdir().unwrap();
+                cmd.arg("--spill-dir").arg(t.path());
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
         for k in [
             "MAX_WORKERS",
             "MAX_QUEUE",
@@ -70,6 +81,8 @@ impl Server {
             child,
             addr,
             ready_line: line,
+            spill,
+            _spill_tmp: spill_tmp,
         }
     }
 
@@ -106,7 +119,7 @@ impl Server {
         Metrics::parse(&String::from_utf8_lossy(&r.body))
     }
 
-    /// Polls /metrics until `uploaded + failed` reaches `accepted` (the queues are drained).
+    /// Polls /metrics until `uploaded + spilled + failed` reaches `accepted` (queues drained).
     pub fn wait_drained(&self, timeout: Duration) -> Metrics {
         let deadline = Instant::now() + timeout;
         loop {
@@ -197,17 +210,22 @@ impl Resp {
 
 /// Reads one response (Content-Length bodies only, which is all corepost sends).
 pub fn read_response(r: &mut BufReader<TcpStream>) -> Resp {
+    try_read_response(r).expect("a complete HTTP response")
+}
+
+/// Reads one response; `None` when the connection fails or closes first.
+pub fn try_read_response(r: &mut BufReader<TcpStream>) -> Option<Resp> {
     let mut line = String::new();
-    r.read_line(&mut line).expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
-        r.read_line(&mut h).expect("header line");
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
         let h = h.trim_end();
         if h.is_empty() {
             break;
@@ -219,17 +237,17 @@ pub fn read_response(r: &mut BufReader<TcpStream>) -> Resp {
     let len = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.parse::<usize>().unwrap())
+        .and_then(|(_, v)| v.parse::<usize>().ok())
         .unwrap_or(0);
     let mut body = vec![0; len];
     if status != 100 {
-        r.read_exact(&mut body).expect("body");
+        r.read_exact(&mut body).ok()?;
     }
-    Resp {
+    Some(Resp {
         status,
         headers,
         body,
-    }
+    })
 }
 
 pub fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
@@ -427,4 +445,111 @@ impl Garage {
             out
         })
     }
+}
+
+/// Background load: `threads` clients POSTing body10 over keep-alive connections (reconnecting
+/// after errors) until stopped. Counts payloads answered 200 and every other outcome.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<LoadCount>>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LoadCount {
+    /// Payloads in requests answered 200.
+    pub ok_payloads: u64,
+    /// Answers by status (other than 200).
+    pub other: HashMap<u16, u64>,
+    /// Requests that got no answer (connection refused or closed).
+    pub no_answer: u64,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, threads: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut c = LoadCount::default();
+                    let req = raw_request("POST", "/v1/payloads", &[], BODY10);
+                    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if conn.is_none() {
+                            match TcpStream::connect(addr) {
+                                Ok(s) => {
+                                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                                    let r = BufReader::new(s.try_clone().unwrap());
+                                    conn = Some((s, r));
+                                }
+                                Err(_) => {
+                                    c.no_answer += 1;
+                                    std::thread::sleep(Duration::from_millis(20));
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some((w, r)) = conn.as_mut() else {
+                            continue;
+                        };
+                        if w.write_all(&req).is_err() {
+                            c.no_answer += 1;
+                            conn = None;
+                            continue;
+                        }
+                        match try_read_response(r) {
+                            Some(resp) if resp.status == 200 => c.ok_payloads += 10,
+                            Some(resp) => {
+                                *c.other.entry(resp.status).or_default() += 1;
+                                if resp.status == 503 {
+                                    std::thread::sleep(Duration::from_millis(5));
+                                }
+                            }
+                            None => {
+                                c.no_answer += 1;
+                                conn = None;
+                            }
+                        }
+                    }
+                    c
+                })
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    pub fn stop(self) -> LoadCount {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = LoadCount::default();
+        for h in self.handles {
+            let c = h.join().unwrap();
+            total.ok_payloads += c.ok_payloads;
+            total.no_answer += c.no_answer;
+            for (k, v) in c.other {
+                *total.other.entry(k).or_default() += v;
+            }
+        }
+        total
+    }
+}
+
+/// Polls until `f` is true (panics after `secs`).
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `scripts/garage.sh <cmd> <dir>`.
+pub fn garage_cmd(cmd: &str, dir: &Path) {
+    let st = Command::new("bash")
+        .arg(repo().join("scripts/garage.sh"))
+        .arg(cmd)
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "garage.sh {cmd} failed");
 }

@@ -1,0 +1,797 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: corepost vs the Go baseline vs nginx (HTTP-only ceiling), same load,
+# systems alternated within each round, one run. Writes benches/results/<date>-<scenario>.md and
+# an SVG chart beside it. See benches/e2e/README.md.
+#
+# usage: benches/e2e/run.sh [--scenario a|b|all] [--rounds N] [--duration S] [--smoke] [more: --help]
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+E2E="$ROOT/benches/e2e"
+LIB="$E2E/lib.py"
+WORKLOAD="$ROOT/benches/workload"
+RESULTS="$ROOT/benches/results"
+COMMAND_LINE="benches/e2e/run.sh"
+for arg in "$@"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./,:=+-]+$ ]]; then COMMAND_LINE+=" $arg"; else COMMAND_LINE+=" $(printf %q "$arg")"; fi
+done
+
+# ------------------------------------------------------------------ defaults and flags
+SCENARIO=all
+ROUNDS=3
+DURATION=10
+SMOKE=0
+MODES=percore,machine
+SYSTEMS=corepost,go,nginx
+BODY_NAME=body10.json
+CONNS=64
+WRK_THREADS=1
+RATE_A=""            # fixed rate for the latency runs of (a), req/s; empty = derived
+RATE_B=""            # same for (b)
+RATE_FRAC=0.8        # derived rate = this x the lowest median sustained rate of the run
+DRAIN_TIMEOUT=120    # s: max wait for S3 to catch up after the load (b)
+DRAIN_STABLE=10      # s: no new object for this long = drain finished (b)
+KILL_DURATION=5      # s: load of the SIGKILL round (b)
+KILL_SETTLE=3        # s: wait after SIGKILL before counting (b)
+STOP_GRACE=10        # s: SIGTERM -> SIGKILL
+READY_TIMEOUT=30     # s: server must print its ready line within this
+MEM_GUARD_MIB=6144   # a server whose RSS passes this is killed (the machine is shared)
+MAX_WORKERS=""       # passed to corepost and Go when set
+MAX_QUEUE=""
+LG_CPU=0             # load generator (and Garage in b) in the per-core runs
+SERVER_CPU=1         # server in the per-core runs
+SKIP_MISSING=0
+NO_BUILD=0
+NO_INSTALL=0
+WRK_TIMEOUT=5s
+
+usage() {
+    cat <<EOF
+usage: benches/e2e/run.sh [options]
+  --scenario a|b|all   a = front end only, b = one S3 object per payload (Garage)   [all]
+  --rounds N           rounds; each round runs every system once, alternating      [3]
+  --duration S         seconds of load per run                                      [10]
+  --smoke              harness check: 1 round, 3 s, short drain/kill waits
+  --modes LIST         percore,machine (per-core pinned runs, whole-machine runs)   [percore,machine]
+  --systems LIST       corepost,go,nginx                                            [all three]
+  --skip-missing       skip a system whose binary cannot be built instead of failing
+  --body FILE          body in benches/workload/                                    [body10.json]
+  --connections N      connections for wrk and the fixed-rate runs                  [64]
+  --wrk-threads N      wrk threads                                                  [1]
+  --rate R             fixed rate (req/s) for the latency runs of both scenarios
+  --rate-a R, --rate-b R   the same for one scenario only
+  --rate-fraction F    derived fixed rate = F x lowest median sustained rate         [0.8]
+  --drain-timeout S    (b) max wait for stored objects to stop growing              [120]
+  --drain-stable S     (b) count unchanged this long = drain finished               [10]
+  --kill-duration S    (b) load of the SIGKILL round                                [5]
+  --kill-settle S      (b) wait after SIGKILL before counting                       [3]
+  --max-workers N      MAX_WORKERS for corepost and Go                              [server default]
+  --max-queue N        MAX_QUEUE for corepost and Go                                [server default]
+  --mem-guard-mib N    kill a server whose RSS passes N MiB (shared machine)        [6144]
+  --no-build           do not run cargo build / go-baseline/build.sh
+  --no-install         do not apt-get / cargo install missing tools
+EOF
+}
+
+# --smoke sets short defaults first, so that other flags on the same command line still win.
+for arg in "$@"; do
+    if [[ $arg == --smoke ]]; then
+        SMOKE=1; ROUNDS=1; DURATION=3; DRAIN_TIMEOUT=30; DRAIN_STABLE=5; KILL_DURATION=3; KILL_SETTLE=2; STOP_GRACE=5
+    fi
+done
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --scenario) SCENARIO="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        --duration) DURATION="$2"; shift 2 ;;
+        --smoke) SMOKE=1; shift ;;
+        --modes) MODES="$2"; shift 2 ;;
+        --systems) SYSTEMS="$2"; shift 2 ;;
+        --skip-missing) SKIP_MISSING=1; shift ;;
+        --body) BODY_NAME="$2"; shift 2 ;;
+        --connections) CONNS="$2"; shift 2 ;;
+        --wrk-threads) WRK_THREADS="$2"; shift 2 ;;
+        --rate) RATE_A="$2"; RATE_B="$2"; shift 2 ;;
+        --rate-a) RATE_A="$2"; shift 2 ;;
+        --rate-b) RATE_B="$2"; shift 2 ;;
+        --rate-fraction) RATE_FRAC="$2"; shift 2 ;;
+        --drain-timeout) DRAIN_TIMEOUT="$2"; shift 2 ;;
+        --drain-stable) DRAIN_STABLE="$2"; shift 2 ;;
+        --kill-duration) KILL_DURATION="$2"; shift 2 ;;
+        --kill-settle) KILL_SETTLE="$2"; shift 2 ;;
+        --max-workers) MAX_WORKERS="$2"; shift 2 ;;
+        --max-queue) MAX_QUEUE="$2"; shift 2 ;;
+        --mem-guard-mib) MEM_GUARD_MIB="$2"; shift 2 ;;
+        --no-build) NO_BUILD=1; shift ;;
+        --no-install) NO_INSTALL=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+case "$SCENARIO" in a) SCENARIOS=(a) ;; b) SCENARIOS=(b) ;; all) SCENARIOS=(a b) ;;
+    *) echo "--scenario must be a, b or all" >&2; exit 2 ;; esac
+IFS=, read -r -a MODE_LIST <<<"$MODES"
+IFS=, read -r -a SYSTEM_LIST <<<"$SYSTEMS"
+for m in "${MODE_LIST[@]}"; do [[ $m == percore || $m == machine ]] || { echo "bad mode $m" >&2; exit 2; }; done
+for s in "${SYSTEM_LIST[@]}"; do [[ $s == corepost || $s == go || $s == nginx ]] || { echo "bad system $s" >&2; exit 2; }; done
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "--rounds must be a positive integer" >&2; exit 2; }
+[[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "--duration must be a positive integer (seconds)" >&2; exit 2; }
+
+BODY="$WORKLOAD/$BODY_NAME"
+[[ -f $BODY ]] || BODY="$BODY_NAME"
+[[ -f $BODY ]] || { echo "body file not found: $BODY_NAME" >&2; exit 2; }
+BODY="$(cd "$(dirname "$BODY")" && pwd)/$(basename "$BODY")"
+POST_LUA="$WORKLOAD/post.lua"
+# GARAGE_SH may point to a stand-in with the same interface (start/count/stop/wipe DIR), for testing.
+GARAGE_SH="${GARAGE_SH:-$ROOT/scripts/garage.sh}"
+# Garage logs every request at info level: at thousands of PUT/s that is CPU taken from the store.
+GARAGE_LOG_LEVEL="${GARAGE_LOG:-garage=warn}"
+URL_PATH=/v1/payloads
+
+# ------------------------------------------------------------------ logging, cleanup
+log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    printf '[e2e %s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2
+    exit 1
+}
+
+RUN_ID="$(date +%Y%m%d-%H%M%S)-$$"
+RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/corepost-e2e.XXXXXX")"
+mkdir -p "$RUN_DIR/logs" "$RUN_DIR/out"
+RECORDS="$RUN_DIR/records.jsonl"
+: >"$RECORDS"
+
+STARTED_PIDS=()     # every server / watchdog we started
+GARAGE_DIRS=()      # every Garage we started
+GARAGE_DIR=""
+
+alive() {  # alive PID: exists and is not a zombie
+    local st
+    [[ -r /proc/$1/stat ]] || return 1
+    st="$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" || return 1
+    [[ -n $st && $st != Z ]]
+}
+
+tree_pids() {  # tree_pids PID: the process and its descendants
+    local p=$1 c
+    echo "$p"
+    for c in $(pgrep -P "$p" 2>/dev/null || true); do tree_pids "$c"; done
+}
+
+kill_tree() {  # kill_tree PID GRACE_S: SIGTERM the root, SIGKILL whatever is left after GRACE_S
+    local root=$1 grace=$2 pids p end
+    alive "$root" || { wait "$root" 2>/dev/null || true; return 0; }
+    pids="$(tree_pids "$root")"
+    kill -TERM "$root" 2>/dev/null || true
+    end=$((SECONDS + grace))
+    while alive "$root" && ((SECONDS < end)); do sleep 0.05; done
+    for p in $pids; do
+        if alive "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
+    done
+    wait "$root" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? p d
+    trap - EXIT INT TERM
+    for p in "${STARTED_PIDS[@]}"; do
+        if alive "$p"; then kill_tree "$p" 3; fi
+    done
+    for d in "${GARAGE_DIRS[@]}"; do
+        [[ -f $d/garage.log ]] && cp "$d/garage.log" "$RUN_DIR/logs/garage-server-$(basename "$d").log" 2>/dev/null
+        "$GARAGE_SH" stop "$d" >>"$RUN_DIR/logs/garage.log" 2>&1 || true
+        "$GARAGE_SH" wipe "$d" >>"$RUN_DIR/logs/garage.log" 2>&1 || true
+    done
+    if ((rc != 0)); then
+        log "FAILED (exit $rc); logs kept in $RUN_DIR/logs"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+in_list() {  # in_list ITEM LIST...
+    local x=$1 y
+    shift
+    for y in "$@"; do [[ $y == "$x" ]] && return 0; done
+    return 1
+}
+now() { echo "$EPOCHREALTIME"; }
+fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
+fge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
+
+# ------------------------------------------------------------------ tools
+NPROC="$(nproc)"
+CLK_TCK="$(getconf CLK_TCK)"
+((NPROC >= 2)) || log "WARNING: only $NPROC CPU; the per-core runs need CPUs $LG_CPU and $SERVER_CPU"
+
+apt_install() {
+    [[ $NO_INSTALL == 1 ]] && die "missing $* and --no-install given"
+    log "installing $* with apt-get"
+    apt-get update -qq >>"$RUN_DIR/logs/install.log" 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >>"$RUN_DIR/logs/install.log" 2>&1
+}
+
+command -v python3 >/dev/null || die "python3 is required"
+command -v taskset >/dev/null || apt_install util-linux
+command -v curl >/dev/null || apt_install curl
+command -v pgrep >/dev/null || apt_install procps
+command -v wrk >/dev/null || apt_install wrk || die "cannot install wrk"
+if in_list nginx "${SYSTEM_LIST[@]}" && [[ " ${SCENARIOS[*]} " == *" a "* ]]; then
+    if [[ ! -x /usr/sbin/nginx ]] && ! command -v nginx >/dev/null; then
+        apt_install nginx-light || apt_install nginx || die "cannot install nginx"
+    fi
+fi
+NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
+
+# Fixed-rate generator: oha when it is there or installs, else the labelled Python fallback.
+OHA_BIN="$(command -v oha || true)"
+[[ -z $OHA_BIN && -x $HOME/.cargo/bin/oha ]] && OHA_BIN="$HOME/.cargo/bin/oha"
+if [[ -z $OHA_BIN && $NO_INSTALL == 0 ]]; then
+    log "oha not found: cargo install oha --locked (slow, once; log in $RUN_DIR/logs/oha-install.log)"
+    if cargo install oha --locked >"$RUN_DIR/logs/oha-install.log" 2>&1; then
+        OHA_BIN="$HOME/.cargo/bin/oha"
+    else
+        log "WARNING: cargo install oha failed; using the Python asyncio fallback (benches/e2e/fixed_rate.py)"
+    fi
+fi
+if [[ -n $OHA_BIN ]]; then
+    OHA_HELP="$("$OHA_BIN" --help 2>&1 || true)"
+    if grep -q -- '--output-format' <<<"$OHA_HELP"; then OHA_JSON=(--output-format json); else OHA_JSON=(--json); fi
+    OHA_EXTRA=()
+    grep -q -- '--latency-correction' <<<"$OHA_HELP" && OHA_EXTRA+=(--latency-correction)
+    grep -q -- '--no-tui' <<<"$OHA_HELP" && OHA_EXTRA+=(--no-tui)
+    LAT_TOOL="oha $("$OHA_BIN" --version 2>/dev/null | awk '{print $2}') (-q rate, --latency-correction)"
+else
+    LAT_TOOL="fixed_rate.py — Python asyncio fallback written for this harness (oha not installed); open loop, corrected for coordinated omission"
+fi
+
+# ------------------------------------------------------------------ build
+COREPOST_BIN="$ROOT/target/release/corepost"
+GO_BIN="$ROOT/benches/go-baseline/go-baseline"
+SKIPPED=()
+AVAILABLE=()
+
+want() { in_list "$1" "${SYSTEM_LIST[@]}"; }
+
+missing() {  # missing SYSTEM REASON
+    if [[ $SKIP_MISSING == 1 ]]; then
+        log "WARNING: skipping $1: $2"
+        SKIPPED+=("$1: $2")
+    else
+        die "$1: $2 (use --skip-missing or --systems to run without it)"
+    fi
+}
+
+if want corepost; then
+    if [[ $NO_BUILD == 0 && -f $ROOT/Cargo.toml && -f $ROOT/src/main.rs ]]; then
+        log "building corepost: cargo build --release (log: $RUN_DIR/logs/cargo-build.log)"
+        if ! (cd "$ROOT" && cargo build --release) >"$RUN_DIR/logs/cargo-build.log" 2>&1; then
+            tail -20 "$RUN_DIR/logs/cargo-build.log" >&2
+            missing corepost "cargo build --release failed"
+        fi
+    fi
+    if [[ -x $COREPOST_BIN ]]; then AVAILABLE+=(corepost)
+    elif [[ " ${SKIPPED[*]} " != *" corepost:"* ]]; then missing corepost "no $COREPOST_BIN"; fi
+fi
+if want go; then
+    if [[ $NO_BUILD == 0 && -x $ROOT/benches/go-baseline/build.sh ]]; then
+        log "building the Go baseline: benches/go-baseline/build.sh"
+        if ! "$ROOT/benches/go-baseline/build.sh" >"$RUN_DIR/logs/go-build.log" 2>&1; then
+            tail -20 "$RUN_DIR/logs/go-build.log" >&2
+            missing go "benches/go-baseline/build.sh failed"
+        fi
+    fi
+    if [[ -x $GO_BIN ]]; then AVAILABLE+=(go)
+    elif [[ " ${SKIPPED[*]} " != *" go:"* ]]; then missing go "no $GO_BIN"; fi
+fi
+if want nginx; then
+    if [[ -x $NGINX_BIN ]]; then AVAILABLE+=(nginx); else missing nginx "no nginx binary"; fi
+fi
+((${#AVAILABLE[@]} > 0)) || die "no system to benchmark"
+
+if [[ " ${SCENARIOS[*]} " == *" b "* ]]; then
+    [[ -x $GARAGE_SH ]] || die "scenario b needs scripts/garage.sh (not there yet)"
+fi
+
+PPB="$(python3 "$LIB" payloads "$BODY")"
+BODY_BYTES="$(stat -c %s "$BODY")"
+
+systems_for() {  # systems_for SCENARIO: available systems that apply to it, in the fixed order
+    local s
+    for s in corepost go nginx; do
+        in_list "$s" "${AVAILABLE[@]}" || continue
+        [[ $1 == b && $s == nginx ]] && continue
+        echo "$s"
+    done
+}
+
+log "run $RUN_ID: scenario=$SCENARIO rounds=$ROUNDS duration=${DURATION}s modes=$MODES systems=${AVAILABLE[*]}"
+log "body $BODY ($PPB payloads, $BODY_BYTES bytes), $CONNS connections; fixed-rate tool: $LAT_TOOL"
+log "raw logs: $RUN_DIR"
+
+# ------------------------------------------------------------------ ports, servers
+port_free() { [[ -z "$(ss -Htln "sport = :$1" 2>/dev/null)" ]]; }
+
+pick_port() {
+    local p
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        p="$(python3 "$LIB" free-port)"
+        if port_free "$p"; then echo "$p"; return 0; fi
+    done
+    die "could not find a free port"
+}
+
+cpu_ticks() {  # utime+stime of a process tree, in clock ticks
+    local total=0 p s f
+    for p in $(tree_pids "$1"); do
+        s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+        s="${s##*) }"
+        read -r -a f <<<"$s"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+vmhwm_kib() {  # sum of VmHWM (kB) over a process tree
+    local total=0 p v
+    for p in $(tree_pids "$1"); do
+        v="$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)"
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+write_nginx_conf() {  # write_nginx_conf DIR PORT WORKERS
+    local dir=$1 port=$2 workers=$3
+    mkdir -p "$dir/logs" "$dir/tmp"
+    cat >"$dir/nginx.conf" <<EOF
+# HTTP-only ceiling: every POST gets 204 without the body being stored anywhere.
+# 'return' runs before the content phase, so nginx never reads the body into a buffer or a temp
+# file: ngx_http_discard_request_body reads it off the socket and drops it (no request-body
+# buffering, nothing written to disk).
+user root;
+worker_processes $workers;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    client_max_body_size 1m;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    server {
+        listen 127.0.0.1:$port reuseport;
+        location / {
+            return 204;
+        }
+    }
+}
+EOF
+}
+
+SRV_PID=""; SRV_PORT=""; SRV_LOG=""; SRV_URL=""; GUARD_PID=""; GUARD_FLAG=""
+
+# start_server SYSTEM SCENARIO MODE S3_PREFIX LABEL -> SRV_PID SRV_PORT SRV_LOG SRV_URL
+start_server() {
+    local sys=$1 scenario=$2 mode=$3 prefix=$4 label=$5
+    local pin=() envs=() cores workers pattern code end
+    SRV_PORT="$(pick_port)"
+    SRV_LOG="$RUN_DIR/logs/$label.log"
+    SRV_URL="http://127.0.0.1:$SRV_PORT"
+    [[ $mode == percore ]] && pin=(taskset -c "$SERVER_CPU")
+    [[ -n $MAX_WORKERS ]] && envs+=("MAX_WORKERS=$MAX_WORKERS")
+    [[ -n $MAX_QUEUE ]] && envs+=("MAX_QUEUE=$MAX_QUEUE")
+    envs+=("S3_PREFIX=$prefix")
+    case "$sys" in
+        corepost)
+            cores=1; [[ $mode == machine ]] && cores=$NPROC
+            local sink=discard; [[ $scenario == b ]] && sink=s3
+            env "${envs[@]}" "${pin[@]}" "$COREPOST_BIN" serve --listen "127.0.0.1:$SRV_PORT" \
+                --cores "$cores" --sink "$sink" >"$SRV_LOG" 2>&1 &
+            pattern="listening on 127.0.0.1:$SRV_PORT"
+            ;;
+        go)
+            envs+=("ADDR=127.0.0.1:$SRV_PORT")
+            [[ $mode == percore ]] && envs+=("GOMAXPROCS=1")
+            [[ $scenario == a ]] && envs+=("UPLOAD_NOOP=1")
+            env "${envs[@]}" "${pin[@]}" "$GO_BIN" >"$SRV_LOG" 2>&1 &
+            pattern="go-baseline listening on 127.0.0.1:$SRV_PORT"
+            ;;
+        nginx)
+            workers=1; [[ $mode == machine ]] && workers=$NPROC
+            local ndir="$RUN_DIR/nginx-$label"
+            write_nginx_conf "$ndir" "$SRV_PORT" "$workers"
+            "${pin[@]}" "$NGINX_BIN" -p "$ndir" -c "$ndir/nginx.conf" -e "$ndir/logs/error.log" \
+                -g 'daemon off;' >"$SRV_LOG" 2>&1 &
+            pattern=""
+            ;;
+    esac
+    SRV_PID=$!
+    STARTED_PIDS+=("$SRV_PID")
+    end=$((SECONDS + READY_TIMEOUT))
+    if [[ -n $pattern ]]; then
+        until grep -qF "$pattern" "$SRV_LOG" 2>/dev/null; do
+            if ! alive "$SRV_PID"; then
+                tail -20 "$SRV_LOG" >&2 || true
+                die "$sys exited before it was ready (log $SRV_LOG)"
+            fi
+            if ((SECONDS >= end)); then
+                tail -20 "$SRV_LOG" >&2 || true
+                die "$sys did not print '$pattern' within ${READY_TIMEOUT}s (log $SRV_LOG)"
+            fi
+            sleep 0.02
+        done
+    else
+        # nginx prints nothing when ready: its ready signal is the port answering.
+        until curl -s -o /dev/null --max-time 1 -X POST "$SRV_URL/" 2>/dev/null; do
+            if ! alive "$SRV_PID"; then
+                cat "$RUN_DIR/nginx-$label/logs/error.log" "$SRV_LOG" >&2 2>/dev/null || true
+                die "nginx exited before it was ready"
+            fi
+            ((SECONDS >= end)) && die "nginx did not answer within ${READY_TIMEOUT}s"
+            sleep 0.02
+        done
+    fi
+    # One real request to prove the server answers the workload with 2xx before measuring.
+    code="$(curl -s -o "$RUN_DIR/out/$label.probe" -w '%{http_code}' --max-time 10 -X POST \
+        -H 'Content-Type: application/json' --data-binary "@$BODY" "$SRV_URL$URL_PATH" || true)"
+    [[ $code == 2* ]] || die "$sys answered the probe POST with HTTP '$code' (body: $(head -c 300 "$RUN_DIR/out/$label.probe" 2>/dev/null))"
+    # Memory guard: the machine is shared; a runaway server is killed and the run marked.
+    GUARD_FLAG="$RUN_DIR/out/$label.memguard"
+    (
+        trap - EXIT INT TERM
+        while alive "$SRV_PID"; do
+            rss="$(awk '/^VmRSS:/ {print $2}' "/proc/$SRV_PID/status" 2>/dev/null || echo 0)"
+            if ((${rss:-0} > MEM_GUARD_MIB * 1024)); then
+                echo "$rss" >"$GUARD_FLAG"
+                kill -KILL "$SRV_PID" 2>/dev/null || true
+                break
+            fi
+            sleep 0.25
+        done
+    ) &
+    GUARD_PID=$!
+    STARTED_PIDS+=("$GUARD_PID")
+}
+
+stop_server() {
+    kill_tree "$SRV_PID" "$STOP_GRACE"
+    if [[ -n $GUARD_PID ]]; then
+        kill "$GUARD_PID" 2>/dev/null || true
+        wait "$GUARD_PID" 2>/dev/null || true
+    fi
+    if [[ -s $GUARD_FLAG ]]; then
+        log "WARNING: the memory guard killed the server at RSS $(($(cat "$GUARD_FLAG") / 1024)) MiB (> $MEM_GUARD_MIB MiB)"
+    fi
+}
+
+LG_PIN=()
+set_mode_pinning() { if [[ $1 == percore ]]; then LG_PIN=(taskset -c "$LG_CPU"); else LG_PIN=(); fi; }
+
+# Load generators run in the background and are waited for, so that SIGTERM/SIGINT reach the
+# trap at once instead of after the load.
+bg_wait() {  # bg_wait STDOUT_FILE STDERR_FILE CMD...  (no redirection around the call: the trap
+    local o=$1 e=$2  # must write to the real stderr)
+    shift 2
+    "$@" >"$o" 2>"$e" &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    wait "$pid"
+}
+
+run_wrk() {  # run_wrk OUT DURATION
+    local out=$1 dur=$2
+    if ! bg_wait "$out" "$out.stderr" env BODY="$BODY" URL_PATH="$URL_PATH" timeout $((dur + 60)) "${LG_PIN[@]}" \
+        wrk -t"$WRK_THREADS" -c"$CONNS" -d"${dur}s" --timeout "$WRK_TIMEOUT" --latency -s "$POST_LUA" "$SRV_URL"; then
+        cat "$out" "$out.stderr" >&2
+        die "wrk failed against $SRV_URL"
+    fi
+    grep -q 'requests in' "$out" || { cat "$out" "$out.stderr" >&2; die "wrk printed no result"; }
+}
+
+# ------------------------------------------------------------------ Garage
+start_garage() {  # start_garage MODE
+    local mode=$1
+    GARAGE_DIR="$RUN_DIR/garage-$mode"
+    GARAGE_DIRS+=("$GARAGE_DIR")
+    if [[ $mode == percore ]]; then
+        log "starting Garage pinned to CPU $LG_CPU (with the load generator): scripts/garage.sh start $GARAGE_DIR"
+        GARAGE_LOG="$GARAGE_LOG_LEVEL" taskset -c "$LG_CPU" "$GARAGE_SH" start "$GARAGE_DIR" >"$RUN_DIR/logs/garage-start-$mode.log" 2>&1 \
+            || { cat "$RUN_DIR/logs/garage-start-$mode.log" >&2; die "scripts/garage.sh start failed"; }
+    else
+        log "starting Garage (not pinned): scripts/garage.sh start $GARAGE_DIR"
+        GARAGE_LOG="$GARAGE_LOG_LEVEL" "$GARAGE_SH" start "$GARAGE_DIR" >"$RUN_DIR/logs/garage-start-$mode.log" 2>&1 \
+            || { cat "$RUN_DIR/logs/garage-start-$mode.log" >&2; die "scripts/garage.sh start failed"; }
+    fi
+    [[ -f $GARAGE_DIR/env ]] || die "scripts/garage.sh start wrote no $GARAGE_DIR/env"
+    set -a
+    # shellcheck disable=SC1091
+    . "$GARAGE_DIR/env"
+    set +a
+    log "Garage up: S3_ENDPOINT=${S3_ENDPOINT:-?} bucket=${S3_BUCKET:-?}"
+    garage_metrics_init
+}
+
+stop_garage() {
+    [[ -n $GARAGE_DIR ]] || return 0
+    "$GARAGE_SH" stop "$GARAGE_DIR" >>"$RUN_DIR/logs/garage.log" 2>&1 || log "WARNING: garage stop failed"
+    cp "$GARAGE_DIR/garage.log" "$RUN_DIR/logs/garage-server-$(basename "$GARAGE_DIR").log" 2>/dev/null || true
+    "$GARAGE_SH" wipe "$GARAGE_DIR" >>"$RUN_DIR/logs/garage.log" 2>&1 || true
+    GARAGE_DIR=""
+    unset S3_ENDPOINT S3_REGION S3_BUCKET AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+}
+
+garage_count() {  # garage_count PREFIX -> exact object count under PREFIX/
+    local c
+    c="$("${LG_PIN[@]}" "$GARAGE_SH" count "$GARAGE_DIR" "$1/" 2>>"$RUN_DIR/logs/garage.log" | tail -1)"
+    if ! [[ $c =~ ^[0-9]+$ ]]; then
+        tail -5 "$RUN_DIR/logs/garage.log" >&2
+        tail -20 "$GARAGE_DIR/garage.log" >&2 2>/dev/null || true
+        die "scripts/garage.sh count printed '$c' (Garage log above)"
+    fi
+    echo "$c"
+}
+
+# Progress signal for the drain: Garage's own counter of successful PutObject calls (its admin
+# /metrics, cheap and immediate; only one server talks to Garage at a time, so the delta over a run
+# is that run's uploads). Listing the bucket (garage.sh count) is exact but takes seconds per 100k
+# objects, too coarse to time the drain, so it gives the stored figure once the uploads stop.
+# Falls back to polling the exact count when the metrics cannot be read.
+GARAGE_ADMIN_PORT=""; GARAGE_METRICS_TOKEN=""; GARAGE_PROGRESS=count
+
+garage_metrics_init() {
+    # shellcheck disable=SC1091
+    GARAGE_ADMIN_PORT="$( (. "$GARAGE_DIR/instance.sh" >/dev/null 2>&1 && echo "${ADMIN_PORT:-}") || true)"
+    GARAGE_METRICS_TOKEN="$(sed -n 's/^metrics_token = "\(.*\)"$/\1/p' "$GARAGE_DIR/garage.toml" 2>/dev/null || true)"
+    GARAGE_PROGRESS=count
+    if [[ -n $GARAGE_ADMIN_PORT && -n $GARAGE_METRICS_TOKEN && "$(garage_puts)" =~ ^[0-9]+$ ]]; then
+        GARAGE_PROGRESS=puts
+    else
+        log "WARNING: cannot read Garage's metrics; the drain is timed by polling the exact count (coarse)"
+    fi
+}
+
+garage_puts() {  # successful PutObject calls so far (empty if unavailable)
+    { curl -s --max-time 5 -H "Authorization: Bearer $GARAGE_METRICS_TOKEN" \
+        "http://127.0.0.1:$GARAGE_ADMIN_PORT/metrics" 2>/dev/null || true; } |
+        awk '/^# TYPE / { seen = 1 }
+             /^api_s3_request_counter\{.*api_endpoint="PutObject"/ { ok += $NF }
+             /^api_s3_error_counter\{.*api_endpoint="PutObject"/ { err += $NF }
+             END { if (seen) printf "%d\n", ok - err }'
+}
+
+# drain PREFIX EXPECTED T_LOAD_END PUTS0 -> STORED DRAIN_S DRAIN_TIMED_OUT
+#   Waits until EXPECTED objects were written under PREFIX, or the writes stop for DRAIN_STABLE s,
+#   or DRAIN_TIMEOUT s pass. DRAIN_S = time from the end of the load to the last observed growth.
+drain() {
+    local prefix=$1 expected=$2 t_end=$3 puts0=$4 last=-1 last_change t c p c2
+    DRAIN_TIMED_OUT=0
+    last_change="$t_end"
+    if [[ $GARAGE_PROGRESS == puts ]]; then
+        while :; do
+            t="$(now)"
+            p="$(garage_puts)"
+            [[ $p =~ ^[0-9]+$ ]] || die "could not read Garage's PutObject counter"
+            c=$((p - puts0))
+            if ((c != last)); then
+                ((last >= 0)) && last_change=$t
+                last=$c
+            fi
+            ((c >= expected)) && break
+            fge "$(fsub "$t" "$last_change")" "$DRAIN_STABLE" && break
+            if fge "$(fsub "$t" "$t_end")" "$DRAIN_TIMEOUT"; then DRAIN_TIMED_OUT=1; break; fi
+            sleep 0.2
+        done
+        STORED="$(garage_count "$prefix")"
+        if ((STORED < c)); then
+            # A listing right after heavy writes can come back short: count once more.
+            c2="$(garage_count "$prefix")"
+            ((c2 > STORED)) && STORED=$c2
+        fi
+    else
+        while :; do
+            c="$(garage_count "$prefix")"
+            t="$(now)"  # conservative: objects counted were stored by the end of the listing
+            if ((c != last)); then
+                ((last >= 0 || c > 0)) && last_change=$t
+                last=$c
+            elif fge "$(fsub "$t" "$last_change")" "$DRAIN_STABLE"; then
+                break
+            fi
+            ((c >= expected)) && break
+            if fge "$(fsub "$t" "$t_end")" "$DRAIN_TIMEOUT"; then DRAIN_TIMED_OUT=1; break; fi
+            sleep 0.5
+        done
+        STORED=$last
+    fi
+    DRAIN_S="$(fsub "$last_change" "$t_end")"
+    fge "$DRAIN_S" 0 || DRAIN_S=0
+}
+
+# ------------------------------------------------------------------ one run of each kind
+common_fields() {  # common_fields KIND SYSTEM SCENARIO MODE ROUND
+    echo "kind=$1" "system=$2" "scenario=$3" "mode=$4" "round=$5" "payloads_per_body=$PPB" "clk_tck=$CLK_TCK" \
+        "port=$SRV_PORT"
+}
+
+# The probe POST of start_server adds PPB payloads under the prefix in (b): subtract them.
+probe_adjust() { local s=$1; s=$((s - PPB)); ((s < 0)) && s=0; echo "$s"; }
+
+run_tput() {  # run_tput SYSTEM SCENARIO MODE ROUND
+    local sys=$1 sc=$2 mode=$3 r=$4 label prefix c0 c1 c2 t_end hwm extra=()
+    label="$sc-$mode-$sys-tput-r$(printf %03d "$r")"
+    prefix="e2e-$RUN_ID/$label"
+    log "[$sc/$mode round $r/$ROUNDS] $sys: saturating load ${DURATION}s"
+    local puts0=0
+    [[ $sc == b && $GARAGE_PROGRESS == puts ]] && puts0="$(garage_puts)"
+    start_server "$sys" "$sc" "$mode" "$prefix" "$label"
+    c0="$(cpu_ticks "$SRV_PID")"
+    run_wrk "$RUN_DIR/out/$label.wrk" "$DURATION"
+    t_end="$(now)"
+    c1="$(cpu_ticks "$SRV_PID")"
+    if [[ $sc == b ]]; then
+        local ok expected
+        ok="$(python3 "$LIB" parse-wrk "$RUN_DIR/out/$label.wrk" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["requests"]-d["non2xx"])')"
+        expected=$((ok * PPB + PPB))
+        drain "$prefix" "$expected" "$t_end" "$puts0"
+        extra+=("stored=$(probe_adjust "$STORED")" "drain_s=$DRAIN_S" "drain_timed_out=$DRAIN_TIMED_OUT"
+            "drain_progress=$GARAGE_PROGRESS")
+    fi
+    c2="$(cpu_ticks "$SRV_PID")"
+    if [[ $sys == corepost ]]; then
+        curl -s --max-time 5 "$SRV_URL/metrics" >"$RUN_DIR/out/$label.metrics" 2>/dev/null || true
+        extra+=("metrics=$RUN_DIR/out/$label.metrics")
+    fi
+    hwm="$(vmhwm_kib "$SRV_PID")"
+    alive "$SRV_PID" || log "WARNING: $sys was not alive at the end of the round"
+    stop_server
+    [[ -s $GUARD_FLAG ]] && extra+=("mem_guard_killed=1")
+    # shellcheck disable=SC2046
+    python3 "$LIB" record "$RECORDS" $(common_fields tput "$sys" "$sc" "$mode" "$r") \
+        "wrk=$RUN_DIR/out/$label.wrk" "cpu_ticks_before=$c0" "cpu_ticks_load_end=$c1" "cpu_ticks_after=$c2" \
+        "vmhwm_kib=$hwm" "s3_prefix=$prefix" "${extra[@]}" >/dev/null
+    log "  $(python3 "$LIB" summary-line "$RECORDS")"
+}
+
+run_kill() {  # run_kill SYSTEM SCENARIO MODE ROUND  (b only)
+    local sys=$1 sc=$2 mode=$3 r=$4 label prefix stored hwm
+    label="$sc-$mode-$sys-kill-r$(printf %03d "$r")"
+    prefix="e2e-$RUN_ID/$label"
+    log "[$sc/$mode kill round $r] $sys: ${KILL_DURATION}s load, then SIGKILL"
+    start_server "$sys" "$sc" "$mode" "$prefix" "$label"
+    run_wrk "$RUN_DIR/out/$label.wrk" "$KILL_DURATION"
+    hwm="$(vmhwm_kib "$SRV_PID")"
+    local p
+    for p in $(tree_pids "$SRV_PID"); do kill -KILL "$p" 2>/dev/null || true; done
+    wait "$SRV_PID" 2>/dev/null || true
+    kill "$GUARD_PID" 2>/dev/null || true
+    wait "$GUARD_PID" 2>/dev/null || true
+    sleep "$KILL_SETTLE"  # deliberate: uploads already inside Garage get time to land
+    stored="$(probe_adjust "$(garage_count "$prefix")")"
+    # shellcheck disable=SC2046
+    python3 "$LIB" record "$RECORDS" $(common_fields kill "$sys" "$sc" "$mode" "$r") \
+        "wrk=$RUN_DIR/out/$label.wrk" "stored=$stored" "vmhwm_kib=$hwm" "s3_prefix=$prefix" >/dev/null
+    log "  $(python3 "$LIB" summary-line "$RECORDS")"
+}
+
+run_lat() {  # run_lat SYSTEM SCENARIO MODE ROUND RATE
+    local sys=$1 sc=$2 mode=$3 r=$4 rate=$5 label prefix out hwm
+    label="$sc-$mode-$sys-lat-r$(printf %03d "$r")"
+    prefix="e2e-$RUN_ID/$label"
+    out="$RUN_DIR/out/$label.json"
+    log "[$sc/$mode latency round $r/$ROUNDS] $sys: fixed rate $rate req/s for ${DURATION}s"
+    start_server "$sys" "$sc" "$mode" "$prefix" "$label"
+    if [[ -n $OHA_BIN ]]; then
+        bg_wait "$out" "$RUN_DIR/out/$label.stderr" timeout $((DURATION + 60)) "${LG_PIN[@]}" "$OHA_BIN" -z "${DURATION}s" -q "$rate" -c "$CONNS" -m POST \
+            -D "$BODY" -T application/json "${OHA_EXTRA[@]}" "${OHA_JSON[@]}" "$SRV_URL$URL_PATH" || { cat "$RUN_DIR/out/$label.stderr" >&2; die "oha failed"; }
+    else
+        bg_wait "$out" "$RUN_DIR/out/$label.stderr" timeout $((DURATION + 60)) "${LG_PIN[@]}" python3 "$E2E/fixed_rate.py" "$SRV_URL$URL_PATH" "$BODY" \
+            "$rate" "$DURATION" "$CONNS" || { cat "$RUN_DIR/out/$label.stderr" >&2; die "fixed_rate.py failed"; }
+    fi
+    hwm="$(vmhwm_kib "$SRV_PID")"
+    stop_server
+    # shellcheck disable=SC2046
+    python3 "$LIB" record "$RECORDS" $(common_fields lat "$sys" "$sc" "$mode" "$r") \
+        "oha=$out" "rate=$rate" "vmhwm_kib=$hwm" >/dev/null
+    log "  $(python3 "$LIB" summary-line "$RECORDS")"
+}
+
+# ------------------------------------------------------------------ the run
+STARTED="$(date -Is)"
+DATE="$(date +%F)"
+for mode in "${MODE_LIST[@]}"; do
+    set_mode_pinning "$mode"
+    for sc in "${SCENARIOS[@]}"; do
+        mapfile -t SYS <<<"$(systems_for "$sc")"
+        [[ -n ${SYS[0]:-} ]] || { log "no system applies to scenario $sc"; continue; }
+        log "=== scenario $sc, $mode: ${SYS[*]} ==="
+        if [[ $sc == b ]]; then start_garage "$mode"; fi
+        for ((r = 1; r <= ROUNDS; r++)); do
+            for s in "${SYS[@]}"; do run_tput "$s" "$sc" "$mode" "$r"; done
+        done
+        if [[ $sc == b ]]; then
+            for s in "${SYS[@]}"; do run_kill "$s" "$sc" "$mode" 1; done
+        fi
+        rate=""
+        [[ $sc == a ]] && rate="$RATE_A"
+        [[ $sc == b ]] && rate="$RATE_B"
+        if [[ -z $rate ]]; then
+            rate="$(python3 "$LIB" rate "$RECORDS" "$sc" "$mode" "$RATE_FRAC")"
+            log "fixed rate for $sc/$mode: $rate req/s (${RATE_FRAC} x the lowest median sustained rate of ${SYS[*]})"
+        else
+            log "fixed rate for $sc/$mode: $rate req/s (given)"
+        fi
+        [[ $rate =~ ^[0-9]+$ ]] || die "no fixed rate could be derived for $sc/$mode"
+        for ((r = 1; r <= ROUNDS; r++)); do
+            for s in "${SYS[@]}"; do run_lat "$s" "$sc" "$mode" "$r" "$rate"; done
+        done
+        if [[ $sc == b ]]; then stop_garage; fi
+    done
+done
+FINISHED="$(date -Is)"
+
+# ------------------------------------------------------------------ report
+ver() { { "$@" 2>&1 || true; } | head -1 | tr -d '\r'; }
+GARAGE_BIN="$(command -v garage || echo "$HOME/.cargo/bin/garage")"
+V_COREPOST="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
+V_WRK="$( (wrk -v 2>&1 || true) | head -1 | awk '{print $1, $2}')"
+V_NGINX="$(ver "$NGINX_BIN" -v | sed 's/^nginx version: //')"
+V_GO="$(ver go version)"
+V_OHA="$([[ -n $OHA_BIN ]] && ver "$OHA_BIN" --version || echo 'not installed (Python fallback used)')"
+V_GARAGE="$([[ -x $GARAGE_BIN ]] && ver "$GARAGE_BIN" --version || echo 'not used / not found')"
+V_RUSTC="$(ver rustc --version)"
+CPU_MODEL="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+MEM="$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+
+SUFFIX=""; [[ $SMOKE == 1 ]] && SUFFIX="-smoke"
+mkdir -p "$RESULTS"
+BASE="$RESULTS/$DATE-$SCENARIO$SUFFIX"
+n=2
+while [[ -e $BASE.md ]]; do BASE="$RESULTS/$DATE-$SCENARIO$SUFFIX-$n"; n=$((n + 1)); done
+
+SKIPPED_TEXT="$(printf '%s\n' "${SKIPPED[@]}")"
+LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg)"
+KERNEL="$(uname -r)"
+export E2E_COMMAND="$COMMAND_LINE" E2E_DATE="$DATE" E2E_STARTED="$STARTED" E2E_FINISHED="$FINISHED" \
+    E2E_SCENARIO="$SCENARIO" E2E_SMOKE="$SMOKE" E2E_ROUNDS="$ROUNDS" E2E_DURATION="$DURATION" E2E_CONNS="$CONNS" E2E_WRK_THREADS="$WRK_THREADS" \
+    E2E_BODY="$BODY_NAME" E2E_PPB="$PPB" E2E_BODY_BYTES="$BODY_BYTES" E2E_RATE_FRAC="$RATE_FRAC" \
+    E2E_LAT_TOOL="$LAT_TOOL" E2E_MAX_WORKERS="$MAX_WORKERS" E2E_MAX_QUEUE="$MAX_QUEUE" \
+    E2E_SYSTEMS="${AVAILABLE[*]}" E2E_SKIPPED="$SKIPPED_TEXT" E2E_RUNDIR="$RUN_DIR" \
+    E2E_LOAD="$LOADAVG" E2E_NPROC="$NPROC" E2E_KERNEL="$KERNEL" E2E_CPU="$CPU_MODEL" \
+    E2E_MEM="$MEM" V_COREPOST V_WRK V_NGINX V_GO V_OHA V_GARAGE V_RUSTC
+python3 - "$RUN_DIR/meta.json" <<'EOF'
+import json, os, sys
+e = os.environ
+meta = {
+    "command": e["E2E_COMMAND"], "date": e["E2E_DATE"], "started": e["E2E_STARTED"], "finished": e["E2E_FINISHED"],
+    "scenario": e["E2E_SCENARIO"], "smoke": e["E2E_SMOKE"] == "1",
+    "rounds": int(e["E2E_ROUNDS"]), "duration": int(e["E2E_DURATION"]), "conns": int(e["E2E_CONNS"]), "wrk_threads": int(e["E2E_WRK_THREADS"]),
+    "body": e["E2E_BODY"], "payloads_per_body": int(e["E2E_PPB"]), "body_bytes": int(e["E2E_BODY_BYTES"]),
+    "rate_frac": float(e["E2E_RATE_FRAC"]), "lat_tool": e["E2E_LAT_TOOL"],
+    "max_workers": e["E2E_MAX_WORKERS"], "max_queue": e["E2E_MAX_QUEUE"],
+    "systems": e["E2E_SYSTEMS"].split(), "skipped": [l for l in e["E2E_SKIPPED"].splitlines() if l],
+    "rundir": e["E2E_RUNDIR"],
+    "load_note": e["E2E_LOAD"] + " (1/5/15-min load average at the end of the run)",
+    "machine": {"nproc": int(e["E2E_NPROC"]), "kernel": e["E2E_KERNEL"], "cpu": e["E2E_CPU"], "mem": e["E2E_MEM"]},
+    "versions": {"corepost": e["V_COREPOST"], "wrk": e["V_WRK"], "nginx": e["V_NGINX"], "go": e["V_GO"],
+                 "oha": e["V_OHA"], "garage": e["V_GARAGE"], "rustc": e["V_RUSTC"]},
+}
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+EOF
+python3 "$LIB" report "$RUN_DIR" "$BASE.md" "$BASE.svg" || die "report generation failed (raw data in $RUN_DIR)"
+log "done"
+echo
+echo "result: ${BASE#"$ROOT"/}.md"
+echo "chart:  ${BASE#"$ROOT"/}.svg"
+echo "raw:    $RUN_DIR"

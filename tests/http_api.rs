@@ -338,21 +338,44 @@ fn sigterm_drains_and_exits_zero() {
 }
 
 #[test]
-fn idle_connection_does_not_block_others() {
+fn idle_and_byte_at_a_time_clients_do_not_block_others() {
     let dir = tempfile::tempdir().unwrap();
-    let s = fs_server(dir.path(), &[]);
-    // A client that sends half a request head and stalls.
-    let (mut idle, _r) = connect(s.addr);
-    idle.write_all(b"POST /v1/payloads HTTP/1.1\r\nHost: t\r\n")
+    let conf = dir.path().join("c.toml");
+    std::fs::write(&conf, "[server]\nheader_read_timeout_ms = 1000\n").unwrap();
+    let s = fs_server(dir.path(), &["--config", conf.to_str().unwrap()]);
+    // 100 clients that send half a request head and stall, 100 that send one byte at a time.
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let (mut w, r) = connect(s.addr);
+        w.write_all(b"POST /v1/payloads HTTP/1.1\r\nHost: t\r\n")
+            .unwrap();
+        idle.push((w, r));
+    }
+    let mut slow = Vec::new();
+    for _ in 0..100 {
+        let mut w = std::net::TcpStream::connect(s.addr).unwrap();
+        w.write_all(b"P").unwrap();
+        slow.push(w);
+    }
+    for w in slow.iter_mut() {
+        let _ = w.write_all(b"O");
+    }
+    // A normal client is served at once.
+    let t0 = std::time::Instant::now();
+    for _ in 0..10 {
+        assert_eq!(post(s.addr, BODY10).status, 200);
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // The header-read timeout then disconnects the stalled clients.
+    let (_, r) = &mut idle[0];
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut slow = std::net::TcpStream::connect(s.addr).unwrap();
-    slow.write_all(b"P").unwrap();
+    let mut buf = [0u8; 512];
+    let t0 = std::time::Instant::now();
+    let n = r.get_mut().read(&mut buf).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
     assert_eq!(post(s.addr, BODY10).status, 200);
-    let mut buf = [0u8; 1];
-    slow.set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    assert!(
-        slow.read(&mut buf).is_err(),
-        "the stalled client gets no answer yet"
-    );
 }

@@ -105,7 +105,7 @@ fn malformed_and_wrong_shape_are_400_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let s = fs_server(dir.path(), &[]);
     let cases: [(&[u8], &str); 7] = [
-        (b"{\"data\":[1,}", "line 1 column"),
+        (b"{\"data\":[1,}", "at byte"),
         (b"not json", "invalid JSON"),
         (b"{\"data\":{}}", "wrong shape"),
         (b"{\"version\":3,\"data\":[]}", "wrong shape"),

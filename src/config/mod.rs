@@ -44,8 +44,10 @@ pub struct ServerConfig {
     pub listen: String,
     /// Largest request body accepted; larger ones get `413` without being read into memory.
     pub max_body_bytes: usize,
-    /// Which body parser to use. `serde` (serde_json, payloads kept as the bytes the client
-    /// sent) or `simd` (simd-json tape). `benches/ingest.rs` compares them.
+    /// Which body parser to use: `simd` (simd-json tape and structural indexes; refuses
+    /// numbers beyond 64 bits or f64 range and lone surrogate escapes) or `serde` (serde_json
+    /// raw values; stores such payloads as sent). Both keep payloads as the bytes the client
+    /// sent. `benches/ingest.rs` compares them.
     pub parser: ParserKind,
     /// What a `200` promises. Only `queued` (in the shard's memory queue, the Go service's
     /// promise) is available in this build; `durable` and `uploaded` are planned.
@@ -69,7 +71,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1 << 20,
-            parser: ParserKind::Serde,
+            parser: ParserKind::Simd,
             ack: Ack::Queued,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,

@@ -108,6 +108,14 @@ impl BodyParser {
 }
 
 fn parse_serde(body: &[u8], spans: &mut Vec<Span>) -> Result<(), IngestError> {
+    // serde_json does not look inside values it skips (unknown fields), so UTF-8 is checked
+    // for the whole body here, as simd-json does.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(IngestError::Json(format!(
+            "invalid UTF-8 at byte {}",
+            e.valid_up_to()
+        )));
+    }
     let c: Collection<'_> = serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -290,6 +298,39 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(b)
             );
+        }
+    }
+
+    /// Regressions found by `fuzz/` (body_decoder): inputs on which the parsers disagreed.
+    #[test]
+    fn fuzz_regressions_agree() {
+        // F1: repeated `version`/`token`; F3: invalid UTF-8 inside an ignored field.
+        for b in [
+            &br#"{"token":"","token":"","data":[]}"#[..],
+            br#"{"version":"a","version":"b","data":[]}"#,
+        ] {
+            assert!(matches!(err(b), IngestError::Shape(_)));
+        }
+        assert!(matches!(
+            err(b"{\"\":\"\xff\",\"data\":[]}"),
+            IngestError::Json(_)
+        ));
+    }
+
+    /// The one documented difference: simd-json refuses numbers it cannot represent and lone
+    /// surrogate escapes anywhere in the body; serde_json skips over a raw payload without
+    /// converting it, so the `serde` parser stores such payloads as sent.
+    #[test]
+    fn simd_is_stricter_on_numbers_and_surrogates() {
+        for b in [
+            &br#"{"data":[1e400]}"#[..],
+            br#"{"data":[18446744073709551616]}"#,
+            br#"{"data":[-9223372036854775809]}"#,
+            br#"{"data":["\ud800"]}"#,
+        ] {
+            let r = both(b);
+            assert!(r[0].is_ok(), "serde stores it as sent");
+            assert!(matches!(r[1], Err(IngestError::Json(_))), "simd refuses it");
         }
     }
 

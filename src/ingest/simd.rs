@@ -129,7 +129,7 @@ type Cow<'a> = std::borrow::Cow<'a, [u8]>;
 /// first byte of each scalar or string) and records the span of each element of `data`.
 fn walk(body: &[u8], idx: &[u32], spans: &mut Vec<Span>) -> Result<(), IngestError> {
     let mut t = 1; // token 0 is the object's `{`
-    let mut seen_data = false;
+    let (mut seen_data, mut seen_version, mut seen_token) = (false, false, false);
     loop {
         let (pos, c) = at(body, idx, t)?;
         if c == b'}' {
@@ -172,8 +172,16 @@ fn walk(body: &[u8], idx: &[u32], spans: &mut Vec<Span>) -> Result<(), IngestErr
                 }
             }
             b"version" | b"token" => {
+                let name = String::from_utf8_lossy(&key).into_owned();
+                let seen = if &key[..] == b"version" {
+                    &mut seen_version
+                } else {
+                    &mut seen_token
+                };
+                if std::mem::replace(seen, true) {
+                    return Err(shape(format!("duplicate field `{name}`")));
+                }
                 if v != b'"' && v != b'n' {
-                    let name = String::from_utf8_lossy(&key).into_owned();
                     return Err(shape(format!("`{name}` must be a string")));
                 }
                 t = skip_value(body, idx, t)?;

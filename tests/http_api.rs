@@ -379,3 +379,64 @@ fn idle_and_byte_at_a_time_clients_do_not_block_others() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert_eq!(post(s.addr, BODY10).status, 200);
 }
+
+#[test]
+fn hostile_inputs_get_clear_4xx_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = fs_server(dir.path(), &[]);
+    // Oversized request head.
+    let big = "x".repeat(20 * 1024);
+    let r = request(
+        s.addr,
+        "POST",
+        "/v1/payloads",
+        &[("X-Big", big.as_str())],
+        BODY10,
+    );
+    assert_eq!(r.status, 431);
+    // Huge numbers (beyond 64 bits or f64 range) are refused by the default (simd) parser.
+    for body in [
+        r#"{"data":[1e400]}"#.to_string(),
+        format!(r#"{{"data":[{}]}}"#, "9".repeat(1000)),
+    ] {
+        let r = post(s.addr, body.as_bytes());
+        assert_eq!(r.status, 400, "{body:.40}");
+        assert!(r.json()["error"].as_str().unwrap().contains("invalid JSON"));
+    }
+    // A truncated body: the client promises 100 bytes, sends 10 and stops writing.
+    let (mut w, mut rd) = connect(s.addr);
+    w.write_all(b"POST /v1/payloads HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"data\":[")
+        .unwrap();
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    if let Some(resp) = try_read_response(&mut rd) {
+        assert_eq!(resp.status, 400);
+    }
+    // Nothing of the above was stored, and the server still answers.
+    assert_eq!(post(s.addr, BODY10).status, 200);
+    let m = s.wait_drained(Duration::from_secs(30));
+    assert_eq!(m.sum("corepost_payloads_accepted_total"), 10);
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("c.toml");
+    std::fs::write(&conf, "[server]\nheader_read_timeout_ms = 500\n").unwrap();
+    let s = fs_server(dir.path(), &["--config", conf.to_str().unwrap()]);
+    let (mut w, mut r) = connect(s.addr);
+    w.write_all(&raw_request("POST", "/v1/payloads", &[], BODY10))
+        .unwrap();
+    assert_eq!(read_response(&mut r).status, 200);
+    // Idle after a complete exchange: the server closes the connection.
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = r.get_mut().read(&mut buf).unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "closed without another answer: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let idle = t0.elapsed();
+    assert!(idle >= Duration::from_millis(400) && idle < Duration::from_secs(5), "{idle:?}");
+}

@@ -180,6 +180,10 @@ pub struct UploadConfig {
     /// After SIGTERM, the queues have this long to drain into the sink. What is still
     /// undelivered then is written to `spill_dir` and uploaded first at the next start.
     pub drain_timeout_ms: u64,
+    /// After waking for a job, the worker takes everything queued, then waits this long
+    /// (microseconds) before looking again, so a busy shard wakes its worker about
+    /// 1/`queue_poll_us` times a second rather than once per request. 0 wakes per request.
+    pub queue_poll_us: u64,
     /// Local directory for payloads that could not be delivered: left over at the drain
     /// deadline, or refused by the store for good (bad credentials, missing bucket). Files are
     /// named by object key and fsynced; the next start uploads and deletes them.
@@ -195,6 +199,7 @@ impl Default for UploadConfig {
             backoff_max_ms: 5_000,
             request_timeout_ms: 30_000,
             drain_timeout_ms: 30_000,
+            queue_poll_us: 1_000,
             spill_dir: "corepost-spill".into(),
         }
     }

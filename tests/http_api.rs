@@ -438,5 +438,8 @@ fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
         String::from_utf8_lossy(&buf[..n])
     );
     let idle = t0.elapsed();
-    assert!(idle >= Duration::from_millis(400) && idle < Duration::from_secs(5), "{idle:?}");
+    assert!(
+        idle >= Duration::from_millis(400) && idle < Duration::from_secs(5),
+        "{idle:?}"
+    );
 }

@@ -149,3 +149,32 @@ fn sigterm_during_load_loses_nothing() {
     );
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn bad_credentials_fail_readiness_and_nothing_is_dropped() {
+    let g = garage();
+    let p = prefix("badcreds");
+    let mut env = g.server_env(&p);
+    for (k, v) in env.iter_mut() {
+        if k == "AWS_SECRET_ACCESS_KEY" {
+            *v = "0".repeat(64);
+        }
+    }
+    let s = Server::start(&["--cores", "1", "--sink", "s3"], &env);
+    // The start-up probe is refused (403): not ready, reported in the log.
+    wait_until(30, "/readyz to fail", || {
+        request(s.addr, "GET", "/readyz", &[], b"").status == 503
+    });
+    // A payload answered 200 that the store refuses for good is kept in the spill directory.
+    assert_eq!(post(s.addr, br#"{"data":[{"kept":true}]}"#).status, 200);
+    let m = s.wait_drained(Duration::from_secs(30));
+    assert_eq!(m.sum("corepost_payloads_spilled_total"), 1);
+    assert_eq!(m.sum("corepost_payloads_failed_total"), 0);
+    let files = files_under(&s.spill);
+    assert_eq!(files.len(), 1);
+    assert_eq!(std::fs::read(&files[0]).unwrap(), br#"{"kept":true}"#);
+    assert!(
+        files[0].to_string_lossy().contains(&p),
+        "spilled under its key"
+    );
+}

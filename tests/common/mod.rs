@@ -125,8 +125,9 @@ impl Server {
         loop {
             let m = self.metrics();
             let accepted = m.sum("corepost_payloads_accepted_total");
-            let done =
-                m.sum("corepost_payloads_uploaded_total") + m.sum("corepost_payloads_failed_total");
+            let done = m.sum("corepost_payloads_uploaded_total")
+                + m.sum("corepost_payloads_spilled_total")
+                + m.sum("corepost_payloads_failed_total");
             if done >= accepted {
                 return m;
             }

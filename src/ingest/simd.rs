@@ -105,7 +105,7 @@ fn is_ws(c: u8) -> bool {
 }
 
 /// Decodes the key whose opening quote is at `start` and whose `:` is at `colon`.
-fn key_at(body: &[u8], start: usize, colon: usize) -> Result<Cow<'_>, IngestError> {
+fn key_at(body: &[u8], start: usize, colon: usize) -> Result<KeyBytes<'_>, IngestError> {
     let mut end = colon;
     while end > start && is_ws(body[end - 1]) {
         end -= 1;
@@ -116,14 +116,15 @@ fn key_at(body: &[u8], start: usize, colon: usize) -> Result<Cow<'_>, IngestErro
     }
     if raw.contains(&b'\\') {
         serde_json::from_slice::<String>(raw)
-            .map(|s| Cow::Owned(s.into_bytes()))
+            .map(|s| KeyBytes::Owned(s.into_bytes()))
             .map_err(|e| IngestError::Json(e.to_string()))
     } else {
-        Ok(Cow::Borrowed(&raw[1..raw.len() - 1]))
+        Ok(KeyBytes::Borrowed(&raw[1..raw.len() - 1]))
     }
 }
 
-type Cow<'a> = std::borrow::Cow<'a, [u8]>;
+/// A key as bytes: borrowed from the body, or decoded when it has escapes.
+type KeyBytes<'a> = std::borrow::Cow<'a, [u8]>;
 
 /// Walks the top-level object of valid JSON by its structural indexes (every `{}[]:,` plus the
 /// first byte of each scalar or string) and records the span of each element of `data`.

@@ -104,10 +104,10 @@ async fn run(s: WorkerSetup) {
     let sink = match Sink::new(&s.config.sink, &s.config.upload) {
         Ok(sink) => sink,
         Err(e) => {
-            // Validation should make this unreachable; every payload then goes to the spill.
+            // Validation should make this unreachable; if not, every payload is spilled (the
+            // check below fails readiness), never counted as stored.
             tracing::error!(shard = s.shard, error = %e, "cannot build sink; spilling everything");
-            s.stats.sink_failing.store(true, Relaxed);
-            Sink::Discard
+            Sink::Unavailable(e.to_string())
         }
     };
     if let Err(e) = sink.check().await {

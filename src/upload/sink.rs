@@ -37,6 +37,9 @@ pub enum Sink {
     Fs(FsSink),
     /// Nowhere (benchmarks of the front end).
     Discard,
+    /// The configured sink could not be built: every put fails permanently, so payloads go
+    /// to the spill directory instead of being counted as stored.
+    Unavailable(String),
 }
 
 /// The local-directory sink; also the spill directory's writer.
@@ -110,6 +113,7 @@ impl Sink {
     pub async fn check(&self) -> Result<(), UploadError> {
         match self {
             Sink::Discard => Ok(()),
+            Sink::Unavailable(e) => Err(UploadError::Permanent(e.clone())),
             Sink::Fs(fs) => std::fs::create_dir_all(&fs.root).map_err(|e| {
                 UploadError::Permanent(format!("cannot create {}: {e}", fs.root.display()))
             }),
@@ -144,6 +148,7 @@ impl Sink {
     pub async fn put(&self, key: &str, data: &[u8], content_type: &str) -> Result<(), UploadError> {
         match self {
             Sink::Discard => Ok(()),
+            Sink::Unavailable(e) => Err(UploadError::Permanent(e.clone())),
             Sink::Fs(fs) => fs.put(key, data),
             Sink::S3(bucket) => match bucket
                 .put_object_with_content_type(key, data, content_type)
@@ -234,6 +239,17 @@ mod tests {
         assert!(!classify_status(404, b"NoSuchBucket")
             .unwrap_err()
             .retryable());
+    }
+
+    #[test]
+    fn unavailable_sink_never_reports_stored() {
+        let sink = Sink::Unavailable("bad config".into());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let r = rt.block_on(sink.put("k", b"{}", "application/json"));
+        assert!(matches!(r, Err(UploadError::Permanent(_))), "{r:?}");
+        assert!(rt.block_on(sink.check()).is_err());
     }
 
     #[test]

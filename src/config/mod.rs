@@ -29,6 +29,9 @@ pub struct Config {
     pub upload: UploadConfig,
     /// Where payloads are stored.
     pub sink: SinkConfig,
+    /// How payloads are grouped into objects: one per payload, or NDJSON batches, compressed
+    /// or not.
+    pub batch: BatchConfig,
     /// How object keys are built.
     pub keys: KeysConfig,
     /// Knobs passed to each glommio executor.
@@ -49,9 +52,14 @@ pub struct ServerConfig {
     /// raw values; stores such payloads as sent). Both keep payloads as the bytes the client
     /// sent. `benches/ingest.rs` compares them.
     pub parser: ParserKind,
-    /// What a `200` promises. Only `queued` (in the shard's memory queue, the Go service's
-    /// promise) is available in this build; `durable` and `uploaded` are planned.
+    /// What a `200` promises: `queued` (in the shard's memory queue, the Go service's promise;
+    /// the default) or `uploaded` (every payload of the request is in the store). `durable` is
+    /// planned.
     pub ack: Ack,
+    /// With `ack = "uploaded"`: how long a request waits for its payloads to be stored before
+    /// it is answered `503` (the payloads stay queued and are still delivered; see the
+    /// README on duplicates).
+    pub ack_timeout_ms: u64,
     /// A client must send its complete request head within this time, or the connection is
     /// closed (slow-loris protection).
     pub header_read_timeout_ms: u64,
@@ -73,6 +81,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             parser: ParserKind::Simd,
             ack: Ack::Queued,
+            ack_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             max_header_bytes: 16 * 1024,
@@ -101,7 +110,7 @@ pub enum Ack {
     Queued,
     /// The payloads are in the shard's fsynced spool (not available yet).
     Durable,
-    /// The payloads are in the store (not available yet).
+    /// Every payload of the request is in the store.
     Uploaded,
 }
 
@@ -296,6 +305,67 @@ impl Default for S3SinkConfig {
     }
 }
 
+/// How payloads are grouped into objects.
+///
+/// With `max_payloads = 1` and no compression every payload is its own `.json` object (the Go
+/// service's layout: one PUT per payload). Otherwise an object is NDJSON, one payload per line
+/// in arrival order, closed when it holds `max_payloads` payloads or `max_bytes` bytes or has
+/// been open for `max_age_ms`, whichever comes first; keys end `.ndjson`, `.ndjson.gz` or
+/// `.ndjson.zst`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Payloads per object at most. `1` (with no compression) keeps one object per payload.
+    pub max_payloads: usize,
+    /// Uncompressed NDJSON bytes per object at most; a payload that would pass it starts the
+    /// next object (a single larger payload gets an object of its own).
+    pub max_bytes: usize,
+    /// An object is closed this long after its first payload arrived, even if no more come,
+    /// so a quiet shard still delivers.
+    pub max_age_ms: u64,
+    /// `none`, `gzip` or `zstd`; sets `Content-Encoding` and the key's suffix.
+    pub compression: Compression,
+    /// Compression level: gzip 0–9 (default 6), zstd 1–22 (default 3).
+    pub level: Option<i32>,
+    /// Objects of this many (stored) bytes or more are sent with multipart upload.
+    pub multipart_threshold_bytes: usize,
+    /// Part size for multipart upload (S3 requires at least 5 MiB for all parts but the last).
+    pub part_bytes: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_payloads: 1,
+            max_bytes: 1 << 20,
+            max_age_ms: 1_000,
+            compression: Compression::None,
+            level: None,
+            multipart_threshold_bytes: 64 << 20,
+            part_bytes: 8 << 20,
+        }
+    }
+}
+
+impl BatchConfig {
+    /// Whether objects are NDJSON batches (otherwise one `.json` object per payload).
+    pub fn ndjson(&self) -> bool {
+        self.max_payloads > 1 || self.compression != Compression::None
+    }
+}
+
+/// Compression of batched objects.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Plain NDJSON.
+    None,
+    /// gzip (`Content-Encoding: gzip`, `.ndjson.gz`).
+    Gzip,
+    /// Zstandard (`Content-Encoding: zstd`, `.ndjson.zst`).
+    Zstd,
+}
+
 /// Object key settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -385,15 +455,14 @@ impl Config {
                 "must be between 1 and 1073741824".into(),
             );
         }
-        if self.server.ack != Ack::Queued {
+        if self.server.ack == Ack::Durable {
             bad(
                 "server.ack",
-                format!(
-                    "\"{}\" is not available in this build; only \"queued\" is",
-                    format!("{:?}", self.server.ack).to_lowercase()
-                ),
+                "\"durable\" is not available in this build; use \"queued\" or \"uploaded\""
+                    .into(),
             );
         }
+        self.validate_batch(&mut bad);
         for (key, v) in [
             (
                 "server.header_read_timeout_ms",
@@ -406,6 +475,8 @@ impl Config {
             ("upload.request_timeout_ms", self.upload.request_timeout_ms),
             ("upload.backoff_base_ms", self.upload.backoff_base_ms),
             ("upload.drain_timeout_ms", self.upload.drain_timeout_ms),
+            ("server.ack_timeout_ms", self.server.ack_timeout_ms),
+            ("batch.max_age_ms", self.batch.max_age_ms),
         ] {
             if v == 0 {
                 bad(key, "must be greater than 0".into());
@@ -510,6 +581,60 @@ impl Config {
         }
     }
 
+    fn validate_batch(&self, bad: &mut impl FnMut(&str, String)) {
+        let b = &self.batch;
+        if b.max_payloads == 0 {
+            bad("batch.max_payloads", "must be at least 1".into());
+        }
+        // A batch larger than the queue budget could never fill: the shard would refuse
+        // requests until max_age closed it.
+        if b.max_payloads > self.queue.max_payloads {
+            bad(
+                "batch.max_payloads",
+                format!(
+                    "must not exceed queue.max_payloads ({})",
+                    self.queue.max_payloads
+                ),
+            );
+        }
+        if b.max_bytes == 0 || b.max_bytes > self.queue.max_bytes {
+            bad(
+                "batch.max_bytes",
+                format!(
+                    "must be between 1 and queue.max_bytes ({})",
+                    self.queue.max_bytes
+                ),
+            );
+        }
+        if let Some(level) = b.level {
+            let (lo, hi) = match b.compression {
+                Compression::Gzip => (0, 9),
+                Compression::Zstd => (1, 22),
+                Compression::None => (0, 0),
+            };
+            if b.compression == Compression::None {
+                bad(
+                    "batch.level",
+                    "set only with batch.compression = \"gzip\" or \"zstd\"".into(),
+                );
+            } else if !(lo..=hi).contains(&level) {
+                bad("batch.level", format!("must be between {lo} and {hi}"));
+            }
+        }
+        if b.part_bytes < 5 << 20 {
+            bad(
+                "batch.part_bytes",
+                "must be at least 5242880 (S3's smallest part)".into(),
+            );
+        }
+        if b.multipart_threshold_bytes < b.part_bytes {
+            bad(
+                "batch.multipart_threshold_bytes",
+                "must be at least batch.part_bytes".into(),
+            );
+        }
+    }
+
     /// The configuration as TOML, with secrets redacted (for `check-config`).
     pub fn to_redacted_toml(&self) -> String {
         let mut c = self.clone();
@@ -564,6 +689,29 @@ mod tests {
             errs.to_string().starts_with("server.ack: \"durable\""),
             "{errs}"
         );
+        c.server.ack = Ack::Uploaded;
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn batch_limits_are_checked() {
+        let mut c = Config::default();
+        c.batch.max_payloads = 1000;
+        c.queue.max_payloads = 100;
+        c.batch.compression = Compression::Gzip;
+        c.batch.level = Some(12);
+        c.batch.part_bytes = 1 << 20;
+        let text = c.validate().unwrap_err().to_string();
+        for key in ["batch.max_payloads", "batch.level", "batch.part_bytes"] {
+            assert!(text.contains(key), "{key} missing from {text}");
+        }
+        let mut c = Config::default();
+        c.batch.level = Some(3);
+        assert!(c.validate().unwrap_err().to_string().starts_with("batch.level"));
+        c.batch.compression = Compression::Zstd;
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.batch.ndjson());
+        assert!(!Config::default().batch.ndjson());
     }
 
     #[test]

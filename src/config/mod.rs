@@ -588,7 +588,7 @@ impl Config {
         }
         // A batch larger than the queue budget could never fill: the shard would refuse
         // requests until max_age closed it.
-        if b.max_payloads > self.queue.max_payloads {
+        if self.queue.max_payloads > 0 && b.max_payloads > self.queue.max_payloads {
             bad(
                 "batch.max_payloads",
                 format!(

@@ -54,8 +54,13 @@ pub struct ShardStats {
     pub payloads_spilled: AtomicU64,
     /// Upload attempts that failed and were retried.
     pub upload_retries: AtomicU64,
-    /// Bytes written to the sink.
+    /// Bytes written to the sink (objects as stored, after compression).
     pub bytes_out: AtomicU64,
+    /// Objects stored in the sink.
+    pub objects_uploaded: AtomicU64,
+    /// Write requests sent to the store (single PUTs, and multipart start, parts and
+    /// completion), retries included.
+    pub put_requests: AtomicU64,
     /// Uploads in progress now.
     pub uploads_in_flight: AtomicU64,
     /// Connections open now.
@@ -115,7 +120,7 @@ type Field = fn(&ShardStats) -> &AtomicU64;
 /// Renders all shards in Prometheus text format.
 pub fn render(shards: &[ShardView], ready: bool) -> String {
     let mut out = String::with_capacity(8192);
-    let counters: [(&str, &str, Field); 10] = [
+    let counters: [(&str, &str, Field); 12] = [
         (
             "corepost_payloads_accepted_total",
             "Payloads answered 200 for.",
@@ -148,8 +153,18 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
         ),
         (
             "corepost_bytes_out_total",
-            "Bytes written to the sink.",
+            "Bytes written to the sink (objects as stored, after compression).",
             |s| &s.bytes_out,
+        ),
+        (
+            "corepost_objects_uploaded_total",
+            "Objects stored in the sink.",
+            |s| &s.objects_uploaded,
+        ),
+        (
+            "corepost_put_requests_total",
+            "Write requests sent to the store (PUTs, multipart start/parts/completion), retries included.",
+            |s| &s.put_requests,
         ),
         ("corepost_uploads_in_flight", "Uploads in progress.", |s| {
             &s.uploads_in_flight

@@ -18,6 +18,22 @@ pub struct Job {
     pub first_seq: u64,
     /// When the request was accepted (Unix seconds), for the key's date path.
     pub received_secs: u64,
+    /// With `ack = "uploaded"`: told what became of the request's payloads once all of them
+    /// are stored (or could not be).
+    pub ack: Option<tokio::sync::oneshot::Sender<Delivery>>,
+}
+
+/// What became of a request's payloads, reported back to the shard that accepted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every payload is in the store.
+    Stored,
+    /// Some payload could not be stored for now (store unreachable, drain deadline); it was
+    /// kept in the spill directory and is uploaded at the next start.
+    Deferred,
+    /// The store refused some payload for good (credentials, missing bucket); it was kept in
+    /// the spill directory.
+    Refused,
 }
 
 /// The shard's memory budget for payload data: what is queued or uploading. The shard
@@ -122,6 +138,7 @@ mod tests {
             spans: vec![(0, 1); n],
             first_seq: 0,
             received_secs: 0,
+            ack: None,
         }
     }
 

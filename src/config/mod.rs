@@ -458,8 +458,7 @@ impl Config {
         if self.server.ack == Ack::Durable {
             bad(
                 "server.ack",
-                "\"durable\" is not available in this build; use \"queued\" or \"uploaded\""
-                    .into(),
+                "\"durable\" is not available in this build; use \"queued\" or \"uploaded\"".into(),
             );
         }
         self.validate_batch(&mut bad);
@@ -707,7 +706,11 @@ mod tests {
         }
         let mut c = Config::default();
         c.batch.level = Some(3);
-        assert!(c.validate().unwrap_err().to_string().starts_with("batch.level"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("batch.level"));
         c.batch.compression = Compression::Zstd;
         assert_eq!(c.validate(), Ok(()));
         assert!(c.batch.ndjson());

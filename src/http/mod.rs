@@ -10,9 +10,10 @@ mod io;
 
 pub use io::{GlommioTimer, HyperIo, Scratch};
 
+use crate::config::Ack;
 use crate::ingest::IngestError;
 use crate::metrics::{inc, render, Route};
-use crate::queue::Job;
+use crate::queue::{Delivery, Job};
 use crate::shard::ShardCtx;
 use bytes::Bytes;
 use futures_lite::future;
@@ -193,13 +194,36 @@ async fn ingest(shard: &ShardCtx, req: Request<Incoming>) -> Result<usize, Inges
         return Ok(0);
     }
     let len = body.len();
+    let (ack, stored) = match cfg.ack {
+        Ack::Uploaded => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        }
+        Ack::Queued | Ack::Durable => (None, None),
+    };
     let job = Job {
         body,
         spans,
         first_seq: shard.take_seq(n),
         received_secs: crate::keys::unix_secs(),
+        ack,
     };
     shard.send(job)?;
+    if let Some(stored) = stored {
+        // The worker answers over the channel; this task waits without blocking the shard.
+        let timeout = cfg.ack_timeout_ms;
+        let delivery = future::or(async { Some(stored.await) }, async {
+            glommio::timer::sleep(Duration::from_millis(timeout)).await;
+            None
+        })
+        .await;
+        match delivery {
+            Some(Ok(Delivery::Stored)) => {}
+            Some(Ok(Delivery::Refused)) => return Err(IngestError::StoreRefused),
+            Some(Ok(Delivery::Deferred)) | Some(Err(_)) => return Err(IngestError::NotStored),
+            None => return Err(IngestError::AckTimeout(timeout)),
+        }
+    }
     inc(&shard.stats.payloads_accepted, n as u64);
     inc(&shard.stats.bytes_in, len as u64);
     Ok(n)

@@ -47,6 +47,16 @@ pub enum IngestError {
     /// The server is shutting down.
     #[error("shutting down")]
     ShuttingDown,
+    /// `ack = "uploaded"`: the payloads were not all stored within `server.ack_timeout_ms`.
+    #[error("not stored within {0} ms; the payloads stay queued and may still be stored, so a retry can store them twice")]
+    AckTimeout(u64),
+    /// `ack = "uploaded"`: the store could not take the payloads now; they were kept for a
+    /// later upload.
+    #[error("the store is unavailable; the payloads were kept for a later upload, so a retry can store them twice")]
+    NotStored,
+    /// `ack = "uploaded"`: the store refused the payloads for good (credentials, bucket).
+    #[error("the store refused the payloads; they were kept in the spill directory")]
+    StoreRefused,
 }
 
 impl IngestError {
@@ -59,7 +69,11 @@ impl IngestError {
             | IngestError::TooDeep(_) => StatusCode::BAD_REQUEST,
             IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            IngestError::Overloaded | IngestError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Overloaded
+            | IngestError::ShuttingDown
+            | IngestError::AckTimeout(_)
+            | IngestError::NotStored => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::StoreRefused => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

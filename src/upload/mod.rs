@@ -1,21 +1,25 @@
 //! Upload workers: one OS thread per shard (pinned, tokio current_thread, because rust-s3 needs
-//! tokio) that drains the shard's queue into the sink, `upload.max_in_flight` PUTs at a time,
-//! retrying transient failures with capped exponential backoff and full jitter.
+//! tokio) that drains the shard's queue into objects (one per payload, or NDJSON batches; see
+//! `batch`) and stores them, `upload.max_in_flight` at a time, retrying transient failures with
+//! capped exponential backoff and full jitter. A retried object keeps its key, so a retry after
+//! a lost answer overwrites rather than duplicates.
 //!
 //! Nothing answered `200` is dropped: a payload the store refuses for good, or one still
 //! undelivered at the drain deadline after SIGTERM, is written to the spill directory (fsynced,
 //! named by its key), and worker 0 uploads the spill directory first at the next start.
 #![forbid(unsafe_code)]
 
+mod batch;
 mod sink;
 
+pub use batch::{payloads_in, ObjectBuilder, ObjectFormat};
 pub use sink::{FsSink, Sink, UploadError};
 
 use crate::config::Config;
 use crate::keys::KeySpace;
 use crate::metrics::{dec, inc, ShardStats};
-use crate::queue::{Budget, Job};
-use std::cell::Cell;
+use crate::queue::{Budget, Delivery, Job};
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -81,10 +85,32 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
         })
 }
 
-/// What became of one payload.
+/// What became of one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Stored,
-    Spilled,
+    /// Spilled; `true` if the store refused it for good.
+    Spilled(bool),
+}
+
+/// One request's share of the worker's attention: its budget is released and its client told
+/// once every object holding one of its payloads is stored or spilled.
+struct Request {
+    payloads: usize,
+    bytes: usize,
+    /// Objects still holding some of its payloads, plus one while its payloads are being added.
+    pending: Cell<usize>,
+    outcome: Cell<Delivery>,
+    ack: RefCell<Option<tokio::sync::oneshot::Sender<Delivery>>>,
+}
+
+/// The object being filled, and the requests whose payloads it holds.
+struct Open {
+    builder: ObjectBuilder,
+    first_seq: u64,
+    received_secs: u64,
+    opened: Instant,
+    members: Vec<Rc<Request>>,
 }
 
 struct Ctx {
@@ -101,7 +127,7 @@ struct Ctx {
 }
 
 async fn run(s: WorkerSetup) {
-    let sink = match Sink::new(&s.config.sink, &s.config.upload) {
+    let sink = match Sink::new(&s.config.sink, &s.config.upload, &s.config.batch) {
         Ok(sink) => sink,
         Err(e) => {
             // Validation should make this unreachable; if not, every payload is spilled (the
@@ -147,19 +173,41 @@ async fn run(s: WorkerSetup) {
     // Wake for the first job, take every job queued since, then let the queue fill for
     // `queue_poll_us` before looking again: a busy shard wakes its worker about a thousand
     // times a second instead of once per request (each wake is two context switches on the
-    // shared core). An idle worker still wakes at once for the first job.
+    // shared core). An idle worker still wakes at once for the first job. An open object is
+    // closed at its `max_age_ms` even if nothing else arrives.
     let window = Duration::from_micros(ctx.config.upload.queue_poll_us);
-    while let Ok(first) = s.rx.recv_async().await {
+    let max_age = Duration::from_millis(ctx.config.batch.max_age_ms);
+    let mut open: Option<Open> = None;
+    loop {
+        let first = match open.as_ref().map(|o| o.opened + max_age) {
+            None => s.rx.recv_async().await,
+            Some(due) => tokio::select! {
+                job = s.rx.recv_async() => job,
+                _ = tokio::time::sleep_until(due.into()) => {
+                    close(&ctx, &permits, &mut open).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(first) = first else { break };
         let mut next = Some(first);
         while let Some(job) = next {
-            dispatch(&ctx, &permits, job).await;
+            add(&ctx, &permits, &mut open, job).await;
             next = s.rx.try_recv().ok();
         }
         if !window.is_zero() {
-            tokio::time::sleep(window).await;
+            let mut until = Instant::now() + window;
+            if let Some(o) = &open {
+                until = until.min(o.opened + max_age);
+            }
+            tokio::time::sleep_until(until.into()).await;
+            if open.as_ref().is_some_and(|o| o.opened.elapsed() >= max_age) {
+                close(&ctx, &permits, &mut open).await;
+            }
         }
     }
-    // The queue is closed and empty: wait for the uploads still in flight.
+    // The queue is closed and empty: close the last object, wait for the uploads in flight.
+    close(&ctx, &permits, &mut open).await;
     let _ = permits.acquire_many(max as u32).await;
     if ctx.stats.payloads_spilled.load(Relaxed) > 0 {
         sync_dir_fs(ctx.spill.root());
@@ -182,39 +230,103 @@ fn sync_dir_fs(dir: &Path) {
     }
 }
 
-/// Starts the uploads of one request's payloads (waiting for in-flight permits).
-async fn dispatch(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, job: Job) {
+/// Adds one request's payloads to the open object, closing objects as they fill.
+async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>, job: Job) {
     if let Sink::Discard = ctx.sink {
-        // Front-end benchmarks: count and drop the whole request, with no per-payload task,
-        // key or timer (nothing is stored, so there is nothing to name or time).
+        // Front-end benchmarks: count and drop the whole request, with no object, key or
+        // timer (nothing is stored, so there is nothing to name or time).
         let n = job.spans.len();
         inc(&ctx.stats.payloads_uploaded, n as u64);
         let bytes: u64 = job.spans.iter().map(|&(a, b)| u64::from(b - a)).sum();
         inc(&ctx.stats.bytes_out, bytes);
         ctx.budget.release(n, job.body.len());
+        if let Some(ack) = job.ack {
+            let _ = ack.send(Delivery::Stored);
+        }
         return;
     }
-    let job = Rc::new(job);
-    let remaining = Rc::new(Cell::new(job.spans.len()));
-    for i in 0..job.spans.len() {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (ctx, job, remaining) = (ctx.clone(), job.clone(), remaining.clone());
-        tokio::task::spawn_local(async move {
-            let (start, end) = job.spans[i];
-            let data = &job.body[start as usize..end as usize];
-            let key = ctx
-                .keys
-                .key(job.received_secs, job.first_seq + i as u64, "json");
-            ctx.deliver(&key, data).await;
-            drop(permit);
-            remaining.set(remaining.get() - 1);
-            if remaining.get() == 0 {
-                ctx.budget.release(job.spans.len(), job.body.len());
+    let batch = &ctx.config.batch;
+    let req = Rc::new(Request {
+        payloads: job.spans.len(),
+        bytes: job.body.len(),
+        pending: Cell::new(1),
+        outcome: Cell::new(Delivery::Stored),
+        ack: RefCell::new(job.ack),
+    });
+    for (i, &(start, end)) in job.spans.iter().enumerate() {
+        let payload = &job.body[start as usize..end as usize];
+        if let Some(o) = open.as_ref() {
+            if o.builder.payloads() > 0
+                && o.builder.raw_bytes() + o.builder.cost(payload) > batch.max_bytes
+            {
+                close(ctx, permits, open).await;
             }
-        });
+        }
+        if open.is_none() {
+            match ObjectBuilder::new(batch) {
+                Ok(builder) => {
+                    *open = Some(Open {
+                        builder,
+                        first_seq: job.first_seq + i as u64,
+                        received_secs: job.received_secs,
+                        opened: Instant::now(),
+                        members: Vec::new(),
+                    })
+                }
+                Err(e) => {
+                    // Only the compressor's set-up can fail here (memory); say so loudly.
+                    tracing::error!(shard = ctx.shard, error = %e, "cannot start an object; payload LOST");
+                    inc(&ctx.stats.payloads_failed, 1);
+                    req.outcome.set(Delivery::Refused);
+                    continue;
+                }
+            }
+        }
+        let Some(o) = open.as_mut() else { continue };
+        if let Err(e) = o.builder.push(payload) {
+            tracing::error!(shard = ctx.shard, error = %e, "cannot add to an object; payload LOST");
+            inc(&ctx.stats.payloads_failed, 1);
+            req.outcome.set(Delivery::Refused);
+            continue;
+        }
+        if !o.members.last().is_some_and(|m| Rc::ptr_eq(m, &req)) {
+            req.pending.set(req.pending.get() + 1);
+            o.members.push(req.clone());
+        }
+        if o.builder.payloads() >= batch.max_payloads || o.builder.raw_bytes() >= batch.max_bytes {
+            close(ctx, permits, open).await;
+        }
     }
+    ctx.finish(&req, None);
+}
+
+/// Closes the open object (if any) and starts its upload once an in-flight permit is free.
+async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>) {
+    let Some(o) = open.take() else { return };
+    let payloads = o.builder.payloads();
+    let (data, format) = match o.builder.finish() {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(shard = ctx.shard, payloads, error = %e, "cannot finish an object; its payloads are LOST");
+            inc(&ctx.stats.payloads_failed, payloads as u64);
+            for m in &o.members {
+                ctx.finish(m, Some(Outcome::Spilled(true)));
+            }
+            return;
+        }
+    };
+    let key = ctx.keys.key(o.received_secs, o.first_seq, format.ext);
+    let Ok(permit) = permits.clone().acquire_owned().await else {
+        return;
+    };
+    let ctx = ctx.clone();
+    tokio::task::spawn_local(async move {
+        let outcome = ctx.deliver(&key, &data, format, payloads).await;
+        drop(permit);
+        for m in &o.members {
+            ctx.finish(m, Some(outcome));
+        }
+    });
 }
 
 /// Uploads every file of the spill directory (named by key) and deletes it once stored.
@@ -238,7 +350,9 @@ async fn replay(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>) {
                 .unwrap_or_default();
             match std::fs::read(&path) {
                 Ok(data) => {
-                    if let Outcome::Stored = ctx.deliver(&key, &data).await {
+                    let format = ObjectFormat::from_key(&key);
+                    let payloads = payloads_in(&data, format);
+                    if let Outcome::Stored = ctx.deliver(&key, &data, format, payloads).await {
                         if let Err(e) = std::fs::remove_file(&path) {
                             tracing::warn!(file = %path.display(), error = %e, "stored, but cannot delete the spilled copy");
                         }
@@ -276,23 +390,54 @@ pub fn spilled_files(root: &Path) -> Vec<PathBuf> {
 }
 
 impl Ctx {
-    /// Stores one payload, retrying as configured; what cannot be stored is spilled. Counts
-    /// and logs the outcome.
-    async fn deliver(&self, key: &str, data: &[u8]) -> Outcome {
+    /// Notes that one object holding some of `req`'s payloads is done (`None`: all its
+    /// payloads have been added); the last one releases the request's budget and answers it.
+    fn finish(&self, req: &Request, outcome: Option<Outcome>) {
+        match outcome {
+            Some(Outcome::Spilled(true)) => req.outcome.set(Delivery::Refused),
+            Some(Outcome::Spilled(false)) if req.outcome.get() == Delivery::Stored => {
+                req.outcome.set(Delivery::Deferred)
+            }
+            _ => {}
+        }
+        req.pending.set(req.pending.get() - 1);
+        if req.pending.get() == 0 {
+            self.budget.release(req.payloads, req.bytes);
+            if let Some(ack) = req.ack.borrow_mut().take() {
+                // The client may have given up waiting; nothing to do then.
+                let _ = ack.send(req.outcome.get());
+            }
+        }
+    }
+
+    /// Stores one object of `payloads` payloads, retrying as configured; what cannot be
+    /// stored is spilled. Counts and logs the outcome.
+    async fn deliver(
+        &self,
+        key: &str,
+        data: &[u8],
+        format: ObjectFormat,
+        payloads: usize,
+    ) -> Outcome {
+        let n = payloads as u64;
         inc(&self.stats.uploads_in_flight, 1);
-        let outcome = match self.store(key, data).await {
-            Ok(()) => Outcome::Stored,
+        let outcome = match self.store(key, data, format).await {
+            Ok(()) => {
+                inc(&self.stats.payloads_uploaded, n);
+                Outcome::Stored
+            }
             Err(e) => {
+                let permanent = !e.retryable();
                 if let Err(spill_err) = self.spill.put(key, data) {
-                    inc(&self.stats.payloads_failed, 1);
-                    tracing::error!(shard = self.shard, key, error = %e, spill_error = %spill_err, "payload LOST: not stored and not spilled");
+                    inc(&self.stats.payloads_failed, n);
+                    tracing::error!(shard = self.shard, key, payloads, error = %e, spill_error = %spill_err, "payloads LOST: not stored and not spilled");
                 } else {
-                    inc(&self.stats.payloads_spilled, 1);
+                    inc(&self.stats.payloads_spilled, n);
                     if !self.spilling.get() {
-                        tracing::error!(shard = self.shard, key, error = %e, "payload not stored; kept in the spill directory");
+                        tracing::error!(shard = self.shard, key, payloads, error = %e, "object not stored; kept in the spill directory");
                     }
                 }
-                Outcome::Spilled
+                Outcome::Spilled(permanent)
             }
         };
         dec(&self.stats.uploads_in_flight, 1);
@@ -301,7 +446,7 @@ impl Ctx {
 
     /// Tries the store until it succeeds, a permanent error, `max_attempts`, or the drain
     /// deadline.
-    async fn store(&self, key: &str, data: &[u8]) -> Result<(), UploadError> {
+    async fn store(&self, key: &str, data: &[u8], format: ObjectFormat) -> Result<(), UploadError> {
         let up = &self.config.upload;
         let mut attempt = 0u32;
         loop {
@@ -311,13 +456,13 @@ impl Ctx {
             attempt += 1;
             let t0 = Instant::now();
             let result = tokio::select! {
-                r = self.sink.put(key, data, "application/json") => r,
+                r = self.sink.put(key, data, format, &self.stats.put_requests) => r,
                 _ = self.deadline.notified() => Err(UploadError::Transient("drain deadline reached".into())),
             };
             match result {
                 Ok(()) => {
                     self.stats.observe_upload(t0.elapsed().as_secs_f64());
-                    inc(&self.stats.payloads_uploaded, 1);
+                    inc(&self.stats.objects_uploaded, 1);
                     inc(&self.stats.bytes_out, data.len() as u64);
                     if self.stats.sink_failing.swap(false, Relaxed) {
                         tracing::info!(shard = self.shard, "sink recovered");

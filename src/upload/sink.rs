@@ -2,12 +2,16 @@
 //! directory, written atomically by rename), `discard` (count and drop, for benchmarks).
 #![forbid(unsafe_code)]
 
-use crate::config::{SinkConfig, SinkKind, UploadConfig};
+use super::batch::ObjectFormat;
+use crate::config::{BatchConfig, SinkConfig, SinkKind, UploadConfig};
+use crate::metrics::inc;
+use http::{HeaderMap, HeaderValue};
 use s3::creds::Credentials;
 use s3::{Bucket, Region};
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// Why an object was not stored, and whether trying again can help.
@@ -32,7 +36,7 @@ impl UploadError {
 #[derive(Debug)]
 pub enum Sink {
     /// An S3 bucket.
-    S3(Box<Bucket>),
+    S3(Box<S3Sink>),
     /// A local directory.
     Fs(FsSink),
     /// Nowhere (benchmarks of the front end).
@@ -40,6 +44,17 @@ pub enum Sink {
     /// The configured sink could not be built: every put fails permanently, so payloads go
     /// to the spill directory instead of being counted as stored.
     Unavailable(String),
+}
+
+/// An S3 bucket, and when to switch to multipart upload.
+#[derive(Debug)]
+pub struct S3Sink {
+    bucket: Box<Bucket>,
+    /// The same bucket with `Content-Encoding` among its extra headers, for starting
+    /// multipart uploads of compressed objects (rust-s3 takes no headers there).
+    encoded: Option<Box<Bucket>>,
+    multipart_threshold: usize,
+    part_bytes: usize,
 }
 
 /// The local-directory sink; also the spill directory's writer.
@@ -69,7 +84,11 @@ fn classify_status(status: u16, body: &[u8]) -> Result<(), UploadError> {
 
 impl Sink {
     /// Builds the sink described by the configuration (no I/O yet).
-    pub fn new(cfg: &SinkConfig, upload: &UploadConfig) -> Result<Sink, UploadError> {
+    pub fn new(
+        cfg: &SinkConfig,
+        upload: &UploadConfig,
+        batch: &BatchConfig,
+    ) -> Result<Sink, UploadError> {
         match cfg.kind {
             SinkKind::Discard => Ok(Sink::Discard),
             SinkKind::Fs => Ok(Sink::Fs(FsSink::new(&cfg.fs.root, false))),
@@ -103,7 +122,27 @@ impl Sink {
                 let bucket = bucket
                     .with_request_timeout(Duration::from_millis(upload.request_timeout_ms))
                     .map_err(|e| bad(format!("sink.s3: {e}")))?;
-                Ok(Sink::S3(bucket))
+                let encoded = match ObjectFormat::of(batch).content_encoding {
+                    Some(enc) => {
+                        let mut h = HeaderMap::new();
+                        h.insert(
+                            http::header::CONTENT_ENCODING,
+                            HeaderValue::from_static(enc),
+                        );
+                        Some(Box::new(
+                            bucket
+                                .with_extra_headers(h)
+                                .map_err(|e| bad(format!("sink.s3: {e}")))?,
+                        ))
+                    }
+                    None => None,
+                };
+                Ok(Sink::S3(Box::new(S3Sink {
+                    bucket,
+                    encoded,
+                    multipart_threshold: batch.multipart_threshold_bytes,
+                    part_bytes: batch.part_bytes,
+                })))
             }
         }
     }
@@ -117,7 +156,8 @@ impl Sink {
             Sink::Fs(fs) => std::fs::create_dir_all(&fs.root).map_err(|e| {
                 UploadError::Permanent(format!("cannot create {}: {e}", fs.root.display()))
             }),
-            Sink::S3(bucket) => {
+            Sink::S3(s3) => {
+                let bucket = &s3.bucket;
                 // A GET of a key that does not exist: `NoSuchKey` proves the bucket exists and
                 // the credentials work, without writing anything.
                 match bucket
@@ -144,23 +184,114 @@ impl Sink {
         }
     }
 
-    /// Stores one object.
-    pub async fn put(&self, key: &str, data: &[u8], content_type: &str) -> Result<(), UploadError> {
+    /// Stores one object, counting every write request sent to the store in `requests`.
+    pub async fn put(
+        &self,
+        key: &str,
+        data: &[u8],
+        format: ObjectFormat,
+        requests: &AtomicU64,
+    ) -> Result<(), UploadError> {
         match self {
             Sink::Discard => Ok(()),
             Sink::Unavailable(e) => Err(UploadError::Permanent(e.clone())),
             Sink::Fs(fs) => fs.put(key, data),
-            Sink::S3(bucket) => match bucket
-                .put_object_with_content_type(key, data, content_type)
+            Sink::S3(s3) if data.len() >= s3.multipart_threshold => {
+                s3.put_multipart(key, data, format, requests).await
+            }
+            Sink::S3(s3) => {
+                let headers = format.content_encoding.map(|enc| {
+                    let mut h = HeaderMap::new();
+                    h.insert(
+                        http::header::CONTENT_ENCODING,
+                        HeaderValue::from_static(enc),
+                    );
+                    h
+                });
+                inc(requests, 1);
+                let r = s3
+                    .bucket
+                    .put_object_with_content_type_and_headers(
+                        key,
+                        data,
+                        format.content_type,
+                        headers,
+                    )
+                    .await;
+                answer(r.map(|resp| (resp.status_code(), resp.to_vec())))
+            }
+        }
+    }
+}
+
+/// Classifies what rust-s3 returned for a request.
+fn answer(r: Result<(u16, Vec<u8>), s3::error::S3Error>) -> Result<(), UploadError> {
+    match r {
+        Ok((status, body)) => classify_status(status, &body),
+        Err(e) => Err(s3_error(e)),
+    }
+}
+
+/// Classifies an error rust-s3 raised (a non-2xx answer it turned into an error, or no answer).
+fn s3_error(e: s3::error::S3Error) -> UploadError {
+    match e {
+        s3::error::S3Error::HttpFailWithBody(status, body) => {
+            match classify_status(status, body.as_bytes()) {
+                Err(e) => e,
+                Ok(()) => UploadError::Transient(format!("store answered {status} with an error")),
+            }
+        }
+        e => UploadError::Transient(e.to_string()),
+    }
+}
+
+impl S3Sink {
+    /// Multipart upload: start, one request per `part_bytes`, complete; on failure the upload
+    /// is aborted (so the store keeps no parts) and the caller retries the whole object.
+    async fn put_multipart(
+        &self,
+        key: &str,
+        data: &[u8],
+        format: ObjectFormat,
+        requests: &AtomicU64,
+    ) -> Result<(), UploadError> {
+        let starter = self.encoded.as_deref().unwrap_or(&self.bucket);
+        inc(requests, 1);
+        let upload = starter
+            .initiate_multipart_upload(key, format.content_type)
+            .await
+            .map_err(s3_error)?;
+        let id = upload.upload_id;
+        let mut parts = Vec::with_capacity(data.len() / self.part_bytes + 1);
+        let mut result = Ok(());
+        for (i, chunk) in data.chunks(self.part_bytes).enumerate() {
+            inc(requests, 1);
+            match self
+                .bucket
+                .put_multipart_chunk(chunk.to_vec(), key, i as u32 + 1, &id, format.content_type)
                 .await
             {
-                Ok(resp) => classify_status(resp.status_code(), resp.as_slice()),
-                Err(s3::error::S3Error::HttpFailWithBody(status, body)) => {
-                    classify_status(status, body.as_bytes())
+                Ok(part) => parts.push(part),
+                Err(e) => {
+                    result = answer(Err(e));
+                    break;
                 }
-                Err(e) => Err(UploadError::Transient(e.to_string())),
-            },
+            }
         }
+        if result.is_ok() {
+            inc(requests, 1);
+            result = answer(
+                self.bucket
+                    .complete_multipart_upload(key, &id, parts)
+                    .await
+                    .map(|resp| (resp.status_code(), resp.to_vec())),
+            );
+        }
+        if result.is_err() {
+            // Best effort: a part that failed has already aborted the upload inside rust-s3.
+            let _ = self.bucket.abort_upload(key, &id).await;
+        }
+        result
     }
 }
 
@@ -247,7 +378,8 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let r = rt.block_on(sink.put("k", b"{}", "application/json"));
+        let fmt = ObjectFormat::of(&BatchConfig::default());
+        let r = rt.block_on(sink.put("k", b"{}", fmt, &AtomicU64::new(0)));
         assert!(matches!(r, Err(UploadError::Permanent(_))), "{r:?}");
         assert!(rt.block_on(sink.check()).is_err());
     }

@@ -5,8 +5,9 @@
 mod common;
 
 use common::*;
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 static TURN: Mutex<()> = Mutex::new(());
 
@@ -114,4 +115,115 @@ fn spilled_count(dir: &std::path::Path) -> usize {
         .iter()
         .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with('.'))
         .count()
+}
+
+#[test]
+fn ack_uploaded_gives_503_while_the_store_is_down_and_duplicates_stay_bounded() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let g = garage();
+    let p = prefix("ackdown");
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        conf.path(),
+        "[server]\nack = \"uploaded\"\nack_timeout_ms = 1500\n[batch]\nmax_payloads = 20\nmax_age_ms = 100\n[upload]\nbackoff_max_ms = 500\n",
+    )
+    .unwrap();
+    let conf_path = conf.path().to_str().unwrap().to_string();
+    let s = Server::start(
+        &["--cores", "2", "--sink", "s3", "--config", &conf_path],
+        &g.server_env(&p),
+    );
+    // Store up: each request is answered 200 once stored.
+    for i in 0..20 {
+        assert_eq!(post(s.addr, &numbered_body(0, i * 5, 5)).status, 200);
+    }
+    garage_cmd("stop", &g.dir);
+    // Store down: 4 clients, 10 requests each, every request retried until it gets 200.
+    // An attempt "admitted" is one the server queued: answered 200, or 503 because it was
+    // not stored in time; an attempt refused at the door ("overloaded") queued nothing.
+    let clients: Vec<_> = (1..=4usize)
+        .map(|c| {
+            let addr = s.addr;
+            std::thread::spawn(move || {
+                let mut admitted = HashMap::new();
+                let mut timeouts = 0;
+                for i in 0..10 {
+                    let body = numbered_body(c, i * 5, 5);
+                    loop {
+                        let t0 = Instant::now();
+                        let resp = post(addr, &body);
+                        let waited = t0.elapsed();
+                        let text = String::from_utf8_lossy(&resp.body).into_owned();
+                        match resp.status {
+                            200 => {
+                                *admitted.entry(i).or_insert(0u32) += 1;
+                                break;
+                            }
+                            503 if text.contains("overloaded") => {}
+                            503 => {
+                                assert!(text.contains("not stored within 1500 ms"), "{text}");
+                                assert!(
+                                    waited < Duration::from_millis(3000),
+                                    "503 after {waited:?}"
+                                );
+                                assert!(resp.header("retry-after").is_some());
+                                *admitted.entry(i).or_insert(0u32) += 1;
+                                timeouts += 1;
+                            }
+                            other => panic!("unexpected {other}: {text}"),
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+                (c, admitted, timeouts)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    garage_cmd("start", &g.dir);
+    let mut admitted: HashMap<(usize, usize), u32> = HashMap::new();
+    let mut timeouts = 0;
+    for h in clients {
+        let (c, a, t) = h.join().unwrap();
+        timeouts += t;
+        for (i, n) in a {
+            admitted.insert((c, i), n);
+        }
+    }
+    assert!(timeouts > 0, "the outage gave 503s");
+    s.wait_drained(Duration::from_secs(120));
+    let mut copies: HashMap<(u64, u64), u32> = HashMap::new();
+    for o in fetch(g, &p) {
+        for v in lines(&o) {
+            *copies
+                .entry((v["c"].as_u64().unwrap(), v["n"].as_u64().unwrap()))
+                .or_default() += 1;
+        }
+    }
+    // Before the outage: exactly once.
+    for n in 0..100 {
+        assert_eq!(copies.get(&(0, n)), Some(&1), "payload 0/{n}");
+    }
+    // During it: at least once, and at most once per admitted attempt.
+    let mut duplicated = 0;
+    for ((c, i), n) in &admitted {
+        for k in 0..5 {
+            let got = copies
+                .get(&(*c as u64, (*i * 5 + k) as u64))
+                .copied()
+                .unwrap_or(0);
+            assert!(got >= 1, "payload {c}/{} lost", i * 5 + k);
+            assert!(
+                got <= *n,
+                "payload {c}/{} stored {got} times for {n} admitted attempts",
+                i * 5 + k
+            );
+            duplicated += usize::from(got > 1);
+        }
+    }
+    assert_eq!(copies.len(), 100 + 4 * 50, "no payload that was never sent");
+    eprintln!(
+        "ack=uploaded outage: {timeouts} timeouts, {duplicated} payloads stored more than once"
+    );
+    assert!(s.stop(30).success());
 }

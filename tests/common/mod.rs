@@ -554,3 +554,73 @@ pub fn garage_cmd(cmd: &str, dir: &Path) {
         .unwrap();
     assert!(st.success(), "garage.sh {cmd} failed");
 }
+
+/// A collection whose payloads name their client and number: `{"c":c,"n":n,...}`.
+pub fn numbered_body(c: usize, first: usize, count: usize) -> Vec<u8> {
+    let data: Vec<String> = (first..first + count)
+        .map(|n| {
+            format!(r#"{{"c":{c},"n":{n},"msg":"payload {n} of client {c}","v":[1,2.5,"é"]}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"version":"1","token":"t","data":[{}]}}"#,
+        data.join(",")
+    )
+    .into_bytes()
+}
+
+/// An object read back: key, headers of interest, bytes as stored.
+pub struct Object {
+    pub key: String,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub data: Vec<u8>,
+}
+
+pub fn fetch(g: &Garage, prefix: &str) -> Vec<Object> {
+    let keys = g.keys(prefix);
+    let bucket = g.bucket();
+    g.run(async move {
+        let mut out = Vec::new();
+        for key in keys {
+            let r = bucket.get_object(&key).await.expect("get");
+            assert_eq!(r.status_code(), 200, "GET {key}");
+            let h = r.headers();
+            out.push(Object {
+                content_type: h.get("content-type").cloned(),
+                content_encoding: h.get("content-encoding").cloned(),
+                data: r.bytes().to_vec(),
+                key,
+            });
+        }
+        out
+    })
+}
+
+/// The object's NDJSON text, decompressed according to its key.
+pub fn ndjson(o: &Object) -> Vec<u8> {
+    if o.key.ends_with(".ndjson.gz") {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&o.data[..]), &mut out)
+            .expect("gunzip");
+        out
+    } else if o.key.ends_with(".ndjson.zst") {
+        zstd::decode_all(&o.data[..]).expect("unzstd")
+    } else {
+        assert!(o.key.ends_with(".ndjson"), "not an NDJSON key: {}", o.key);
+        o.data.clone()
+    }
+}
+
+pub fn lines(o: &Object) -> Vec<serde_json::Value> {
+    let text = ndjson(o);
+    assert!(
+        text.ends_with(b"\n"),
+        "{}: NDJSON ends with a newline",
+        o.key
+    );
+    text.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("each line is one JSON payload"))
+        .collect()
+}

@@ -9,13 +9,35 @@ Subcommands:
   record RECORDS k=v ...             append one JSON record; wrk=FILE / oha=FILE / metrics=FILE are parsed
   rate RECORDS SCENARIO MODE FRAC    print the fixed rate (req/s) every system sustained in that run
   report RUNDIR OUT_MD OUT_SVG       write the result file and the chart
+  s3-inventory PREFIX [--verify] [--out FILE]
+                                     list the objects under PREFIX (count, bytes, by suffix); with
+                                     --verify, download the NDJSON objects and count their payloads
+  s3-selftest PREFIX                 write known .json/.ndjson/.ndjson.gz/.ndjson.zst objects under
+                                     PREFIX and check that s3-inventory --verify counts them right
+  metrics-sum FILE|URL NAME...       print the named corepost_* counters summed over shards
+                                     (one line per name, empty when absent)
+The s3-* subcommands read S3_ENDPOINT, S3_BUCKET, S3_REGION, AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY (the env file of scripts/garage.sh start).
 """
+import datetime
+import gzip
+import hashlib
+import hmac
+import http.client
 import json
 import math
+import os
 import re
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
+import threading
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 SYSTEM_ORDER = ["corepost", "go", "nginx"]
@@ -23,6 +45,7 @@ SYSTEM_LABEL = {"corepost": "corepost", "go": "Go baseline", "nginx": "nginx (20
 SCENARIO_LABEL = {
     "a": "(a) front end only",
     "b": "(b) one S3 object per payload (Garage)",
+    "c": "(c) batched objects into Garage (corepost NDJSON batches, Go one object per payload)",
 }
 MODE_LABEL = {
     "percore": "per core (server on CPU 1, load generator on CPU 0)",
@@ -105,19 +128,34 @@ def parse_oha(path):
     return out
 
 
-def parse_metrics(path):
-    """Sum corepost_* counters over shards."""
+def metric_sums(text):
+    """corepost_* samples summed over shards (and any other labels), by metric name."""
     sums = {}
-    for line in Path(path).read_text().splitlines():
+    for line in text.splitlines():
         if line.startswith("#") or not line.strip():
             continue
         m = re.match(r"^(corepost_[a-z_]+)(?:\{[^}]*\})?\s+([0-9.eE+-]+)", line)
         if m:
             sums[m.group(1)] = sums.get(m.group(1), 0.0) + float(m.group(2))
-    return {
+    return sums
+
+
+def parse_metrics(path):
+    """Sum corepost_* counters over shards."""
+    sums = metric_sums(Path(path).read_text())
+    out = {
         "metrics_accepted": sums.get("corepost_payloads_accepted_total"),
         "metrics_uploaded": sums.get("corepost_payloads_uploaded_total"),
     }
+    # Present only in builds that have them (scenario c falls back to the bucket when absent).
+    for name, key in (("corepost_put_requests_total", "metrics_put_requests"),
+                      ("corepost_objects_uploaded_total", "metrics_objects_uploaded"),
+                      ("corepost_payloads_failed_total", "metrics_failed"),
+                      ("corepost_payloads_spilled_total", "metrics_spilled"),
+                      ("corepost_bytes_out_total", "metrics_bytes_out")):
+        if name in sums:
+            out[key] = sums[name]
+    return out
 
 
 def conv(v):
@@ -140,6 +178,20 @@ def record(records_path, pairs):
         elif k == "metrics":
             if Path(v).exists() and Path(v).stat().st_size:
                 rec.update(parse_metrics(v))
+        elif k == "inventory":
+            inv = json.loads(Path(v).read_text())
+            rec["inv_objects"] = inv["objects"]
+            rec["inv_bytes"] = inv["bytes"]
+            rec["inv_by_kind"] = inv.get("by_kind", {})
+            if "payloads" in inv:  # counted (NDJSON objects downloaded)
+                rec["inv_payloads"] = inv["payloads"]
+                rec["inv_verified"] = 1
+                rec["inv_invalid"] = inv.get("invalid_payloads", 0)
+                rec["inv_problem_count"] = inv.get("problem_count", 0)
+                rec["inv_problems"] = inv.get("problems", [])
+            elif not any(kk.startswith(".ndjson") for kk in rec["inv_by_kind"]):
+                rec["inv_payloads"] = inv["objects"]  # one payload per object
+                rec["inv_verified"] = 0
         else:
             rec[k] = conv(v)
     with open(records_path, "a") as f:
@@ -152,6 +204,253 @@ def load_records(path):
     if not p.exists():
         return []
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+
+
+# ---------------------------------------------------------------- S3 (scenario c): list, download, count
+class S3:
+    """Minimal path-style S3 client (SigV4, stdlib only), one keep-alive connection per thread."""
+
+    def __init__(self, env=None):
+        e = os.environ if env is None else env
+        try:
+            self.endpoint = e["S3_ENDPOINT"]
+            self.bucket = e["S3_BUCKET"]
+            self.ak = e["AWS_ACCESS_KEY_ID"]
+            self.sk = e["AWS_SECRET_ACCESS_KEY"]
+        except KeyError as k:
+            raise SystemExit(f"s3: {k.args[0]} is not set (source the env file of scripts/garage.sh start)")
+        self.region = e.get("S3_REGION") or e.get("AWS_REGION") or "garage"
+        u = urllib.parse.urlsplit(self.endpoint)
+        if u.scheme != "http":
+            raise SystemExit(f"s3: only http:// endpoints are supported here, got {self.endpoint}")
+        self.host, self.port, self.netloc = u.hostname, u.port or 80, u.netloc
+        self.local = threading.local()
+
+    def _sign(self, method, path, query, payload_hash):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        amzdate, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        canon_q = "&".join(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(str(v), safe='-_.~')}"
+                           for k, v in sorted(query.items()))
+        hdrs = {"host": self.netloc, "x-amz-content-sha256": payload_hash, "x-amz-date": amzdate}
+        signed = ";".join(sorted(hdrs))
+        creq = "\n".join([method, path, canon_q] + [f"{k}:{hdrs[k]}" for k in sorted(hdrs)]
+                         + ["", signed, payload_hash])
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        sts = "\n".join(["AWS4-HMAC-SHA256", amzdate, scope, hashlib.sha256(creq.encode()).hexdigest()])
+        k = ("AWS4" + self.sk).encode()
+        for part in (day, self.region, "s3", "aws4_request"):
+            k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+        sig = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
+        hdrs["authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.ak}/{scope}, SignedHeaders={signed}, "
+                                 f"Signature={sig}")
+        return canon_q, hdrs
+
+    def request(self, method, key="", query=None, body=b"", headers=None):
+        path = "/" + self.bucket + ("/" + urllib.parse.quote(key, safe="/-_.~") if key else "")
+        canon_q, hdrs = self._sign(method, path, query or {}, hashlib.sha256(body).hexdigest())
+        hdrs.update(headers or {})
+        url = path + (("?" + canon_q) if canon_q else "")
+        last = None
+        for _ in range(3):
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+            try:
+                conn.request(method, url, body=body or None, headers=hdrs)
+                r = conn.getresponse()
+                data = r.read()
+                return r.status, data
+            except (OSError, http.client.HTTPException) as e:
+                last = e
+                conn.close()
+                self.local.conn = None
+        raise RuntimeError(f"s3 {method} {url}: {last}")
+
+    def list(self, prefix):
+        """[(key, size)] under prefix, all pages."""
+        out, token = [], None
+        while True:
+            q = {"list-type": "2", "max-keys": "1000", "prefix": prefix}
+            if token:
+                q["continuation-token"] = token
+            status, data = self.request("GET", "", q)
+            if status != 200:
+                raise RuntimeError(f"ListObjectsV2 {prefix!r}: HTTP {status}: {data[:300]!r}")
+            root = ET.fromstring(data)
+            ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+            for c in root.findall(f"{ns}Contents"):
+                out.append((c.findtext(f"{ns}Key"), int(c.findtext(f"{ns}Size") or 0)))
+            if (root.findtext(f"{ns}IsTruncated") or "false").lower() != "true":
+                return out
+            token = root.findtext(f"{ns}NextContinuationToken")
+            if not token:
+                raise RuntimeError("truncated listing without NextContinuationToken")
+
+    def get(self, key):
+        status, data = self.request("GET", key)
+        if status != 200:
+            raise RuntimeError(f"GetObject {key!r}: HTTP {status}: {data[:300]!r}")
+        return data
+
+    def put(self, key, body, content_type="application/octet-stream"):
+        status, data = self.request("PUT", key, body=body, headers={"content-type": content_type})
+        if status != 200:
+            raise RuntimeError(f"PutObject {key!r}: HTTP {status}: {data[:300]!r}")
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def zstd_decompress(data):
+    try:
+        import zstandard  # optional
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    except ImportError:
+        pass
+    exe = shutil.which("zstd")
+    if not exe:
+        raise RuntimeError("cannot decompress .zst: neither the zstd CLI nor the python zstandard package")
+    r = subprocess.run([exe, "-d", "-c", "-q"], input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        raise RuntimeError(f"zstd -d failed: {r.stderr.decode(errors='replace').strip()}")
+    return r.stdout
+
+
+def zstd_compress(data):
+    try:
+        import zstandard  # optional
+        return zstandard.ZstdCompressor().compress(data)
+    except ImportError:
+        pass
+    exe = shutil.which("zstd")
+    if not exe:
+        raise RuntimeError("cannot compress .zst: neither the zstd CLI nor the python zstandard package")
+    return subprocess.run([exe, "-c", "-q"], input=data, stdout=subprocess.PIPE, check=True).stdout
+
+
+def object_kind(key):
+    for suf in (".ndjson.zst", ".ndjson.gz", ".ndjson", ".json"):
+        if key.endswith(suf):
+            return suf
+    return "other"
+
+
+def count_ndjson(key, raw):
+    """-> (payloads, invalid lines, problems) of one NDJSON object (compressed per its suffix)."""
+    kind = object_kind(key)
+    problems = []
+    if kind == ".ndjson.gz":
+        if not raw.startswith(GZIP_MAGIC):
+            problems.append(f"{key}: .gz key without gzip magic")
+        data = gzip.decompress(raw)
+    elif kind == ".ndjson.zst":
+        if not raw.startswith(ZSTD_MAGIC):
+            problems.append(f"{key}: .zst key without zstd magic")
+        data = zstd_decompress(raw)
+    else:
+        if raw.startswith(GZIP_MAGIC) or raw.startswith(ZSTD_MAGIC):
+            problems.append(f"{key}: compressed bytes under an uncompressed key")
+        data = raw
+    if data and not data.endswith(b"\n"):
+        problems.append(f"{key}: last line has no newline")
+    n = bad = 0
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        n += 1
+        try:
+            json.loads(line)
+        except ValueError:
+            bad += 1
+    return n, bad, problems
+
+
+def s3_inventory(prefix, verify=False, threads=8, json_samples=20, s3=None):
+    """Objects under prefix: count and bytes by suffix; with verify, payloads counted in them.
+
+    NDJSON objects (.ndjson, .ndjson.gz, .ndjson.zst) are downloaded, decompressed and their
+    non-empty lines counted and parsed as JSON. A .json object, or one without a known suffix
+    (the Go baseline's `prefix/UnixNano` keys), holds one payload; up to json_samples .json
+    objects are downloaded and must parse as one JSON value."""
+    s3 = s3 or S3()
+    objs = s3.list(prefix)
+    by_kind = {}
+    for key, size in objs:
+        k = by_kind.setdefault(object_kind(key), {"objects": 0, "bytes": 0})
+        k["objects"] += 1
+        k["bytes"] += size
+    inv = {
+        "prefix": prefix,
+        "objects": len(objs),
+        "bytes": sum(sz for _, sz in objs),
+        "by_kind": by_kind,
+    }
+    if not verify:
+        return inv
+    nd = [key for key, _ in objs if object_kind(key).startswith(".ndjson")]
+    js = [key for key, _ in objs if object_kind(key) == ".json"]
+    payloads = len(objs) - len(nd)  # one payload per non-NDJSON object
+    invalid, problems = 0, []
+
+    def one(key):
+        return count_ndjson(key, s3.get(key))
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:
+        for n, bad, prob in ex.map(one, nd):
+            payloads += n
+            invalid += bad
+            problems += prob
+        step = max(1, len(js) // max(1, json_samples)) if js else 1
+        sample = js[::step][:json_samples]
+        for key, raw in zip(sample, ex.map(s3.get, sample)):
+            try:
+                json.loads(raw)
+            except ValueError:
+                invalid += 1
+                problems.append(f"{key}: not one JSON value")
+    inv.update({
+        "payloads": payloads,
+        "ndjson_objects": len(nd),
+        "json_objects_sampled": len(sample),
+        "invalid_payloads": invalid,
+        "problems": problems[:20],
+        "problem_count": len(problems),
+    })
+    return inv
+
+
+def s3_selftest(prefix):
+    """Write one object of each kind with a known number of payloads; check the count back."""
+    s3 = S3()
+    line = lambda i: json.dumps({"i": i, "s": "x" * (i % 7)}).encode() + b"\n"
+    objs = {
+        "a.ndjson": (b"".join(line(i) for i in range(3)), 3),
+        # two gzip members, as a streaming writer may produce
+        "b.ndjson.gz": (gzip.compress(b"".join(line(i) for i in range(2)))
+                        + gzip.compress(b"".join(line(i) for i in range(2, 4))), 4),
+        "c.ndjson.zst": (zstd_compress(b"".join(line(i) for i in range(5))), 5),
+        "d.json": (json.dumps({"one": 1}).encode(), 1),
+        "e": (json.dumps({"go": 1}).encode() + b"\n", 1),  # Go baseline style: no suffix
+    }
+    prefix = prefix.rstrip("/") + "/"
+    for name, (body, _) in objs.items():
+        s3.put(prefix + name, body)
+    inv = s3_inventory(prefix, verify=True, s3=s3)
+    want_payloads = sum(n for _, n in objs.values())
+    want_bytes = sum(len(b) for b, _ in objs.values())
+    errs = []
+    if inv["objects"] != len(objs):
+        errs.append(f"objects {inv['objects']} != {len(objs)}")
+    if inv["payloads"] != want_payloads:
+        errs.append(f"payloads {inv['payloads']} != {want_payloads}")
+    if inv["bytes"] != want_bytes:
+        errs.append(f"bytes {inv['bytes']} != {want_bytes}")
+    if inv["invalid_payloads"] or inv["problem_count"]:
+        errs.append(f"invalid {inv['invalid_payloads']}, problems {inv['problems']}")
+    inv["ok"] = not errs
+    inv["errors"] = errs
+    return inv
 
 
 # ---------------------------------------------------------------- derived figures
@@ -182,7 +481,77 @@ def derive(r):
             r["cpu_per_mstored"] = r["cpu_s"] / r["stored"] * 1e6
     if r.get("kind") == "kill" and r.get("stored") is not None:
         r["lost"] = r["accepted_payloads"] - r["stored"]
+    if r.get("scenario") == "c" and r.get("kind") == "tput":
+        derive_c(r)
     return r
+
+
+def derive_c(r):
+    """Scenario (c): figures from the bucket inventory (the probe POST's payloads are in the
+    bucket too: per-payload ratios use bucket totals, stored counts subtract the probe)."""
+    ppb = r["payloads_per_body"]
+    n = r.get("inv_payloads")
+    if n is None:
+        return
+    r["stored"] = max(0, n - ppb)
+    if "drain_s" in r:
+        r["stored_s"] = r["stored"] / (r["wrk_duration_s"] + r["drain_s"])
+    r["never_stored"] = r["accepted_payloads"] - r["stored"]
+    if r.get("cpu_s") is not None and r["stored"]:
+        r["cpu_per_mstored"] = r["cpu_s"] / r["stored"] * 1e6
+    objects = r.get("inv_objects") or 0
+    if r.get("metrics_put_requests") is not None:
+        r["puts"], r["puts_source"] = r["metrics_put_requests"], "corepost_put_requests_total"
+    elif r["system"] == "corepost":
+        r["puts"], r["puts_source"] = objects, "objects in the bucket (corepost_put_requests_total absent)"
+    else:
+        r["puts"], r["puts_source"] = objects, "objects in the bucket (one PUT per payload)"
+    if n:
+        r["puts_per_mpayload"] = r["puts"] / n * 1e6
+        r["bytes_per_payload"] = r["inv_bytes"] / n
+        if r.get("garage_write_requests") is not None:
+            r["garage_writes_per_mpayload"] = r["garage_write_requests"] / n * 1e6
+    if objects:
+        r["payloads_per_object"] = n / objects
+    r["objects_stored"] = objects
+    if r["system"] == "corepost":
+        r["verify"], r["verify_text"] = verify_c(r)
+
+
+def verify_c(r):
+    """corepost correctness after a (c) run: payloads counted in the bucket vs its own counters.
+
+    -> ("match" | "MISMATCH" | "consistent" | "INCONSISTENT" | "STALLED" | "not checked", explanation).
+    The bucket must hold exactly corepost_payloads_accepted_total payloads (match); after a
+    complete drain (every accepted payload settled by corepost's metrics) anything else is a
+    MISMATCH. After a drain cut short by --drain-timeout uploads are still running: the bucket
+    must then hold at least the uploaded count read just before the inventory and at most the one
+    read just after (consistent), which checks the counting, not completeness. A drain that ended
+    because nothing was written for --drain-stable s with payloads missing is STALLED."""
+    n, acc = r.get("inv_payloads"), r.get("metrics_accepted")
+    if n is None or acc is None or not r.get("inv_verified"):
+        return "not checked", "bucket not counted or corepost /metrics not read"
+    acc = int(acc)
+    bad = []
+    if r.get("inv_invalid"):
+        bad.append(f"{r['inv_invalid']} payloads are not valid JSON")
+    if r.get("inv_problem_count"):
+        bad.append(f"{r['inv_problem_count']} object problems, e.g. {r['inv_problems'][:2]}")
+    lo, hi = r.get("uploaded_before_inventory"), r.get("metrics_uploaded")
+    tail = "; " + "; ".join(bad) if bad else ""
+    end = r.get("drain_end")
+    if n == acc and not bad:
+        return "match", f"{n:,} payloads in the bucket, {acc:,} accepted by /metrics (drain ended: {end})"
+    if end not in ("timeout", "stable"):
+        return "MISMATCH", f"{n:,} payloads in the bucket, {acc:,} accepted by /metrics (drain ended: {end}){tail}"
+    text = (f"drain ended by {end}: {n:,} payloads in the bucket of {acc:,} accepted; "
+            f"corepost uploaded {fmt(lo, digits=0)} before / {fmt(hi, digits=0)} after the count")
+    ok = isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo <= n <= hi and n <= acc and not bad
+    if not ok:
+        return "INCONSISTENT", text + tail
+    if end == "stable":
+        return "STALLED", text + f"; nothing written for --drain-stable s with {acc - n:,} payloads outstanding"
+    return "consistent", text
 
 
 def med(vals):
@@ -254,6 +623,13 @@ def fmt_ratio(x):
     return "n/a" if x is None else f"{x:.2f}x"
 
 
+def fmt_ratio_small(x):
+    """fmt_ratio, but small ratios keep their digits: PUTs per payload in (c) is 0.0010x (1/989)."""
+    if x is not None and 0 < x < 0.01:
+        return f"{x:.2g}x (1/{1 / x:,.0f})"
+    return fmt_ratio(x)
+
+
 # ---------------------------------------------------------------- report
 def summarize(records):
     """-> {(scenario, mode): {system: {figure: (median, min, max)}}}"""
@@ -301,8 +677,27 @@ def summarize(records):
                 "kill_stored": spread([r.get("stored") for r in k]),
                 "kill_lost": spread([r.get("lost") for r in k]),
                 "kill_rounds": len(k),
+                "objects_stored": spread([r.get("objects_stored") for r in t]),
+                "payloads_per_object": spread([r.get("payloads_per_object") for r in t]),
+                "puts_per_mpayload": spread([r.get("puts_per_mpayload") for r in t]),
+                "garage_writes_per_mpayload": spread([r.get("garage_writes_per_mpayload") for r in t]),
+                "bytes_per_payload": spread([r.get("bytes_per_payload") for r in t]),
+                "puts_sources": sorted({r["puts_source"] for r in t if r.get("puts_source")}),
+                "verify": [(r["round"], r["verify"], r["verify_text"]) for r in t if r.get("verify")],
+                "inv_by_kind": merge_kinds([r.get("inv_by_kind") for r in t]),
+                "drain_ends": sorted({r["drain_end"] for r in t if r.get("drain_end")}),
             }
             out[key][sysname] = f
+    return out
+
+
+def merge_kinds(kinds):
+    out = {}
+    for k in kinds:
+        for suf, v in (k or {}).items():
+            o = out.setdefault(suf, {"objects": 0, "bytes": 0})
+            o["objects"] += v["objects"]
+            o["bytes"] += v["bytes"]
     return out
 
 
@@ -335,6 +730,29 @@ def target_lines(summ):
     pk = max(peaks) if peaks else None
     lines.append(("peak RSS under overload (all saturating runs) <= 256 MiB for corepost",
                   fmt(pk, " MiB"), verdict(None if pk is None else pk <= 256)))
+    for mode in ("percore", "machine"):
+        c = summ.get(("c", mode))
+        if not c:
+            continue
+        cp, go = c.get("corepost"), c.get("go")
+        label = "per core" if mode == "percore" else "whole machine"
+        r = ratio(med_of(cp, "stored_s") if cp else None, med_of(go, "stored_s") if go else None)
+        lines.append((f"(c) {label}: corepost payloads stored/s (incl. drain) >= 50x Go, same run", fmt_ratio(r),
+                      verdict(None if r is None else r >= 50)))
+        r = ratio(med_of(go, "puts_per_mpayload") if go else None, med_of(cp, "puts_per_mpayload") if cp else None)
+        lines.append((f"(c) {label}: corepost >= 100x fewer PUT requests per payload than Go, same run",
+                      "n/a" if r is None else f"{r:,.1f}x fewer", verdict(None if r is None else r >= 100)))
+        v = (cp or {}).get("verify") or []
+        if v:
+            states = [st for _, st, _ in v]
+            n_match = states.count("match")
+            n_bad = sum(1 for st in states if st in ("MISMATCH", "INCONSISTENT", "STALLED"))
+            measured = f"{n_match}/{len(v)} runs match" + (
+                f", {states.count('consistent')} cut short by the drain timeout (count consistent)"
+                if "consistent" in states else "") + (f", {n_bad} failed" if n_bad else "")
+            lines.append((f"(c) {label}: corepost payloads in the bucket = payloads accepted (every run)", measured,
+                          verdict(False) if n_bad else verdict(True) if n_match == len(v)
+                          else "**not verifiable** (drain timed out)"))
     return lines
 
 
@@ -347,6 +765,94 @@ def table(header, rows):
     for r in rows:
         out.append("| " + " | ".join(r) + " |")
     return "\n".join(out)
+
+
+def report_c(g, mode, meta):
+    """The section of one mode of scenario (c)."""
+    L = [f"## {SCENARIO_LABEL['c']} — {MODE_LABEL[mode]}\n"]
+    nproc = meta["machine"]["nproc"]
+    systems = systems_in(g)
+    if mode == "percore":
+        how = {"corepost": "corepost `--cores 1`", "go": "Go `GOMAXPROCS=1`"}
+        L.append("Load generator on CPU 0 (`taskset -c 0`), server on CPU 1 (`taskset -c 1`): "
+                 + ", ".join(how[s] for s in systems) + ". **Garage runs on CPU 0 too, beside the load generator.**\n")
+    else:
+        how = {"corepost": f"corepost `--cores {nproc}`", "go": "Go default GOMAXPROCS"}
+        L.append("**Whole machine:** nothing pinned; " + ", ".join(how[s] for s in systems)
+                 + "; the load generator and Garage run on the same cores as the server.\n")
+    c = meta.get("c") or {}
+    if c.get("config"):
+        L.append("corepost runs with `--sink s3 --config corepost-c.toml` (and a spill directory of its own per run):\n")
+        L.append("```toml\n" + c["config"].strip() + "\n```\n")
+    L.append("The Go baseline has no batching: one PUT per payload, as in (b). nginx is not applicable: it stores "
+             "nothing. Saturating rounds only (no SIGKILL or fixed-rate rounds in (c)).\n")
+    cp = g.get("corepost")
+    ratio_ok = cp is not None and "go" in g
+    hdr = ["figure"] + [SYSTEM_LABEL[s] for s in systems] + (["corepost / Go baseline"] if ratio_ok else [])
+
+    def row(label, name, unit="", digits=None):
+        cells = [label] + [fmt_spread(g[s].get(name), unit, digits) for s in systems]
+        if ratio_ok:
+            cells.append(fmt_ratio_small(ratio(med_of(cp, name), med_of(g["go"], name))))
+        return cells
+
+    rows = [
+        row("**payloads stored per second (load start → last object stored)**", "stored_s"),
+        row("**PUT requests per million payloads stored**", "puts_per_mpayload"),
+        row("**bytes stored per payload**", "bytes_per_payload", digits=1),
+        row("**CPU-s per million payloads accepted** (load + drain)", "cpu_per_mpayload", digits=2),
+        row("**peak RSS (VmHWM), MiB**", "rss_mib"),
+        row("CPU-s per million payloads stored", "cpu_per_mstored", digits=2),
+        row("payloads per object", "payloads_per_object", digits=1),
+        row("objects stored per run", "objects_stored", digits=0),
+        row("payloads stored per run (counted in the bucket)", "stored", digits=0),
+        row("payloads accepted per run (wrk 2xx × payloads per body)", "accepted_payloads", digits=0),
+        row("accepted but not stored after the drain", "never_stored", digits=0),
+        row("drain time after the load, s", "drain_s", digits=1),
+        row("requests/s accepted (2xx)", "req_s"),
+        row("payloads/s accepted", "payloads_s"),
+        row("non-2xx responses per run", "non2xx", digits=0),
+        row("socket errors per run", "sock_errors", digits=0),
+        row("write requests seen by Garage per million payloads (cross-check)", "garage_writes_per_mpayload"),
+    ]
+    L.append(table(hdr, rows))
+    L.append("")
+    notes = []
+    if cp and "go" in g:
+        r = ratio(med_of(g["go"], "puts_per_mpayload"), med_of(cp, "puts_per_mpayload"))
+        if r is not None:
+            notes.append(f"PUT requests per payload: corepost makes {r:,.1f}x fewer than Go (targets: >= 100x fewer, "
+                         f"and >= 50x Go's payloads stored per second; see Targets above).")
+    for s in systems:
+        f = g[s]
+        if f.get("puts_sources"):
+            notes.append(f"{SYSTEM_LABEL[s]}: PUT requests from " + "; ".join(f["puts_sources"]) + ".")
+        kinds = f.get("inv_by_kind") or {}
+        if kinds:
+            notes.append(f"{SYSTEM_LABEL[s]}: objects in the bucket over all rounds by key suffix: "
+                         + ", ".join(f"`{k}` {v['objects']:,} ({v['bytes']:,} bytes)" for k, v in sorted(kinds.items()))
+                         + (" (`other`: no suffix, the Go baseline's `prefix/UnixNano` keys)" if "other" in kinds else "")
+                         + ".")
+        if f["drain_timeouts"]:
+            notes.append(f"{SYSTEM_LABEL[s]}: the drain timed out in {f['drain_timeouts']} of {f['rounds']} rounds "
+                         "(stored/s counts only what was stored by then).")
+        elif f.get("drain_ends") and f["drain_ends"] != ["settled"] and f["drain_ends"] != ["expected"]:
+            notes.append(f"{SYSTEM_LABEL[s]}: drains ended by: {', '.join(f['drain_ends'])} "
+                         "(settled/expected = everything accepted was stored; stable = no new object for "
+                         "--drain-stable s; timeout = --drain-timeout).")
+    if cp:
+        for rnd, st, text in cp.get("verify") or []:
+            mark = st if st in ("match", "consistent") else f"**{st}**"
+            notes.append(f"corepost correctness, round {rnd}: {mark} — {text}.")
+        if cp.get("metrics_accepted"):
+            notes.append(f"corepost's own counter corepost_payloads_accepted_total: {fmt_spread(cp['metrics_accepted'])} "
+                         f"per run including the probe POST (wrk-derived: {fmt_spread(cp['accepted_payloads'])}).")
+    if "go" in g and g["go"].get("rss_max_mib"):
+        notes.append(f"Go baseline peak RSS under this S3 load: {fmt(g['go']['rss_max_mib'], ' MiB')} "
+                     "(its queue is unbounded; growth is expected).")
+    if notes:
+        L.append("\n".join(f"- {n}" for n in notes) + "\n")
+    return L
 
 
 def report(rundir, out_md, out_svg):
@@ -365,9 +871,15 @@ def report(rundir, out_md, out_svg):
              f"({', '.join(meta['systems'])}); figures are the median across rounds, with (min–max).  ")
     L.append(f"Load: `wrk -t{meta.get('wrk_threads', 1)} -c{meta['conns']} -d{meta['duration']}s -s benches/workload/post.lua` with "
              f"`{meta['body']}` ({meta['payloads_per_body']} payloads, {meta['body_bytes']} bytes per request).  ")
-    L.append(f"Fixed-rate latency: {meta['lat_tool']}, {meta['conns']} connections, at "
-             f"{int(meta['rate_frac']*100)}% of the lowest median sustained rate of the systems in that run "
-             "unless a rate was given on the command line.  ")
+    if any(sc in ("a", "b") for sc, _ in summ):
+        L.append(f"Fixed-rate latency: {meta['lat_tool']}, {meta['conns']} connections, at "
+                 f"{int(meta['rate_frac']*100)}% of the lowest median sustained rate of the systems in that run "
+                 "unless a rate was given on the command line.  ")
+    if meta.get("c"):
+        c = meta["c"]
+        L.append(f"(c) corepost batching: batch.max_payloads={c['batch_payloads']}, batch.max_bytes={c['batch_bytes']}, "
+                 f"batch.max_age_ms={c['batch_age_ms']}, batch.compression={c['compression']} "
+                 f"(`--batch-payloads`, `--batch-bytes`, `--batch-age-ms`, `--compression`).  ")
     L.append(f"Server limits: MAX_WORKERS={meta.get('max_workers') or '(server default)'}, "
              f"MAX_QUEUE={meta.get('max_queue') or '(server default)'}.  ")
     L.append(f"Raw logs: `{meta['rundir']}` (temporary).\n")
@@ -390,12 +902,17 @@ def report(rundir, out_md, out_svg):
     L.append("## Targets (reported, not asserted)\n")
     L.append(table(["target", "measured", "verdict"], [list(t) for t in target_lines(summ)]))
     L.append("\nThe first three compare the per-core runs of scenario (a). The RSS target takes the highest VmHWM "
-             "of corepost in any saturating (wrk) run.\n")
+             "of corepost in any saturating (wrk) run."
+             + (" The (c) targets compare the medians of corepost and Go in the same run and mode."
+                if any(sc == "c" for sc, _ in summ) else "") + "\n")
 
-    for scenario in ("a", "b"):
+    for scenario in ("a", "b", "c"):
         for mode in ("percore", "machine"):
             g = summ.get((scenario, mode))
             if not g:
+                continue
+            if scenario == "c":
+                L += report_c(g, mode, meta)
                 continue
             L.append(f"## {SCENARIO_LABEL[scenario]} — {MODE_LABEL[mode]}\n")
             nproc = meta['machine']['nproc']
@@ -512,6 +1029,40 @@ def report(rundir, out_md, out_svg):
         "after a settle. Negative values mean requests were stored whose responses wrk never counted "
         "(in flight at the cut-off).\n"
     )
+    if any(sc == "c" for sc, _ in summ):
+        L.append(
+            "- **(c) payloads stored per second**: payloads counted in the bucket under the run's prefix (probe "
+            "POST subtracted) ÷ (load time + drain time). Drain time: from the end of the load to the last growth "
+            "of Garage's own count of objects written (successful PutObject + CompleteMultipartUpload, admin "
+            "/metrics, polled every 0.2 s); the drain ends when corepost's /metrics show every accepted payload "
+            "settled (uploaded, failed or spilled), for Go when as many objects as accepted payloads were "
+            "written, or when nothing was written for --drain-stable s, or at --drain-timeout.\n"
+            "- **(c) payloads in the bucket**: every object under the prefix is listed (ListObjectsV2). For "
+            "corepost each `.ndjson`, `.ndjson.gz`, `.ndjson.zst` object is downloaded, decompressed (gzip: "
+            "python; zstd: the zstd CLI or the zstandard package) and its non-empty lines counted, each parsed as "
+            "JSON; a `.json` object is one payload (a sample is downloaded and parsed). A Go object (no suffix) "
+            "is one payload by construction and is not downloaded. Before the runs, `lib.py s3-selftest` writes "
+            "one object of each kind with known counts and checks them back.\n"
+            "- **(c) PUT requests per million payloads**: corepost: `corepost_put_requests_total` (every write "
+            "request to the store: single PUTs and multipart initiate/part/complete) from its /metrics after the "
+            "drain; where the build lacks that metric, the number of objects in the bucket (exact without "
+            "multipart uploads); the source is named under the table. Go: objects in the bucket (one PUT per "
+            "payload). Divided by the payloads in the bucket, both including the probe POST. The Garage "
+            "cross-check row counts PutObject + CreateMultipartUpload + UploadPart + CompleteMultipartUpload "
+            "requests seen by Garage during the run (its admin /metrics).\n"
+            "- **(c) accepted but not stored**: payloads accepted (wrk 2xx × payloads per body) minus payloads "
+            "stored; slightly negative when requests in flight at wrk's cut-off were stored but not counted by "
+            "wrk.\n"
+            "- **(c) bytes stored per payload**: sum of the object sizes in the listing ÷ payloads in the bucket "
+            "(both including the probe POST).\n"
+            "- **(c) correctness**: after each corepost run the payloads in the bucket must equal "
+            "corepost_payloads_accepted_total read from its /metrics after the count (match; MISMATCH after a "
+            "complete drain). When --drain-timeout cut the drain short, uploads are still running: the count must "
+            "then lie between corepost_payloads_uploaded_total read just before and just after the inventory "
+            "(consistent / INCONSISTENT), which checks the counting, not completeness. STALLED: nothing was "
+            "written for --drain-stable s while payloads were still missing. In those cases the PUT and Garage "
+            "write counters, read after the count, also include uploads made during it.\n"
+        )
     Path(out_md).write_text("\n".join(L))
     write_svg(summ, meta, out_svg)
 
@@ -525,8 +1076,12 @@ def esc(s):
 
 
 def write_svg(summ, meta, path):
-    panels = [(sc, mo) for sc in ("a", "b") for mo in ("percore", "machine") if (sc, mo) in summ]
+    panels = [(sc, mo) for sc in ("a", "b", "c") for mo in ("percore", "machine") if (sc, mo) in summ]
     def metrics_for(scenario):
+        if scenario == "c":
+            return [("stored_s", "payloads stored /s (incl. drain)"),
+                    ("puts_per_mpayload", "PUT requests per M payloads"),
+                    ("bytes_per_payload", "bytes stored per payload")]
         m = [("req_s", "requests/s accepted (2xx)"), ("p99", "p99 latency at fixed rate, ms")]
         if scenario == "b":
             m.insert(1, ("stored_s", "payloads stored in S3 /s"))
@@ -547,7 +1102,8 @@ def write_svg(summ, meta, path):
     o.append(f'<text x="{W/2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{esc(title)}</text>')
     o.append(f'<text x="{W/2}" y="40" text-anchor="middle" fill="#555">median of {meta["rounds"]} rounds, '
              f'whiskers = min/max; body {esc(meta["body"])}, {meta["conns"]} connections; '
-             f'(a) front end only, (b) one S3 object per payload</text>')
+             f'(a) front end only, (b) one S3 object per payload'
+             + (', (c) corepost batched objects' if any(sc == "c" for sc, _ in panels) else '') + '</text>')
     # legend
     lx = margin_l
     for s in shown:
@@ -570,9 +1126,11 @@ def write_svg(summ, meta, path):
             present = [v for v in vals.values() if v]
             vmax = max([v[2] for v in present], default=0) or 1
             vmin = min([v[1] for v in present if v[1] > 0], default=vmax)
-            log_scale = mname == "p99" and vmax / max(vmin, 1e-9) > 20
+            log_scale = mname in ("p99", "puts_per_mpayload", "stored_s", "bytes_per_payload") \
+                and vmax / max(vmin, 1e-9) > 20
             if log_scale:
-                lo_e = math.floor(math.log10(vmin))
+                # (c) bars start a decade below the smallest (else a value near a power of ten has no bar)
+                lo_e = math.floor(math.log10(vmin if mname == "p99" else vmin / 3))
                 hi_e = math.ceil(math.log10(vmax * 1.3))
                 bottom = 10 ** lo_e
 
@@ -653,6 +1211,38 @@ def main(argv):
         print(r if r is not None else "")
     elif cmd == "report":
         report(argv[2], argv[3], argv[4])
+    elif cmd == "s3-inventory":
+        args = argv[2:]
+        out = None
+        if "--out" in args:
+            i = args.index("--out")
+            out = args[i + 1]
+            del args[i:i + 2]
+        verify = "--verify" in args
+        args = [a for a in args if a != "--verify"]
+        inv = s3_inventory(args[0], verify=verify, threads=int(os.environ.get("VERIFY_THREADS") or 8))
+        text = json.dumps(inv, sort_keys=True)
+        if out:
+            Path(out).write_text(text + "\n")
+        print(text)
+    elif cmd == "s3-selftest":
+        inv = s3_selftest(argv[2])
+        print(json.dumps(inv, sort_keys=True))
+        return 0 if inv["ok"] else 1
+    elif cmd == "metrics-sum":
+        src = argv[2]
+        try:
+            if src.startswith("http://"):
+                with urllib.request.urlopen(src, timeout=5) as r:
+                    text = r.read().decode()
+            else:
+                text = Path(src).read_text()
+        except OSError:
+            text = ""
+        sums = metric_sums(text)
+        for name in argv[3:]:
+            v = sums.get(name)
+            print("" if v is None else f"{v:.0f}")
     elif cmd == "summary-line":
         # one-line human summary of the last record in RECORDS
         recs = load_records(argv[2])
@@ -669,6 +1259,15 @@ def main(argv):
             parts.append(f"stored={r['stored']}" + (f" drain={r['drain_s']:.1f}s" if "drain_s" in r else ""))
         if r.get("lost") is not None:
             parts.append(f"lost={r['lost']}")
+        if r.get("scenario") == "c" and r.get("inv_objects") is not None:
+            parts.append(f"objects={r['inv_objects']} bytes={r['inv_bytes']}")
+            if r.get("stored_s") is not None:
+                parts.append(f"stored/s={r['stored_s']:,.0f}")
+            if r.get("puts_per_mpayload") is not None:
+                parts.append(f"PUTs/Mpayload={r['puts_per_mpayload']:,.0f} ({r['puts_source']}) "
+                             f"bytes/payload={r['bytes_per_payload']:.1f}")
+            if r.get("verify"):
+                parts.append(f"verify={r['verify']}: {r['verify_text']}")
         if r.get("lat_p99_ms") is not None:
             parts.append(f"rate={r.get('rate')} achieved={r.get('lat_rps') or 0:,.0f} req/s "
                          f"p50={r['lat_p50_ms']:.2f}ms p99={r['lat_p99_ms']:.2f}ms "

@@ -3,7 +3,7 @@
 # systems alternated within each round, one run. Writes benches/results/<date>-<scenario>.md and
 # an SVG chart beside it. See benches/e2e/README.md.
 #
-# usage: benches/e2e/run.sh [--scenario a|b|all] [--rounds N] [--duration S] [--smoke] [more: --help]
+# usage: benches/e2e/run.sh [--scenario a|b|c|all] [--rounds N] [--duration S] [--smoke] [more: --help]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -44,11 +44,19 @@ SKIP_MISSING=0
 NO_BUILD=0
 NO_INSTALL=0
 WRK_TIMEOUT=5s
+# (c) corepost's batching, written to its --config file
+BATCH_PAYLOADS=1000      # payloads per object
+BATCH_BYTES=1048576      # uncompressed NDJSON bytes per object
+BATCH_AGE_MS=1000        # an object is closed this long after its first payload
+COMPRESSION=zstd         # none | gzip | zstd
+C_QUEUE=100000           # corepost queue.max_payloads in (c) (raised to BATCH_PAYLOADS if lower)
+VERIFY_THREADS=8         # parallel downloads when counting the payloads in the bucket (c)
 
 usage() {
     cat <<EOF
 usage: benches/e2e/run.sh [options]
-  --scenario a|b|all   a = front end only, b = one S3 object per payload (Garage)   [all]
+  --scenario a|b|c|all a = front end only, b = one S3 object per payload (Garage),
+                       c = corepost batching NDJSON objects vs Go one object per payload [all]
   --rounds N           rounds; each round runs every system once, alternating      [3]
   --duration S         seconds of load per run                                      [10]
   --smoke              harness check: 1 round, 3 s, short drain/kill waits
@@ -61,10 +69,15 @@ usage: benches/e2e/run.sh [options]
   --rate R             fixed rate (req/s) for the latency runs of both scenarios
   --rate-a R, --rate-b R   the same for one scenario only
   --rate-fraction F    derived fixed rate = F x lowest median sustained rate         [0.8]
-  --drain-timeout S    (b) max wait for stored objects to stop growing              [120]
-  --drain-stable S     (b) count unchanged this long = drain finished               [10]
+  --drain-timeout S    (b, c) max wait for stored objects to stop growing           [120]
+  --drain-stable S     (b, c) count unchanged this long = drain finished            [10]
   --kill-duration S    (b) load of the SIGKILL round                                [5]
   --kill-settle S      (b) wait after SIGKILL before counting                       [3]
+  --batch-payloads N   (c) corepost batch.max_payloads, payloads per object          [1000]
+  --batch-bytes N      (c) corepost batch.max_bytes, uncompressed bytes per object   [1048576]
+  --batch-age-ms N     (c) corepost batch.max_age_ms                                  [1000]
+  --compression C      (c) corepost batch.compression: none, gzip or zstd             [zstd]
+  --verify-threads N   (c) parallel downloads when counting payloads in the bucket    [8]
   --max-workers N      MAX_WORKERS for corepost and Go                              [server default]
   --max-queue N        MAX_QUEUE for corepost and Go                                [server default]
   --mem-guard-mib N    kill a server whose RSS passes N MiB (shared machine)        [6144]
@@ -103,6 +116,11 @@ while [[ $# -gt 0 ]]; do
         --max-workers) MAX_WORKERS="$2"; shift 2 ;;
         --max-queue) MAX_QUEUE="$2"; shift 2 ;;
         --mem-guard-mib) MEM_GUARD_MIB="$2"; shift 2 ;;
+        --batch-payloads) BATCH_PAYLOADS="$2"; shift 2 ;;
+        --batch-bytes) BATCH_BYTES="$2"; shift 2 ;;
+        --batch-age-ms) BATCH_AGE_MS="$2"; shift 2 ;;
+        --compression) COMPRESSION="$2"; shift 2 ;;
+        --verify-threads) VERIFY_THREADS="$2"; shift 2 ;;
         --no-build) NO_BUILD=1; shift ;;
         --no-install) NO_INSTALL=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -110,14 +128,23 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-case "$SCENARIO" in a) SCENARIOS=(a) ;; b) SCENARIOS=(b) ;; all) SCENARIOS=(a b) ;;
-    *) echo "--scenario must be a, b or all" >&2; exit 2 ;; esac
+case "$SCENARIO" in a) SCENARIOS=(a) ;; b) SCENARIOS=(b) ;; c) SCENARIOS=(c) ;; all) SCENARIOS=(a b c) ;;
+    *) echo "--scenario must be a, b, c or all" >&2; exit 2 ;; esac
 IFS=, read -r -a MODE_LIST <<<"$MODES"
 IFS=, read -r -a SYSTEM_LIST <<<"$SYSTEMS"
 for m in "${MODE_LIST[@]}"; do [[ $m == percore || $m == machine ]] || { echo "bad mode $m" >&2; exit 2; }; done
 for s in "${SYSTEM_LIST[@]}"; do [[ $s == corepost || $s == go || $s == nginx ]] || { echo "bad system $s" >&2; exit 2; }; done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "--rounds must be a positive integer" >&2; exit 2; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "--duration must be a positive integer (seconds)" >&2; exit 2; }
+for v in BATCH_PAYLOADS BATCH_BYTES BATCH_AGE_MS VERIFY_THREADS; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "--$(tr 'A-Z_' 'a-z-' <<<"$v") must be a positive integer" >&2; exit 2; }
+done
+[[ $COMPRESSION == none || $COMPRESSION == gzip || $COMPRESSION == zstd ]] || { echo "--compression must be none, gzip or zstd" >&2; exit 2; }
+((C_QUEUE >= BATCH_PAYLOADS)) || C_QUEUE=$BATCH_PAYLOADS
+if [[ -n $MAX_QUEUE ]] && ((MAX_QUEUE < BATCH_PAYLOADS)) && [[ " ${SCENARIOS[*]} " == *" c "* ]]; then
+    # MAX_QUEUE overrides queue.max_payloads, which corepost requires to be >= batch.max_payloads.
+    echo "--max-queue ($MAX_QUEUE) must be >= --batch-payloads ($BATCH_PAYLOADS) for scenario c" >&2; exit 2
+fi
 
 BODY="$WORKLOAD/$BODY_NAME"
 [[ -f $BODY ]] || BODY="$BODY_NAME"
@@ -220,6 +247,10 @@ command -v taskset >/dev/null || apt_install util-linux
 command -v curl >/dev/null || apt_install curl
 command -v pgrep >/dev/null || apt_install procps
 command -v wrk >/dev/null || apt_install wrk || die "cannot install wrk"
+if [[ " ${SCENARIOS[*]} " == *" c "* ]]; then
+    # (c) counts the payloads in .ndjson.zst objects: zstd CLI, or the python zstandard package.
+    command -v zstd >/dev/null || python3 -c 'import zstandard' 2>/dev/null || apt_install zstd || die "cannot install zstd"
+fi
 if in_list nginx "${SYSTEM_LIST[@]}" && [[ " ${SCENARIOS[*]} " == *" a "* ]]; then
     if [[ ! -x /usr/sbin/nginx ]] && ! command -v nginx >/dev/null; then
         apt_install nginx-light || apt_install nginx || die "cannot install nginx"
@@ -293,18 +324,32 @@ if want nginx; then
 fi
 ((${#AVAILABLE[@]} > 0)) || die "no system to benchmark"
 
-if [[ " ${SCENARIOS[*]} " == *" b "* ]]; then
-    [[ -x $GARAGE_SH ]] || die "scenario b needs scripts/garage.sh (not there yet)"
+if [[ " ${SCENARIOS[*]} " == *" b "* || " ${SCENARIOS[*]} " == *" c "* ]]; then
+    [[ -x $GARAGE_SH ]] || die "scenarios b and c need scripts/garage.sh (not there yet)"
 fi
 
 PPB="$(python3 "$LIB" payloads "$BODY")"
 BODY_BYTES="$(stat -c %s "$BODY")"
 
+# (c): corepost's batching configuration (--config). The Go baseline has no such mode: it stays
+# one PUT per payload.
+C_CONFIG="$RUN_DIR/corepost-c.toml"
+cat >"$C_CONFIG" <<EOF
+# scenario (c), written by benches/e2e/run.sh
+[batch]
+max_payloads = $BATCH_PAYLOADS
+max_bytes = $BATCH_BYTES
+max_age_ms = $BATCH_AGE_MS
+compression = "$COMPRESSION"
+[queue]
+max_payloads = $C_QUEUE
+EOF
+
 systems_for() {  # systems_for SCENARIO: available systems that apply to it, in the fixed order
     local s
     for s in corepost go nginx; do
         in_list "$s" "${AVAILABLE[@]}" || continue
-        [[ $1 == b && $s == nginx ]] && continue
+        [[ $1 != a && $s == nginx ]] && continue  # (b), (c): nginx stores nothing
         echo "$s"
     done
 }
@@ -396,9 +441,13 @@ start_server() {
     case "$sys" in
         corepost)
             cores=1; [[ $mode == machine ]] && cores=$NPROC
-            local sink=discard; [[ $scenario == b ]] && sink=s3
+            local sink=discard extra=()
+            [[ $scenario != a ]] && sink=s3
+            # (c): batching from the config file; a spill directory of its own per run, so nothing
+            # left over by one run is uploaded at the start of the next.
+            [[ $scenario == c ]] && extra=(--config "$C_CONFIG" --spill-dir "$RUN_DIR/spill/$label")
             env "${envs[@]}" "${pin[@]}" "$COREPOST_BIN" serve --listen "127.0.0.1:$SRV_PORT" \
-                --cores "$cores" --sink "$sink" >"$SRV_LOG" 2>&1 &
+                --cores "$cores" --sink "$sink" "${extra[@]}" >"$SRV_LOG" 2>&1 &
             pattern="listening on 127.0.0.1:$SRV_PORT"
             ;;
         go)
@@ -571,6 +620,73 @@ garage_puts() {  # successful PutObject calls so far (empty if unavailable)
              END { if (seen) printf "%d\n", ok - err }'
 }
 
+# Garage's counters of the writes it served, for (c): "OBJECTS REQUESTS" (empty if unavailable).
+#   OBJECTS  = successful PutObject + CompleteMultipartUpload calls (objects stored)
+#   REQUESTS = PutObject + CreateMultipartUpload + UploadPart + CompleteMultipartUpload requests
+garage_writes() {
+    { curl -s --max-time 5 -H "Authorization: Bearer $GARAGE_METRICS_TOKEN" \
+        "http://127.0.0.1:$GARAGE_ADMIN_PORT/metrics" 2>/dev/null || true; } |
+        awk '/^# TYPE / { seen = 1 }
+             /^api_s3_request_counter\{.*api_endpoint="(PutObject|CompleteMultipartUpload)"/ { obj += $NF }
+             /^api_s3_error_counter\{.*api_endpoint="(PutObject|CompleteMultipartUpload)"/ { obj -= $NF }
+             /^api_s3_request_counter\{.*api_endpoint="(PutObject|CreateMultipartUpload|UploadPart|CompleteMultipartUpload)"/ { req += $NF }
+             END { if (seen) printf "%d %d\n", obj, req }'
+}
+
+# corepost_counts URL -> "ACCEPTED SETTLED UPLOADED" payloads from corepost's /metrics, summed over
+# shards; SETTLED = uploaded + failed + spilled (empty if unreadable). curl + awk: cheap to poll.
+corepost_counts() {
+    { curl -s --max-time 5 "$1/metrics" 2>/dev/null || true; } |
+        awk '/^corepost_payloads_accepted_total[{ ]/ { a += $NF; seen = 1 }
+             /^corepost_payloads_uploaded_total[{ ]/ { u += $NF }
+             /^corepost_payloads_(failed|spilled)_total[{ ]/ { f += $NF }
+             END { if (seen) printf "%d %d %d\n", a, u + f, u }'
+}
+
+# drain_c SYSTEM PREFIX EXPECTED T_LOAD_END OBJECTS0 -> DRAIN_S DRAIN_TIMED_OUT DRAIN_END
+#   (c) The time of the last object stored: Garage's count of objects written (PutObject +
+#   CompleteMultipartUpload; multipart uploads would escape a PutObject-only count), polled every
+#   0.2 s. Ends when everything corepost accepted is settled by its own /metrics (uploaded, failed
+#   or spilled), or for Go when EXPECTED objects were written; or when nothing was written for
+#   DRAIN_STABLE s; or after DRAIN_TIMEOUT s. The payloads stored are counted afterwards in the
+#   bucket itself (s3-inventory).
+drain_c() {
+    local sys=$1 prefix=$2 expected=$3 t_end=$4 obj0=$5 last=-1 last_change t p w a settled u
+    DRAIN_TIMED_OUT=0
+    DRAIN_END=""
+    last_change="$t_end"
+    while :; do
+        t="$(now)"
+        if [[ $GARAGE_PROGRESS == puts ]]; then
+            w="$(garage_writes)"
+            [[ $w =~ ^[0-9]+\ [0-9]+$ ]] || die "could not read Garage's write counters"
+            p=$((${w%% *} - obj0))
+        elif [[ $sys == corepost ]]; then
+            read -r a settled u <<<"$(corepost_counts "$SRV_URL")"
+            p=${u:-0}
+        else
+            p="$(garage_count "$prefix")"
+            t="$(now)"
+        fi
+        if ((p != last)); then
+            ((last >= 0)) && last_change=$t
+            last=$p
+        fi
+        if [[ $sys == corepost ]]; then
+            read -r a settled u <<<"$(corepost_counts "$SRV_URL")"
+            [[ -n ${a:-} ]] || die "could not read corepost's /metrics at $SRV_URL"
+            if ((settled >= a)); then DRAIN_END=settled; break; fi
+        elif ((p >= expected)); then
+            DRAIN_END=expected; break
+        fi
+        if fge "$(fsub "$t" "$last_change")" "$DRAIN_STABLE"; then DRAIN_END=stable; break; fi
+        if fge "$(fsub "$t" "$t_end")" "$DRAIN_TIMEOUT"; then DRAIN_TIMED_OUT=1; DRAIN_END=timeout; break; fi
+        sleep 0.2
+    done
+    DRAIN_S="$(fsub "$last_change" "$t_end")"
+    fge "$DRAIN_S" 0 || DRAIN_S=0
+}
+
 # drain PREFIX EXPECTED T_LOAD_END PUTS0 -> STORED DRAIN_S DRAIN_TIMED_OUT
 #   Waits until EXPECTED objects were written under PREFIX, or the writes stop for DRAIN_STABLE s,
 #   or DRAIN_TIMEOUT s pass. DRAIN_S = time from the end of the load to the last observed growth.
@@ -664,6 +780,56 @@ run_tput() {  # run_tput SYSTEM SCENARIO MODE ROUND
     log "  $(python3 "$LIB" summary-line "$RECORDS")"
 }
 
+run_tput_c() {  # run_tput_c SYSTEM MODE ROUND: saturating load, drain, then count in the bucket
+    local sys=$1 sc=c mode=$2 r=$3 label prefix c0 c1 c2 t_end hwm ok expected obj0=0 w0="" w1="" u0="" inv
+    local extra=() verify=()
+    label="$sc-$mode-$sys-tput-r$(printf %03d "$r")"
+    prefix="e2e-$RUN_ID/$label"
+    inv="$RUN_DIR/out/$label.inventory.json"
+    log "[$sc/$mode round $r/$ROUNDS] $sys: saturating load ${DURATION}s"
+    if [[ $GARAGE_PROGRESS == puts ]]; then
+        w0="$(garage_writes)"
+        obj0="${w0%% *}"
+    fi
+    start_server "$sys" "$sc" "$mode" "$prefix" "$label"
+    c0="$(cpu_ticks "$SRV_PID")"
+    run_wrk "$RUN_DIR/out/$label.wrk" "$DURATION"
+    t_end="$(now)"
+    c1="$(cpu_ticks "$SRV_PID")"
+    ok="$(python3 "$LIB" parse-wrk "$RUN_DIR/out/$label.wrk" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["requests"]-d["non2xx"])')"
+    expected=$((ok * PPB + PPB))
+    drain_c "$sys" "$prefix" "$expected" "$t_end" "$obj0"
+    c2="$(cpu_ticks "$SRV_PID")"
+    log "  drain: ${DRAIN_S}s ($DRAIN_END); counting objects under $prefix/"
+    if [[ $sys == corepost ]]; then
+        # corepost's uploaded count just before and just after the inventory brackets what the
+        # bucket can hold if uploads are still going on (drain timed out).
+        read -r _ _ u0 <<<"$(corepost_counts "$SRV_URL")"
+        verify=(--verify)
+    fi
+    # Go's objects are one payload each by construction: listed, not downloaded.
+    "${LG_PIN[@]}" env VERIFY_THREADS="$VERIFY_THREADS" python3 "$LIB" s3-inventory "$prefix/" "${verify[@]}" --out "$inv" \
+        >/dev/null 2>>"$RUN_DIR/logs/inventory.log" || { tail -20 "$RUN_DIR/logs/inventory.log" >&2; die "s3-inventory of $prefix/ failed"; }
+    if [[ $sys == corepost ]]; then
+        curl -s --max-time 5 "$SRV_URL/metrics" >"$RUN_DIR/out/$label.metrics" 2>/dev/null || true
+        extra+=("metrics=$RUN_DIR/out/$label.metrics" "uploaded_before_inventory=${u0:-}")
+    fi
+    [[ $GARAGE_PROGRESS == puts ]] && w1="$(garage_writes)"
+    if [[ -n $w0 && -n $w1 ]]; then
+        extra+=("garage_objects=$((${w1%% *} - ${w0%% *}))" "garage_write_requests=$((${w1##* } - ${w0##* }))")
+    fi
+    hwm="$(vmhwm_kib "$SRV_PID")"
+    alive "$SRV_PID" || log "WARNING: $sys was not alive at the end of the round"
+    stop_server
+    [[ -s $GUARD_FLAG ]] && extra+=("mem_guard_killed=1")
+    # shellcheck disable=SC2046
+    python3 "$LIB" record "$RECORDS" $(common_fields tput "$sys" "$sc" "$mode" "$r") \
+        "wrk=$RUN_DIR/out/$label.wrk" "cpu_ticks_before=$c0" "cpu_ticks_load_end=$c1" "cpu_ticks_after=$c2" \
+        "vmhwm_kib=$hwm" "s3_prefix=$prefix" "inventory=$inv" "drain_s=$DRAIN_S" "drain_timed_out=$DRAIN_TIMED_OUT" \
+        "drain_end=$DRAIN_END" "drain_progress=$GARAGE_PROGRESS" "${extra[@]}" >/dev/null
+    log "  $(python3 "$LIB" summary-line "$RECORDS")"
+}
+
 run_kill() {  # run_kill SYSTEM SCENARIO MODE ROUND  (b only)
     local sys=$1 sc=$2 mode=$3 r=$4 label prefix stored hwm
     label="$sc-$mode-$sys-kill-r$(printf %03d "$r")"
@@ -716,7 +882,19 @@ for mode in "${MODE_LIST[@]}"; do
         mapfile -t SYS <<<"$(systems_for "$sc")"
         [[ -n ${SYS[0]:-} ]] || { log "no system applies to scenario $sc"; continue; }
         log "=== scenario $sc, $mode: ${SYS[*]} ==="
-        if [[ $sc == b ]]; then start_garage "$mode"; fi
+        if [[ $sc == b || $sc == c ]]; then start_garage "$mode"; fi
+        if [[ $sc == c ]]; then
+            # Prove the payload counting on every object kind against this store before using it.
+            "${LG_PIN[@]}" python3 "$LIB" s3-selftest "e2e-$RUN_ID/selftest-$mode" >"$RUN_DIR/out/selftest-$mode.json" 2>&1 \
+                || { cat "$RUN_DIR/out/selftest-$mode.json" >&2; die "s3-selftest failed: the payload count of .json/.ndjson/.gz/.zst objects is wrong"; }
+            log "s3-selftest ok: .json, .ndjson, .ndjson.gz, .ndjson.zst and suffix-less objects counted right"
+            for ((r = 1; r <= ROUNDS; r++)); do
+                for s in "${SYS[@]}"; do run_tput_c "$s" "$mode" "$r"; done
+            done
+            # (c) measures storage (stored/s, PUTs, bytes); no SIGKILL or fixed-rate rounds.
+            stop_garage
+            continue
+        fi
         for ((r = 1; r <= ROUNDS; r++)); do
             for s in "${SYS[@]}"; do run_tput "$s" "$sc" "$mode" "$r"; done
         done
@@ -763,13 +941,18 @@ while [[ -e $BASE.md ]]; do BASE="$RESULTS/$DATE-$SCENARIO$SUFFIX-$n"; n=$((n + 
 SKIPPED_TEXT="$(printf '%s\n' "${SKIPPED[@]}")"
 LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg)"
 KERNEL="$(uname -r)"
+HAS_C=0; [[ " ${SCENARIOS[*]} " == *" c "* ]] && HAS_C=1
+C_CONFIG_TEXT="$(cat "$C_CONFIG")"
 export E2E_COMMAND="$COMMAND_LINE" E2E_DATE="$DATE" E2E_STARTED="$STARTED" E2E_FINISHED="$FINISHED" \
     E2E_SCENARIO="$SCENARIO" E2E_SMOKE="$SMOKE" E2E_ROUNDS="$ROUNDS" E2E_DURATION="$DURATION" E2E_CONNS="$CONNS" E2E_WRK_THREADS="$WRK_THREADS" \
     E2E_BODY="$BODY_NAME" E2E_PPB="$PPB" E2E_BODY_BYTES="$BODY_BYTES" E2E_RATE_FRAC="$RATE_FRAC" \
     E2E_LAT_TOOL="$LAT_TOOL" E2E_MAX_WORKERS="$MAX_WORKERS" E2E_MAX_QUEUE="$MAX_QUEUE" \
     E2E_SYSTEMS="${AVAILABLE[*]}" E2E_SKIPPED="$SKIPPED_TEXT" E2E_RUNDIR="$RUN_DIR" \
     E2E_LOAD="$LOADAVG" E2E_NPROC="$NPROC" E2E_KERNEL="$KERNEL" E2E_CPU="$CPU_MODEL" \
-    E2E_MEM="$MEM" V_COREPOST V_WRK V_NGINX V_GO V_OHA V_GARAGE V_RUSTC
+    E2E_MEM="$MEM" V_COREPOST V_WRK V_NGINX V_GO V_OHA V_GARAGE V_RUSTC \
+    E2E_C="$HAS_C" E2E_C_CONFIG="$C_CONFIG_TEXT" \
+    E2E_BATCH_PAYLOADS="$BATCH_PAYLOADS" E2E_BATCH_BYTES="$BATCH_BYTES" E2E_BATCH_AGE_MS="$BATCH_AGE_MS" \
+    E2E_COMPRESSION="$COMPRESSION"
 python3 - "$RUN_DIR/meta.json" <<'EOF'
 import json, os, sys
 e = os.environ
@@ -787,6 +970,10 @@ meta = {
     "versions": {"corepost": e["V_COREPOST"], "wrk": e["V_WRK"], "nginx": e["V_NGINX"], "go": e["V_GO"],
                  "oha": e["V_OHA"], "garage": e["V_GARAGE"], "rustc": e["V_RUSTC"]},
 }
+if e["E2E_C"] == "1":
+    meta["c"] = {"config": e["E2E_C_CONFIG"], "batch_payloads": int(e["E2E_BATCH_PAYLOADS"]),
+                 "batch_bytes": int(e["E2E_BATCH_BYTES"]), "batch_age_ms": int(e["E2E_BATCH_AGE_MS"]),
+                 "compression": e["E2E_COMPRESSION"]}
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
 python3 "$LIB" report "$RUN_DIR" "$BASE.md" "$BASE.svg" || die "report generation failed (raw data in $RUN_DIR)"

@@ -41,6 +41,7 @@ fn handoff(c: &mut Criterion) {
                             first_seq: sent,
                             received_secs: 0,
                             ack: None,
+                            spooled: None,
                         };
                         if tx.send(job).is_ok() {
                             sent += 1;

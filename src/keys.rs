@@ -15,6 +15,8 @@ pub struct KeySpace {
     prefix: String,
     /// `{instance}-{shard}-{start}-`, formatted once.
     stem: String,
+    /// `{instance}-{shard}-s`, for payloads kept in the durable spool.
+    spool_stem: String,
 }
 
 impl KeySpace {
@@ -23,19 +25,44 @@ impl KeySpace {
         Self {
             prefix: prefix.trim_end_matches('/').to_string(),
             stem: format!("{instance}-{shard}-{start_micros}-"),
+            spool_stem: format!("{instance}-{shard}-s"),
         }
     }
 
-    /// The key of payload `seq`, received at `unix_secs`, with the given extension.
-    pub fn key(&self, unix_secs: u64, seq: u64, ext: &str) -> String {
+    /// The key of an object built from a request kept in the durable spool: named by the
+    /// record's place (segment, offset) and the index of the object's first payload in the
+    /// request, so a replay after a crash writes the same keys again. Segment ids never repeat
+    /// (see `spool`), and the `s` keeps these apart from [`KeySpace::key`]'s.
+    pub fn spooled_key(
+        &self,
+        unix_secs: u64,
+        segment: u64,
+        offset: u64,
+        index: usize,
+        ext: &str,
+    ) -> String {
+        let mut k = self.dated(unix_secs);
+        let _ = write!(k, "{}{segment}-{offset}-{index}.{ext}", self.spool_stem);
+        k
+    }
+
+    /// `{prefix}/{yyyy}/{mm}/{dd}/{hh}/`
+    fn dated(&self, unix_secs: u64) -> String {
         let (y, m, d, h) = civil_hour(unix_secs);
-        let mut k = String::with_capacity(self.prefix.len() + self.stem.len() + 40);
+        let mut k = String::with_capacity(self.prefix.len() + self.stem.len() + 48);
         if !self.prefix.is_empty() {
             k.push_str(&self.prefix);
             k.push('/');
         }
+        let _ = write!(k, "{y:04}/{m:02}/{d:02}/{h:02}/");
+        k
+    }
+
+    /// The key of payload `seq`, received at `unix_secs`, with the given extension.
+    pub fn key(&self, unix_secs: u64, seq: u64, ext: &str) -> String {
+        let mut k = self.dated(unix_secs);
         // Writing into a String cannot fail.
-        let _ = write!(k, "{y:04}/{m:02}/{d:02}/{h:02}/{}{seq}.{ext}", self.stem);
+        let _ = write!(k, "{}{seq}.{ext}", self.stem);
         k
     }
 }
@@ -106,6 +133,10 @@ mod tests {
         );
         let bare = KeySpace::new("", "h", 0, 5);
         assert_eq!(bare.key(0, 0, "json"), "1970/01/01/00/h-0-5-0.json");
+        assert_eq!(
+            ks.spooled_key(1_795_910_399, 1_700_000_000_000_001, 4096, 3, "ndjson.zst"),
+            "events/2026/11/28/23/host-a-1-s1700000000000001-4096-3.ndjson.zst"
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`ingest`]: request body → validated payload byte ranges (simd-json or serde_json).
 //! - [`keys`]: object keys that never collide across shards, restarts or machines.
 //! - [`queue`]: the per-shard queue to the upload worker, bounded by payloads and bytes.
+//! - [`spool`]: the per-shard durable write-ahead spool (group-committed, O_DIRECT) behind
+//!   `ack = "durable"`; records are released once stored.
 //! - [`upload`]: upload workers, sinks (s3, fs, discard), retries with backoff.
 //! - [`metrics`]: per-shard counters and the Prometheus text rendering.
 //! - [`http`]: hyper http1 on glommio streams, routing, the API's answers.
@@ -19,4 +21,5 @@ pub mod keys;
 pub mod metrics;
 pub mod queue;
 pub mod shard;
+pub mod spool;
 pub mod upload;

@@ -49,6 +49,9 @@ struct Opts {
     /// Directory for payloads that could not be delivered (uploaded first at the next start).
     #[arg(long, value_name = "DIR")]
     spill_dir: Option<String>,
+    /// Directory of the per-shard durable spools (`ack = "durable"`).
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<String>,
 }
 
 fn parse_sink(s: &str) -> Result<SinkKind, String> {
@@ -71,6 +74,7 @@ fn load(o: Opts) -> Result<config::Config, String> {
             fs_root: o.fs_root,
             cores: o.cores,
             spill_dir: o.spill_dir,
+            spool_dir: o.spool_dir,
         },
     };
     let cfg = config::load(&src).map_err(|e| e.to_string())?;
@@ -82,7 +86,12 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // glommio's reactor logs an ERROR when its probe for polled I/O support on the
+                // spool's disk races a file close; it only disables a ring corepost does not
+                // use, so it is not shown by default.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,glommio::reactor=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use crate::queue::Budget;
+use crate::spool::Releaser;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -52,6 +53,15 @@ pub struct ShardStats {
     pub payloads_failed: AtomicU64,
     /// Payloads written to the spill directory instead of the store.
     pub payloads_spilled: AtomicU64,
+    /// Payloads of spooled requests not stored (drain deadline, refused): they stay in the
+    /// durable spool and are uploaded at the next start.
+    pub payloads_deferred: AtomicU64,
+    /// Payloads of spooled requests handed to the worker again at start-up.
+    pub payloads_replayed: AtomicU64,
+    /// Spool records found corrupt (not at a tail) at start-up; each is logged.
+    pub spool_corrupt: AtomicU64,
+    /// Torn tails cut off spool segments at start-up (a crash mid-write).
+    pub spool_torn_tails: AtomicU64,
     /// Upload attempts that failed and were retried.
     pub upload_retries: AtomicU64,
     /// Bytes written to the sink (objects as stored, after compression).
@@ -112,15 +122,20 @@ pub struct ShardView {
     pub stats: Arc<ShardStats>,
     /// The shard's queue budget (for the queue depth gauges).
     pub budget: Arc<Budget>,
+    /// The shard's durable spool, once opened (`ack = "durable"`), for its counters.
+    pub spool: Arc<std::sync::OnceLock<Releaser>>,
 }
 
 /// Picks one counter out of a shard's stats.
 type Field = fn(&ShardStats) -> &AtomicU64;
 
+/// Picks one number out of a spool's stats.
+type SpoolField = fn(&crate::spool::SpoolStats) -> u64;
+
 /// Renders all shards in Prometheus text format.
 pub fn render(shards: &[ShardView], ready: bool) -> String {
     let mut out = String::with_capacity(8192);
-    let counters: [(&str, &str, Field); 12] = [
+    let counters: [(&str, &str, Field); 16] = [
         (
             "corepost_payloads_accepted_total",
             "Payloads answered 200 for.",
@@ -155,6 +170,26 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             "corepost_bytes_out_total",
             "Bytes written to the sink (objects as stored, after compression).",
             |s| &s.bytes_out,
+        ),
+        (
+            "corepost_payloads_deferred_total",
+            "Payloads of spooled requests left for the next start (in the durable spool).",
+            |s| &s.payloads_deferred,
+        ),
+        (
+            "corepost_payloads_replayed_total",
+            "Payloads of spooled requests handed to the upload worker again at start-up.",
+            |s| &s.payloads_replayed,
+        ),
+        (
+            "corepost_spool_corrupt_records_total",
+            "Corrupt spool ranges found at start-up (not at a tail); each is logged.",
+            |s| &s.spool_corrupt,
+        ),
+        (
+            "corepost_spool_torn_tails_total",
+            "Torn tails cut off spool segments at start-up (a crash mid-write).",
+            |s| &s.spool_torn_tails,
         ),
         (
             "corepost_objects_uploaded_total",
@@ -231,6 +266,50 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             sh.budget.depth().1
         );
     }
+    let spool_series: [(&str, &str, SpoolField); 5] = [
+        (
+            "corepost_spool_fsyncs_total",
+            "fdatasyncs issued by the durable spool.",
+            |s| s.fsyncs,
+        ),
+        (
+            "corepost_spool_commits_total",
+            "Group commits of the durable spool (one write and one fdatasync each).",
+            |s| s.commits,
+        ),
+        (
+            "corepost_spool_records_total",
+            "Requests made durable in the spool.",
+            |s| s.records_appended,
+        ),
+        (
+            "corepost_spool_live_records",
+            "Spooled requests not yet stored.",
+            |s| s.live_records,
+        ),
+        (
+            "corepost_spool_live_bytes",
+            "Bytes of spool segment files on disk (counted against spool.max_bytes).",
+            |s| s.live_bytes,
+        ),
+    ];
+    if shards.iter().any(|sh| sh.spool.get().is_some()) {
+        let stats: Vec<_> = shards
+            .iter()
+            .map(|sh| sh.spool.get().map(|r| r.stats()).unwrap_or_default())
+            .collect();
+        for (name, help, get) in spool_series {
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, st) in stats.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(st));
+            }
+        }
+    }
     let name = "corepost_upload_duration_seconds";
     let _ = writeln!(
         out,
@@ -263,6 +342,7 @@ mod tests {
     fn renders_per_shard_values() {
         let views: Vec<_> = (0..2)
             .map(|_| ShardView {
+                spool: Default::default(),
                 stats: Arc::new(ShardStats::default()),
                 budget: Arc::new(Budget::new(10, 100)),
             })

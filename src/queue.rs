@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use crate::ingest::{IngestError, Span};
+use crate::spool::{RecordId, Releaser};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -21,6 +22,18 @@ pub struct Job {
     /// With `ack = "uploaded"`: told what became of the request's payloads once all of them
     /// are stored (or could not be).
     pub ack: Option<tokio::sync::oneshot::Sender<Delivery>>,
+    /// With `ack = "durable"`: the request's record in the shard's spool, released once all
+    /// its payloads are stored (its objects' keys derive from it).
+    pub spooled: Option<Spooled>,
+}
+
+/// A request kept in the shard's durable spool.
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    /// The record's place in the spool.
+    pub id: RecordId,
+    /// Tells the spool the record is stored.
+    pub releaser: Releaser,
 }
 
 /// What became of a request's payloads, reported back to the shard that accepted it.
@@ -88,6 +101,21 @@ impl Budget {
     }
 }
 
+/// Room held in a shard's budget for one request; returned on drop unless the request was
+/// queued with it.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<Budget>,
+    payloads: usize,
+    bytes: usize,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.release(self.payloads, self.bytes);
+    }
+}
+
 /// The shard's end of its queue.
 #[derive(Debug)]
 pub struct JobSender {
@@ -107,6 +135,37 @@ impl JobSender {
     /// The budget this queue is bounded by.
     pub fn budget(&self) -> &Arc<Budget> {
         &self.budget
+    }
+
+    /// Reserves room for a request of `payloads` payloads and `bytes` bytes (for requests
+    /// written to the durable spool before they are queued); the room is returned if the
+    /// reservation is dropped unused.
+    pub fn reserve(&self, payloads: usize, bytes: usize) -> Result<Reservation, IngestError> {
+        if self.budget.try_reserve(payloads, bytes) {
+            Ok(Reservation {
+                budget: self.budget.clone(),
+                payloads,
+                bytes,
+            })
+        } else {
+            Err(IngestError::Overloaded)
+        }
+    }
+
+    /// Queues a request whose room was reserved. Only fails if the worker is gone (shutdown).
+    pub fn send_reserved(&self, job: Job, r: Reservation) -> Result<(), IngestError> {
+        debug_assert_eq!((job.spans.len(), job.body.len()), (r.payloads, r.bytes));
+        // The reservation's room now belongs to the job: the worker releases it.
+        let r = std::mem::ManuallyDrop::new(r);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // Full cannot happen (the channel holds max_payloads jobs of at least one
+                // payload each, and the room was reserved); Disconnected means shutdown.
+                r.budget.release(r.payloads, r.bytes);
+                Err(IngestError::ShuttingDown)
+            }
+        }
     }
 
     /// Queues a whole request or refuses it; never waits.
@@ -139,6 +198,7 @@ mod tests {
             first_seq: 0,
             received_secs: 0,
             ack: None,
+            spooled: None,
         }
     }
 
@@ -165,6 +225,26 @@ mod tests {
         assert_eq!(tx.send(job(1, 51)), Err(IngestError::Overloaded));
         assert!(!budget.has_room(51));
         assert!(budget.has_room(50));
+    }
+
+    #[test]
+    fn reservations_hold_room_until_queued_or_dropped() {
+        let budget = Arc::new(Budget::new(10, 1000));
+        let (tx, rx) = channel(budget.clone());
+        let r = tx.reserve(6, 100).unwrap();
+        assert_eq!(tx.reserve(5, 1).unwrap_err(), IngestError::Overloaded);
+        drop(r);
+        assert_eq!(budget.depth(), (0, 0));
+        let r = tx.reserve(2, 2).unwrap();
+        tx.send_reserved(job(2, 2), r).unwrap();
+        assert_eq!(budget.depth(), (2, 2), "the queued job holds the room");
+        drop(rx);
+        let r = tx.reserve(1, 1).unwrap();
+        assert_eq!(
+            tx.send_reserved(job(1, 1), r),
+            Err(IngestError::ShuttingDown)
+        );
+        assert_eq!(budget.depth(), (2, 2));
     }
 
     #[test]

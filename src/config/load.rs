@@ -21,6 +21,8 @@ pub struct Flags {
     pub cores: Option<String>,
     /// `--spill-dir DIR`
     pub spill_dir: Option<String>,
+    /// `--spool-dir DIR`
+    pub spool_dir: Option<String>,
 }
 
 /// Everything `load` reads.
@@ -186,6 +188,9 @@ fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
     }
     if let Some(v) = &flags.spill_dir {
         cfg.upload.spill_dir = v.clone();
+    }
+    if let Some(v) = &flags.spool_dir {
+        cfg.spool.dir = v.clone();
     }
     if let Some(v) = &flags.cores {
         if v == "all" {

@@ -32,6 +32,8 @@ pub struct Config {
     /// How payloads are grouped into objects: one per payload, or NDJSON batches, compressed
     /// or not.
     pub batch: BatchConfig,
+    /// The per-shard write-ahead spool behind `ack = "durable"`.
+    pub spool: SpoolConfig,
     /// How object keys are built.
     pub keys: KeysConfig,
     /// Knobs passed to each glommio executor.
@@ -53,8 +55,8 @@ pub struct ServerConfig {
     /// sent. `benches/ingest.rs` compares them.
     pub parser: ParserKind,
     /// What a `200` promises: `queued` (in the shard's memory queue, the Go service's promise;
-    /// the default) or `uploaded` (every payload of the request is in the store). `durable` is
-    /// planned.
+    /// the default), `durable` (in the shard's fsynced spool on local disk; survives a crash)
+    /// or `uploaded` (every payload of the request is in the store).
     pub ack: Ack,
     /// With `ack = "uploaded"`: how long a request waits for its payloads to be stored before
     /// it is answered `503` (the payloads stay queued and are still delivered; see the
@@ -108,7 +110,7 @@ pub enum ParserKind {
 pub enum Ack {
     /// The payloads are in the shard's memory queue.
     Queued,
-    /// The payloads are in the shard's fsynced spool (not available yet).
+    /// The request is in the shard's fsynced spool: it survives a crash or `kill -9`.
     Durable,
     /// Every payload of the request is in the store.
     Uploaded,
@@ -366,6 +368,37 @@ pub enum Compression {
     Zstd,
 }
 
+/// The per-shard durable spool (`ack = "durable"`): segment files written with direct I/O,
+/// group-committed with one fdatasync per commit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the spools; shard `k` uses `{dir}/shard-{k}`. Must be on a real disk
+    /// (direct I/O). A restart with fewer shards than the directory holds is refused, so no
+    /// shard's spool is left unread.
+    pub dir: String,
+    /// Size of each segment file (preallocated), a multiple of 4096; bounds the largest
+    /// request, so it must exceed `server.max_body_bytes` by at least 4096.
+    pub segment_bytes: u64,
+    /// Disk budget per shard: live segments beyond it turn into `503` until the store has
+    /// taken what they hold.
+    pub max_bytes: u64,
+    /// Group commit: the longest an accepted request waits for others before the one write
+    /// and fdatasync that make all of them durable (microseconds).
+    pub commit_wait_us: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: "corepost-spool".into(),
+            segment_bytes: 64 << 20,
+            max_bytes: 1 << 30,
+            commit_wait_us: 250,
+        }
+    }
+}
+
 /// Object key settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -455,13 +488,10 @@ impl Config {
                 "must be between 1 and 1073741824".into(),
             );
         }
-        if self.server.ack == Ack::Durable {
-            bad(
-                "server.ack",
-                "\"durable\" is not available in this build; use \"queued\" or \"uploaded\"".into(),
-            );
-        }
         self.validate_batch(&mut bad);
+        if self.server.ack == Ack::Durable {
+            self.validate_spool(&mut bad);
+        }
         for (key, v) in [
             (
                 "server.header_read_timeout_ms",
@@ -580,6 +610,30 @@ impl Config {
         }
     }
 
+    fn validate_spool(&self, bad: &mut impl FnMut(&str, String)) {
+        let sp = &self.spool;
+        if sp.dir.is_empty() {
+            bad("spool.dir", "must not be empty".into());
+        }
+        if sp.segment_bytes % 4096 != 0
+            || sp.segment_bytes < self.server.max_body_bytes as u64 + 4096
+        {
+            bad(
+                "spool.segment_bytes",
+                format!(
+                    "must be a multiple of 4096 and at least server.max_body_bytes + 4096 ({})",
+                    self.server.max_body_bytes + 4096
+                ),
+            );
+        }
+        if sp.max_bytes < 2 * sp.segment_bytes {
+            bad(
+                "spool.max_bytes",
+                "must be at least twice spool.segment_bytes".into(),
+            );
+        }
+    }
+
     fn validate_batch(&self, bad: &mut impl FnMut(&str, String)) {
         let b = &self.batch;
         if b.max_payloads == 0 {
@@ -680,16 +734,17 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_ack_is_an_error() {
+    fn every_ack_mode_is_valid_and_the_spool_is_checked_when_durable() {
         let mut c = Config::default();
-        c.server.ack = Ack::Durable;
-        let errs = c.validate().unwrap_err();
-        assert!(
-            errs.to_string().starts_with("server.ack: \"durable\""),
-            "{errs}"
-        );
         c.server.ack = Ack::Uploaded;
         assert_eq!(c.validate(), Ok(()));
+        c.server.ack = Ack::Durable;
+        assert_eq!(c.validate(), Ok(()));
+        c.spool.segment_bytes = 1 << 20;
+        c.spool.max_bytes = 1 << 20;
+        let text = c.validate().unwrap_err().to_string();
+        assert!(text.contains("spool.segment_bytes"), "{text}");
+        assert!(text.contains("spool.max_bytes"), "{text}");
     }
 
     #[test]

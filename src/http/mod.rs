@@ -13,7 +13,7 @@ pub use io::{GlommioTimer, HyperIo, Scratch};
 use crate::config::Ack;
 use crate::ingest::IngestError;
 use crate::metrics::{inc, render, Route};
-use crate::queue::{Delivery, Job};
+use crate::queue::{Delivery, Job, Spooled};
 use crate::shard::ShardCtx;
 use bytes::Bytes;
 use futures_lite::future;
@@ -194,6 +194,39 @@ async fn ingest(shard: &ShardCtx, req: Request<Incoming>) -> Result<usize, Inges
         return Ok(0);
     }
     let len = body.len();
+    if let Some((spool, releaser)) = &shard.spool {
+        // Durable: room in the queue first (so a spooled request is never refused after it
+        // was written), then the spool; 200 only once the commit holding it is on disk.
+        let reservation = shard.reserve(n, len)?;
+        let received_secs = crate::keys::unix_secs();
+        let id = spool
+            .append(&crate::spool::request_record(received_secs, &body))
+            .await
+            .map_err(|e| match e {
+                crate::spool::SpoolError::Full => IngestError::SpoolFull,
+                e => {
+                    tracing::error!(shard = shard.id, error = %e, "spool write failed");
+                    IngestError::SpoolFailed
+                }
+            })?;
+        let job = Job {
+            body,
+            spans,
+            first_seq: 0,
+            received_secs,
+            ack: None,
+            spooled: Some(Spooled {
+                id,
+                releaser: releaser.clone(),
+            }),
+        };
+        // If the worker is gone (shutdown) the request stays in the spool for the next
+        // start: it is durable, so the answer is still 200.
+        let _ = shard.send_reserved(job, reservation);
+        inc(&shard.stats.payloads_accepted, n as u64);
+        inc(&shard.stats.bytes_in, len as u64);
+        return Ok(n);
+    }
     let (ack, stored) = match cfg.ack {
         Ack::Uploaded => {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -207,6 +240,7 @@ async fn ingest(shard: &ShardCtx, req: Request<Incoming>) -> Result<usize, Inges
         first_seq: shard.take_seq(n),
         received_secs: crate::keys::unix_secs(),
         ack,
+        spooled: None,
     };
     shard.send(job)?;
     if let Some(stored) = stored {

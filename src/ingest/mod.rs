@@ -54,6 +54,12 @@ pub enum IngestError {
     /// later upload.
     #[error("the store is unavailable; the payloads were kept for a later upload, so a retry can store them twice")]
     NotStored,
+    /// `ack = "durable"`: the shard's spool has reached its disk budget.
+    #[error("overloaded: the durable spool is full")]
+    SpoolFull,
+    /// `ack = "durable"`: the spool could not write the request (disk failure; logged).
+    #[error("the request could not be written to the durable spool")]
+    SpoolFailed,
     /// `ack = "uploaded"`: the store refused the payloads for good (credentials, bucket).
     #[error("the store refused the payloads; they were kept in the spill directory")]
     StoreRefused,
@@ -72,8 +78,11 @@ impl IngestError {
             IngestError::Overloaded
             | IngestError::ShuttingDown
             | IngestError::AckTimeout(_)
-            | IngestError::NotStored => StatusCode::SERVICE_UNAVAILABLE,
-            IngestError::StoreRefused => StatusCode::INTERNAL_SERVER_ERROR,
+            | IngestError::NotStored
+            | IngestError::SpoolFull => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::StoreRefused | IngestError::SpoolFailed => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }

@@ -3,12 +3,13 @@
 //! server.
 #![forbid(unsafe_code)]
 
-use crate::config::{allowed_cpus, resolve_placement, Config};
+use crate::config::{allowed_cpus, resolve_placement, Ack, Config};
 use crate::http::{serve_connection, Scratch};
 use crate::ingest::{BodyParser, IngestError};
 use crate::keys::{host_name, unix_micros, KeySpace};
 use crate::metrics::{dec, inc, ShardStats, ShardView};
-use crate::queue::{channel, Budget, Job, JobSender};
+use crate::queue::{channel, Budget, Job, JobSender, Reservation};
+use crate::spool::{RecoveryReport, Releaser, Spool, SpoolOptions};
 use crate::upload::{self, WorkerSetup};
 use anyhow::{anyhow, Context as _};
 use event_listener::Event;
@@ -83,6 +84,8 @@ pub struct ShardCtx {
     stopping: Arc<AtomicBool>,
     /// Open connections.
     open: Cell<usize>,
+    /// The durable spool (`ack = "durable"`) and the handle the worker releases records with.
+    pub spool: Option<(Rc<Spool>, Releaser)>,
 }
 
 impl ShardCtx {
@@ -97,6 +100,22 @@ impl ShardCtx {
     pub fn send(&self, job: Job) -> Result<(), IngestError> {
         match self.sender.borrow().as_ref() {
             Some(tx) => tx.send(job),
+            None => Err(IngestError::ShuttingDown),
+        }
+    }
+
+    /// Reserves queue room for a request before it is written to the spool.
+    pub fn reserve(&self, payloads: usize, bytes: usize) -> Result<Reservation, IngestError> {
+        match self.sender.borrow().as_ref() {
+            Some(tx) => tx.reserve(payloads, bytes),
+            None => Err(IngestError::ShuttingDown),
+        }
+    }
+
+    /// Queues a job whose room was reserved.
+    pub fn send_reserved(&self, job: Job, r: Reservation) -> Result<(), IngestError> {
+        match self.sender.borrow().as_ref() {
+            Some(tx) => tx.send_reserved(job, r),
             None => Err(IngestError::ShuttingDown),
         }
     }
@@ -133,6 +152,9 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
     let start_micros = unix_micros();
     let stopping = Arc::new(AtomicBool::new(false));
 
+    if config.server.ack == Ack::Durable {
+        check_spool_dirs(&config.spool.dir, placement.len())?;
+    }
     let mut views = Vec::new();
     let mut senders = Vec::new();
     let mut workers = Vec::new();
@@ -161,7 +183,11 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
             })
             .context("starting an upload worker")?,
         );
-        views.push(ShardView { stats, budget });
+        views.push(ShardView {
+            stats,
+            budget,
+            spool: Arc::new(std::sync::OnceLock::new()),
+        });
         senders.push(tx);
     }
     let views = Arc::new(views);
@@ -190,6 +216,17 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         }
         let handle = builder
             .spawn(move || async move {
+                let spool = if cfg.server.ack == Ack::Durable {
+                    match open_spool(&cfg, shard, &views[shard]).await {
+                        Ok(opened) => Some(opened),
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(e));
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
                 let listener = match TcpListener::bind(addr) {
                     Ok(l) => l,
                     Err(e) => {
@@ -212,8 +249,12 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
                     shutdown: Shutdown::default(),
                     stopping,
                     open: Cell::new(0),
+                    spool: spool.as_ref().map(|(sp, rel, _)| (sp.clone(), rel.clone())),
                     config: cfg,
                 });
+                if let Some((_, _, report)) = spool {
+                    glommio::spawn_local(replay_spool(ctx.clone(), report)).detach();
+                }
                 shard_main(ctx, listener, stop_rx).await;
             })
             .map_err(|e| anyhow!("starting shard {shard} on CPU {}: {e}", p.cpu))?;
@@ -235,6 +276,128 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
         stopping,
     })
+}
+
+/// Refuses to start when the spool directory holds a shard's spool that no shard of this
+/// configuration would read (fewer shards than last time): its requests would wait unseen.
+fn check_spool_dirs(dir: &str, shards: usize) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(k) = name
+            .strip_prefix("shard-")
+            .and_then(|k| k.parse::<usize>().ok())
+        {
+            let holds_segments = std::fs::read_dir(e.path())
+                .map(|rd| {
+                    rd.flatten()
+                        .any(|f| f.file_name().to_string_lossy().ends_with(".seg"))
+                })
+                .unwrap_or(false);
+            if k >= shards && holds_segments {
+                return Err(anyhow!(
+                    "spool.dir: {dir}/{name} holds requests of shard {k}, but only {shards} shards are configured; start with at least {} shards to deliver them",
+                    k + 1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens (and recovers) shard `shard`'s spool, reporting what recovery found.
+async fn open_spool(
+    cfg: &Config,
+    shard: usize,
+    view: &ShardView,
+) -> Result<(Rc<Spool>, Releaser, RecoveryReport), String> {
+    let dir = std::path::Path::new(&cfg.spool.dir).join(format!("shard-{shard}"));
+    let opts = SpoolOptions {
+        dir: dir.clone(),
+        segment_bytes: cfg.spool.segment_bytes,
+        max_bytes: cfg.spool.max_bytes,
+        commit_wait_us: cfg.spool.commit_wait_us,
+    };
+    let (spool, report) = Spool::open(opts).await.map_err(|e| {
+        format!(
+            "shard {shard}: cannot open the spool in {}: {e}",
+            dir.display()
+        )
+    })?;
+    for t in &report.torn_tails {
+        tracing::warn!(shard, segment = t.segment, offset = t.offset, bytes = t.bytes, reason = %t.reason, "spool: torn tail cut off (a crash mid-write; nothing there was acknowledged)");
+    }
+    // Each corrupt range is also logged by the spool itself, with its place.
+    inc(&view.stats.spool_torn_tails, report.torn_tails.len() as u64);
+    inc(&view.stats.spool_corrupt, report.corrupt.len() as u64);
+    if !report.records.is_empty() {
+        tracing::info!(
+            shard,
+            records = report.records.len(),
+            "spool: replaying requests not yet known to be stored"
+        );
+    }
+    let releaser = spool.releaser();
+    let _ = view.spool.set(releaser.clone());
+    Ok((Rc::new(spool), releaser, report))
+}
+
+/// Hands every recovered spool record to the upload worker again, waiting for queue room.
+async fn replay_spool(ctx: Rc<ShardCtx>, report: RecoveryReport) {
+    let Some((_, releaser)) = ctx.spool.clone() else {
+        return;
+    };
+    for rec in report.records {
+        let Some((secs, body)) = crate::spool::split_record(&rec.data) else {
+            tracing::error!(
+                shard = ctx.id,
+                segment = rec.id.segment,
+                offset = rec.id.offset,
+                "spool: record too short to hold a request; kept in the spool"
+            );
+            inc(&ctx.stats.spool_corrupt, 1);
+            continue;
+        };
+        let body = bytes::Bytes::copy_from_slice(body);
+        let mut spans = Vec::new();
+        if let Err(e) = ctx.parser.borrow_mut().parse(&body, &mut spans) {
+            tracing::error!(shard = ctx.id, segment = rec.id.segment, offset = rec.id.offset, error = %e, "spool: recorded request no longer parses; kept in the spool");
+            inc(&ctx.stats.spool_corrupt, 1);
+            continue;
+        }
+        let n = spans.len();
+        if n == 0 {
+            releaser.release(rec.id);
+            continue;
+        }
+        let reservation = loop {
+            match ctx.reserve(n, body.len()) {
+                Ok(r) => break Some(r),
+                Err(IngestError::ShuttingDown) => break None,
+                Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let Some(reservation) = reservation else {
+            return;
+        };
+        let job = Job {
+            body,
+            spans,
+            first_seq: 0,
+            received_secs: secs,
+            ack: None,
+            spooled: Some(crate::queue::Spooled {
+                id: rec.id,
+                releaser: releaser.clone(),
+            }),
+        };
+        if ctx.send_reserved(job, reservation).is_err() {
+            return;
+        }
+        inc(&ctx.stats.payloads_replayed, n as u64);
+    }
 }
 
 async fn shard_main(ctx: Rc<ShardCtx>, listener: TcpListener, stop: flume::Receiver<()>) {

@@ -18,7 +18,7 @@ pub use sink::{FsSink, Sink, UploadError};
 use crate::config::Config;
 use crate::keys::KeySpace;
 use crate::metrics::{dec, inc, ShardStats};
-use crate::queue::{Budget, Delivery, Job};
+use crate::queue::{Budget, Delivery, Job, Spooled};
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -102,12 +102,28 @@ struct Request {
     pending: Cell<usize>,
     outcome: Cell<Delivery>,
     ack: RefCell<Option<tokio::sync::oneshot::Sender<Delivery>>>,
+    /// Its record in the durable spool, released once everything is stored.
+    spooled: Option<Spooled>,
+}
+
+/// How an object's key is made.
+#[derive(Debug, Clone, Copy)]
+enum Name {
+    /// From the sequence number of its first payload (memory-queued requests).
+    Seq(u64),
+    /// From its request's spool record and the index of its first payload in the request, so
+    /// a replay after a crash builds the same objects under the same keys.
+    Spooled {
+        segment: u64,
+        offset: u64,
+        index: usize,
+    },
 }
 
 /// The object being filled, and the requests whose payloads it holds.
 struct Open {
     builder: ObjectBuilder,
-    first_seq: u64,
+    name: Name,
     received_secs: u64,
     opened: Instant,
     members: Vec<Rc<Request>>,
@@ -192,7 +208,15 @@ async fn run(s: WorkerSetup) {
         let Ok(first) = first else { break };
         let mut next = Some(first);
         while let Some(job) = next {
-            add(&ctx, &permits, &mut open, job).await;
+            if job.spooled.is_some() {
+                // A spooled request gets objects of its own, named by its record: the same
+                // objects and keys however often it is replayed.
+                let mut own = None;
+                add(&ctx, &permits, &mut own, job).await;
+                close(&ctx, &permits, &mut own).await;
+            } else {
+                add(&ctx, &permits, &mut open, job).await;
+            }
             next = s.rx.try_recv().ok();
         }
         if !window.is_zero() {
@@ -252,6 +276,7 @@ async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>, j
         pending: Cell::new(1),
         outcome: Cell::new(Delivery::Stored),
         ack: RefCell::new(job.ack),
+        spooled: job.spooled,
     });
     for (i, &(start, end)) in job.spans.iter().enumerate() {
         let payload = &job.body[start as usize..end as usize];
@@ -265,9 +290,17 @@ async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>, j
         if open.is_none() {
             match ObjectBuilder::new(batch) {
                 Ok(builder) => {
+                    let name = match &req.spooled {
+                        Some(sp) => Name::Spooled {
+                            segment: sp.id.segment,
+                            offset: sp.id.offset,
+                            index: i,
+                        },
+                        None => Name::Seq(job.first_seq + i as u64),
+                    };
                     *open = Some(Open {
                         builder,
-                        first_seq: job.first_seq + i as u64,
+                        name,
                         received_secs: job.received_secs,
                         opened: Instant::now(),
                         members: Vec::new(),
@@ -315,13 +348,23 @@ async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>)
             return;
         }
     };
-    let key = ctx.keys.key(o.received_secs, o.first_seq, format.ext);
+    let key = match o.name {
+        Name::Seq(seq) => ctx.keys.key(o.received_secs, seq, format.ext),
+        Name::Spooled {
+            segment,
+            offset,
+            index,
+        } => ctx
+            .keys
+            .spooled_key(o.received_secs, segment, offset, index, format.ext),
+    };
+    let spooled = matches!(o.name, Name::Spooled { .. });
     let Ok(permit) = permits.clone().acquire_owned().await else {
         return;
     };
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {
-        let outcome = ctx.deliver(&key, &data, format, payloads).await;
+        let outcome = ctx.deliver(&key, &data, format, payloads, spooled).await;
         drop(permit);
         for m in &o.members {
             ctx.finish(m, Some(outcome));
@@ -352,7 +395,8 @@ async fn replay(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>) {
                 Ok(data) => {
                     let format = ObjectFormat::from_key(&key);
                     let payloads = payloads_in(&data, format);
-                    if let Outcome::Stored = ctx.deliver(&key, &data, format, payloads).await {
+                    if let Outcome::Stored = ctx.deliver(&key, &data, format, payloads, false).await
+                    {
                         if let Err(e) = std::fs::remove_file(&path) {
                             tracing::warn!(file = %path.display(), error = %e, "stored, but cannot delete the spilled copy");
                         }
@@ -403,6 +447,11 @@ impl Ctx {
         req.pending.set(req.pending.get() - 1);
         if req.pending.get() == 0 {
             self.budget.release(req.payloads, req.bytes);
+            if let Some(sp) = &req.spooled {
+                if req.outcome.get() == Delivery::Stored {
+                    sp.releaser.release(sp.id);
+                }
+            }
             if let Some(ack) = req.ack.borrow_mut().take() {
                 // The client may have given up waiting; nothing to do then.
                 let _ = ack.send(req.outcome.get());
@@ -411,13 +460,15 @@ impl Ctx {
     }
 
     /// Stores one object of `payloads` payloads, retrying as configured; what cannot be
-    /// stored is spilled. Counts and logs the outcome.
+    /// stored is spilled, unless it comes from the durable spool (`spooled`), which keeps it
+    /// for the next start. Counts and logs the outcome.
     async fn deliver(
         &self,
         key: &str,
         data: &[u8],
         format: ObjectFormat,
         payloads: usize,
+        spooled: bool,
     ) -> Outcome {
         let n = payloads as u64;
         inc(&self.stats.uploads_in_flight, 1);
@@ -425,6 +476,13 @@ impl Ctx {
             Ok(()) => {
                 inc(&self.stats.payloads_uploaded, n);
                 Outcome::Stored
+            }
+            Err(e) if spooled => {
+                inc(&self.stats.payloads_deferred, n);
+                if !self.spilling.get() {
+                    tracing::error!(shard = self.shard, key, payloads, error = %e, "object not stored; its request stays in the durable spool for the next start");
+                }
+                Outcome::Spilled(!e.retryable())
             }
             Err(e) => {
                 let permanent = !e.retryable();

@@ -1,0 +1,894 @@
+//! The per-shard durable write-ahead spool: requests acknowledged `durable` are appended here
+//! and answered only after the `fdatasync` that covers their record; the upload worker (on
+//! another thread) releases records once they are stored, and a segment file is deleted when
+//! it is sealed and every record in it has been released.
+//!
+//! # How it works
+//! - One [`Spool`] per shard, `!Send`, on the shard's glommio executor. [`Spool::append`]
+//!   queues a framed record and waits. A committer task (spawned by [`Spool::open`], cancelled
+//!   when the `Spool` is dropped) takes everything queued once the oldest record has waited
+//!   `commit_wait_us`, and lands it with one `write_at` and one `fdatasync` (group commit).
+//!   Record ids are assigned by the committer, so a cancelled `append` leaves no hole (its
+//!   record may still be written: delivery is at least once).
+//! - Writes are O_DIRECT ([`glommio::io::DmaFile`]). A commit writes from the 4096-aligned
+//!   block holding the end of the durable data to the next block boundary, zero-padded: the
+//!   durable prefix of that block is kept in memory and rewritten with identical bytes, so a
+//!   torn block write can only damage records that were not yet acknowledged.
+//! - Segment files are preallocated to `segment_bytes`. The writer only ever appends to a
+//!   segment it created in this run; [`Spool::open`] seals every segment found on disk. When
+//!   a record does not fit, the segment is sealed and a new one is created, if the budget
+//!   (`max_bytes`, the sum of live segment file sizes) allows, else the append fails with
+//!   [`SpoolError::Full`]. A failed write or `fdatasync` seals the segment too (its fate on
+//!   disk is unknown) and fails the records of that commit.
+//! - Release bookkeeping is a table of live record offsets per segment behind a mutex shared
+//!   with every [`Releaser`] (touched once per commit by the shard, once per release by the
+//!   worker). Releasing an unknown or already released id is ignored. A release that empties
+//!   a sealed segment deletes its file (a deletion lost in a crash only means its records are
+//!   recovered and uploaded again).
+//!
+//! # On-disk format (integers little-endian)
+//! The directory holds segment files named `{segment:020}.seg` and `spool.meta`.
+//!
+//! A segment file is `segment_bytes` long (preallocated; unwritten space reads as zeros):
+//! - header, 32 bytes: magic `CPSPOOL\0` (8), version `1` (u32), zero (u32), segment id
+//!   (u64), CRC32C of the previous 24 bytes (u32), zero (u32);
+//! - records from offset 32, each at a multiple of 8: magic `C1 FF 53 52` (4; 0xC1 and 0xFF
+//!   never occur in UTF-8, so a JSON payload cannot imitate a record start), data length
+//!   (u32), CRC32C of the length field then the data (u32), zero (u32), the data, zero
+//!   padding to a multiple of 8. A [`RecordId`] is (segment id, offset of the record's magic).
+//!
+//! `spool.meta`, 20 bytes: magic `CPSPMETA` (8), the highest segment id ever created (u64),
+//! CRC32C of the previous 16 bytes (u32). It is written to `spool.meta.tmp`, synced and
+//! renamed (then the directory is synced) before each new segment file is created.
+//!
+//! # Segment ids
+//! A new segment's id is `max(previous id + 1, spool.meta + 1, largest id on disk + 1, unix
+//! time in µs)`. The meta file keeps ids from repeating after their segments were deleted,
+//! even if the clock steps back; the clock keeps them from repeating when the spool directory
+//! itself was lost or replaced (a fresh directory would otherwise start again at 1).
+//!
+//! # Recovery ([`Spool::open`])
+//! Every segment is read back and scanned. Invalid bytes after the last valid record (a crash
+//! mid-commit: nothing there was acknowledged) are cut and reported in
+//! [`RecoveryReport::torn_tails`] (and at each open until the segment is deleted: recovery
+//! never writes old segments). An invalid range followed by valid records is corruption: it
+//! is logged (`tracing::error!`) and reported in [`RecoveryReport::corrupt`], and the scan
+//! resyncs at the next 8-byte position holding a record whose CRC checks. Recovered records
+//! are live: they must be released like new ones. Segments without a valid record are deleted
+//! at open.
+#![forbid(unsafe_code)]
+
+mod format;
+#[cfg(test)]
+mod tests;
+
+use event_listener::Event;
+use glommio::io::{Directory, DmaFile, OpenOptions};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::{fmt, io};
+
+const META_FILE: &str = "spool.meta";
+const META_TMP: &str = "spool.meta.tmp";
+/// Unit of every write and of the segment size.
+const BLOCK: u64 = 4096;
+/// Read size when recovering a segment.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Where and how a shard's spool keeps its records.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// This shard's directory (created if missing). Must be on a real disk, not tmpfs, for
+    /// O_DIRECT to be durable.
+    pub dir: PathBuf,
+    /// Size of each segment file, a multiple of 4096 of at least 8192; preallocated. Also
+    /// bounds a record: at most `segment_bytes - 48` data bytes.
+    pub segment_bytes: u64,
+    /// Disk budget: the sum of live segment files. An append needing a new segment beyond it
+    /// fails with [`SpoolError::Full`].
+    pub max_bytes: u64,
+    /// Group commit: the longest a record waits for others before the write + fdatasync
+    /// (0 = commit at once).
+    pub commit_wait_us: u64,
+}
+
+/// The stable name of a record: its segment and the byte offset of its frame in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId {
+    /// Segment id (never reused, see the module doc).
+    pub segment: u64,
+    /// Offset of the record's frame in the segment file.
+    pub offset: u64,
+}
+
+/// A valid record found on disk by [`Spool::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The record's id; release it once stored.
+    pub id: RecordId,
+    /// The record's data, as appended.
+    pub data: Vec<u8>,
+}
+
+/// Invalid bytes after the last valid record of a segment, cut off by recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// Segment id.
+    pub segment: u64,
+    /// Where the cut was made (the end of the last valid record).
+    pub offset: u64,
+    /// Bytes from `offset` to the last non-zero byte.
+    pub bytes: u64,
+    /// Why the bytes at `offset` are not a valid record.
+    pub reason: CorruptReason,
+}
+
+/// An invalid range followed by valid records: corruption, not a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corrupt {
+    /// Segment id.
+    pub segment: u64,
+    /// Start of the invalid range.
+    pub offset: u64,
+    /// Length of the invalid range (up to the next valid record).
+    pub length: u64,
+    /// What is wrong at `offset`.
+    pub reason: CorruptReason,
+}
+
+/// Why bytes are not a valid header or record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CorruptReason {
+    /// The segment header's magic, version or CRC is wrong.
+    #[error("bad segment header")]
+    BadHeader,
+    /// The segment header names another segment than the file name.
+    #[error("segment header names segment {found}")]
+    HeaderId {
+        /// The id in the header.
+        found: u64,
+    },
+    /// No record magic where a record should start.
+    #[error("bad record magic")]
+    BadMagic,
+    /// Zeros where a record should start.
+    #[error("zeroed range")]
+    Zeroed,
+    /// The record's length runs past the end of the file.
+    #[error("record length beyond end of file")]
+    BadLength,
+    /// The record's CRC does not match its length and data.
+    #[error("record CRC mismatch")]
+    BadCrc,
+    /// The record's reserved field is not zero.
+    #[error("bad record frame")]
+    BadFrame,
+}
+
+/// What [`Spool::open`] found on disk.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    /// Every valid record still on disk, in (segment, offset) order.
+    pub records: Vec<Recovered>,
+    /// Per segment, the torn tail that was cut off.
+    pub torn_tails: Vec<TornTail>,
+    /// Invalid ranges that are not at a tail (also logged as errors).
+    pub corrupt: Vec<Corrupt>,
+}
+
+/// Why the spool could not open or append.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The disk budget (`max_bytes`) has no room for another segment: release records first.
+    #[error("spool full")]
+    Full,
+    /// The record can never fit in a segment.
+    #[error("record of {len} bytes exceeds the spool's maximum of {max}")]
+    TooLarge {
+        /// The record's length.
+        len: usize,
+        /// The largest record the spool takes.
+        max: usize,
+    },
+    /// Impossible options.
+    #[error("invalid spool options: {0}")]
+    InvalidOptions(String),
+    /// The committer task has stopped (the executor is shutting down).
+    #[error("spool closed")]
+    Closed,
+    /// The disk failed.
+    #[error("spool I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<glommio::GlommioError<()>> for SpoolError {
+    fn from(e: glommio::GlommioError<()>) -> Self {
+        SpoolError::Io(e.into())
+    }
+}
+
+impl SpoolError {
+    /// The same error for another record of a failed commit.
+    fn again(&self) -> SpoolError {
+        match self {
+            SpoolError::Full => SpoolError::Full,
+            SpoolError::TooLarge { len, max } => SpoolError::TooLarge {
+                len: *len,
+                max: *max,
+            },
+            SpoolError::InvalidOptions(s) => SpoolError::InvalidOptions(s.clone()),
+            SpoolError::Closed => SpoolError::Closed,
+            SpoolError::Io(e) => SpoolError::Io(io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
+/// Counters and gauges of a spool, readable from any thread through [`Releaser::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// fdatasyncs issued: commits, segment creation, meta file and directory.
+    pub fsyncs: u64,
+    /// Group commits done (one write + one fdatasync each).
+    pub commits: u64,
+    /// Records made durable by `append`.
+    pub records_appended: u64,
+    /// Data bytes of those records.
+    pub bytes_appended: u64,
+    /// Segment files not yet deleted (recovered, sealed or being written).
+    pub live_segments: u64,
+    /// Their total size: what counts against `max_bytes`.
+    pub live_bytes: u64,
+    /// Records appended or recovered and not yet released.
+    pub live_records: u64,
+}
+
+#[derive(Debug)]
+struct SegState {
+    /// Offsets of records not yet released.
+    live: BTreeSet<u64>,
+    /// No more records will be added: deleted once `live` is empty.
+    sealed: bool,
+    /// File size, counted against the budget.
+    bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    segments: BTreeMap<u64, SegState>,
+    live_bytes: u64,
+}
+
+impl Table {
+    /// Forgets segment `id` if it is sealed and fully released; true if its file must go.
+    fn drop_if_done(&mut self, id: u64) -> bool {
+        match self.segments.get(&id) {
+            Some(s) if s.sealed && s.live.is_empty() => {
+                self.live_bytes -= s.bytes;
+                self.segments.remove(&id);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What the shard and the releasers share.
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    table: Mutex<Table>,
+    fsyncs: AtomicU64,
+    commits: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // The table stays consistent across a panic elsewhere: every update is one step.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn synced(&self) {
+        self.fsyncs.fetch_add(1, Relaxed);
+    }
+
+    fn seg_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:020}.seg"))
+    }
+
+    fn delete(&self, id: u64) {
+        match std::fs::remove_file(self.seg_path(id)) {
+            Ok(()) => tracing::debug!(segment = id, "spool segment deleted"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!(segment = id, error = %e, "spool segment not deleted"),
+        }
+    }
+
+    fn release(&self, id: RecordId) {
+        let done = {
+            let mut t = self.table();
+            let known = t.segments.get_mut(&id.segment);
+            if known.is_some_and(|s| s.live.remove(&id.offset)) {
+                t.drop_if_done(id.segment)
+            } else {
+                tracing::debug!(?id, "release of an unknown or released spool record");
+                false
+            }
+        };
+        if done {
+            self.delete(id.segment);
+        }
+    }
+
+    fn seal(&self, id: u64) {
+        let done = {
+            let mut t = self.table();
+            if let Some(s) = t.segments.get_mut(&id) {
+                s.sealed = true;
+            }
+            t.drop_if_done(id)
+        };
+        if done {
+            self.delete(id);
+        }
+    }
+
+    fn stats(&self) -> SpoolStats {
+        let t = self.table();
+        SpoolStats {
+            fsyncs: self.fsyncs.load(Relaxed),
+            commits: self.commits.load(Relaxed),
+            records_appended: self.records.load(Relaxed),
+            bytes_appended: self.bytes.load(Relaxed),
+            live_segments: t.segments.len() as u64,
+            live_bytes: t.live_bytes,
+            live_records: t.segments.values().map(|s| s.live.len() as u64).sum(),
+        }
+    }
+}
+
+/// Marks records stored, from any thread (the upload worker's). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Releaser {
+    shared: Arc<Shared>,
+}
+
+impl Releaser {
+    /// Marks record `id` stored. When that was the last live record of a sealed segment, its
+    /// file is deleted (here, with `std::fs::remove_file`) and its budget freed. Unknown or
+    /// already released ids are ignored.
+    pub fn release(&self, id: RecordId) {
+        self.shared.release(id);
+    }
+
+    /// The spool's counters and gauges.
+    pub fn stats(&self) -> SpoolStats {
+        self.shared.stats()
+    }
+}
+
+type Slot = Rc<Cell<Option<Result<RecordId, SpoolError>>>>;
+
+/// A record waiting for the committer.
+struct Pending {
+    frame: Vec<u8>,
+    len: usize,
+    at: Instant,
+    slot: Slot,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    stopped: bool,
+}
+
+/// State shared by the `Spool` handle and its committer task (same thread).
+struct Inner {
+    opts: SpoolOptions,
+    dir: Directory,
+    shared: Arc<Shared>,
+    queue: RefCell<Queue>,
+    /// Wakes the committer when a record is queued.
+    queued: Event,
+    /// Wakes appenders when a commit has filled slots.
+    committed: Event,
+}
+
+/// A shard's durable spool. Lives on one glommio executor (`!Send`); see the module doc.
+pub struct Spool {
+    inner: Rc<Inner>,
+    max_record: usize,
+    /// Dropping the spool cancels its committer.
+    _committer: glommio::Task<()>,
+}
+
+impl fmt::Debug for Spool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spool")
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(msg: &str) -> SpoolError {
+    SpoolError::InvalidOptions(msg.to_owned())
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Ids of the segment files in `dir`, ascending. Other files are left alone.
+fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        match name.strip_suffix(".seg") {
+            Some(digits) if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                match digits.parse() {
+                    Ok(id) => ids.push(id),
+                    Err(_) => tracing::warn!(file = name, "spool: segment id out of range"),
+                }
+            }
+            _ => {}
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// The whole content of a file, read with O_DIRECT.
+async fn read_file(path: &Path) -> Result<Vec<u8>, SpoolError> {
+    let file = DmaFile::open(path).await?;
+    let size = file.file_size().await?;
+    let mut out = Vec::with_capacity(size.min(1 << 28) as usize);
+    while (out.len() as u64) < size {
+        let got = file.read_at_aligned(out.len() as u64, READ_CHUNK).await?;
+        out.extend_from_slice(&got);
+        if got.len() < READ_CHUNK {
+            break;
+        }
+    }
+    file.close().await?;
+    Ok(out)
+}
+
+/// Records `hwm` as the highest segment id ever created; the caller syncs the directory.
+async fn write_meta(shared: &Shared, hwm: u64) -> Result<(), SpoolError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(shared.dir.join(META_TMP))
+        .await?;
+    let mut buf = file.alloc_dma_buffer(BLOCK as usize);
+    let bytes = buf.as_bytes_mut();
+    bytes.fill(0);
+    bytes[..format::META_LEN].copy_from_slice(&format::encode_meta(hwm));
+    if file.write_at(buf, 0).await? != BLOCK as usize {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write of spool.meta").into());
+    }
+    file.fdatasync().await?;
+    shared.synced();
+    file.rename(shared.dir.join(META_FILE)).await?;
+    file.close().await?;
+    Ok(())
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `opts.dir`: recovers every segment on disk (see the
+    /// module doc), seals them, and starts the committer. Must run on a glommio executor.
+    pub async fn open(opts: SpoolOptions) -> Result<(Spool, RecoveryReport), SpoolError> {
+        if opts.segment_bytes % BLOCK != 0 || opts.segment_bytes < 2 * BLOCK {
+            return Err(invalid(
+                "segment_bytes must be a multiple of 4096, at least 8192",
+            ));
+        }
+        if opts.max_bytes < opts.segment_bytes {
+            return Err(invalid("max_bytes must hold at least one segment"));
+        }
+        let max_record = (opts.segment_bytes - format::HEADER_LEN - format::FRAME_HEADER)
+            .min(u32::MAX as u64) as usize;
+        std::fs::create_dir_all(&opts.dir)?;
+        let dir = Directory::open(&opts.dir).await?;
+        let shared = Arc::new(Shared {
+            dir: opts.dir.clone(),
+            table: Mutex::default(),
+            fsyncs: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        });
+        let meta = match std::fs::read(opts.dir.join(META_FILE)) {
+            Ok(buf) => format::decode_meta(&buf).or_else(|| {
+                tracing::warn!(dir = %opts.dir.display(), "spool.meta is invalid, ignored");
+                None
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+
+        let ids = list_segments(&opts.dir)?;
+        let mut report = RecoveryReport::default();
+        let mut empty = Vec::new();
+        for &id in &ids {
+            let buf = read_file(&shared.seg_path(id)).await?;
+            let scan = format::scan(id, &buf);
+            if let Some(t) = &scan.torn {
+                tracing::warn!(segment = id, offset = t.offset, bytes = t.bytes, reason = %t.reason,
+                    "spool: torn tail cut");
+            }
+            for c in &scan.corrupt {
+                tracing::error!(segment = id, offset = c.offset, length = c.length,
+                    reason = %c.reason, "spool: corrupt range skipped");
+            }
+            let live: BTreeSet<u64> = scan.records.iter().map(|r| r.id.offset).collect();
+            if live.is_empty() {
+                empty.push(id);
+            }
+            let bytes = buf.len() as u64;
+            let mut t = shared.table();
+            t.live_bytes += bytes;
+            let sealed = true;
+            t.segments.insert(
+                id,
+                SegState {
+                    live,
+                    sealed,
+                    bytes,
+                },
+            );
+            drop(t);
+            report.records.extend(scan.records);
+            report.torn_tails.extend(scan.torn);
+            report.corrupt.extend(scan.corrupt);
+        }
+
+        let disk_max = ids.last().copied();
+        if disk_max > meta {
+            // Before any segment goes, so that its id is never handed out again.
+            write_meta(&shared, disk_max.unwrap_or(0)).await?;
+            dir.sync().await?;
+            shared.synced();
+        }
+        for id in empty {
+            shared.seal(id);
+        }
+        let next_id = meta.max(disk_max).map_or(1, |m| m.saturating_add(1));
+        tracing::info!(dir = %opts.dir.display(), segments = ids.len(),
+            records = report.records.len(), torn = report.torn_tails.len(),
+            corrupt = report.corrupt.len(), "spool opened");
+
+        let inner = Rc::new(Inner {
+            opts,
+            dir,
+            shared,
+            queue: RefCell::default(),
+            queued: Event::new(),
+            committed: Event::new(),
+        });
+        let writer = Writer {
+            inner: inner.clone(),
+            active: None,
+            next_id,
+        };
+        let committer = glommio::spawn_local(writer.run());
+        let spool = Spool {
+            inner,
+            max_record,
+            _committer: committer,
+        };
+        Ok((spool, report))
+    }
+
+    /// Appends one record; resolves after the fdatasync that made it durable. Concurrent
+    /// appends (tasks of this executor) are group-committed: one write + one fdatasync for
+    /// all records pending, waiting at most `commit_wait_us` for more to join.
+    pub async fn append(&self, data: &[u8]) -> Result<RecordId, SpoolError> {
+        if data.len() > self.max_record {
+            return Err(SpoolError::TooLarge {
+                len: data.len(),
+                max: self.max_record,
+            });
+        }
+        let slot = Slot::default();
+        {
+            let mut q = self.inner.queue.borrow_mut();
+            if q.stopped {
+                return Err(SpoolError::Closed);
+            }
+            q.pending.push_back(Pending {
+                frame: format::encode_record(data),
+                len: data.len(),
+                at: Instant::now(),
+                slot: slot.clone(),
+            });
+        }
+        self.inner.queued.notify(1);
+        loop {
+            if let Some(result) = slot.take() {
+                return result;
+            }
+            let listener = self.inner.committed.listen();
+            if let Some(result) = slot.take() {
+                return result;
+            }
+            listener.await;
+        }
+    }
+
+    /// A handle for the upload worker's thread to release stored records.
+    pub fn releaser(&self) -> Releaser {
+        Releaser {
+            shared: self.inner.shared.clone(),
+        }
+    }
+
+    /// The spool's counters and gauges (also readable from other threads via [`Releaser`]).
+    pub fn stats(&self) -> SpoolStats {
+        self.inner.shared.stats()
+    }
+
+    /// The largest record [`Spool::append`] takes, in bytes.
+    pub fn max_record_len(&self) -> usize {
+        self.max_record
+    }
+}
+
+/// The segment being written.
+struct Active {
+    id: u64,
+    file: DmaFile,
+    /// End of the durable records.
+    end: u64,
+    /// The bytes of `[end rounded down to BLOCK, end)`, rewritten by the next commit.
+    tail: Vec<u8>,
+}
+
+/// The committer task's state.
+struct Writer {
+    inner: Rc<Inner>,
+    active: Option<Active>,
+    next_id: u64,
+}
+
+/// Fails what is still queued when the committer stops (cancelled or the executor ends).
+struct StopGuard(Rc<Inner>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let mut q = self.0.queue.borrow_mut();
+        q.stopped = true;
+        for p in q.pending.drain(..) {
+            p.slot.set(Some(Err(SpoolError::Closed)));
+        }
+        drop(q);
+        self.0.committed.notify(usize::MAX);
+    }
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let _guard = StopGuard(self.inner.clone());
+        let wait = Duration::from_micros(self.inner.opts.commit_wait_us);
+        loop {
+            let listener = self.inner.queued.listen();
+            let oldest = self.inner.queue.borrow().pending.front().map(|p| p.at);
+            let Some(oldest) = oldest else {
+                listener.await;
+                continue;
+            };
+            drop(listener);
+            let left = wait.saturating_sub(oldest.elapsed());
+            if !left.is_zero() {
+                glommio::timer::sleep(left).await;
+            }
+            let batch: Vec<Pending> = self.inner.queue.borrow_mut().pending.drain(..).collect();
+            self.commit(&batch).await;
+            self.inner.committed.notify(usize::MAX);
+        }
+    }
+
+    /// Lands `batch` in order, rolling over segments as needed; fills every slot.
+    async fn commit(&mut self, batch: &[Pending]) {
+        let mut i = 0;
+        while i < batch.len() {
+            if self.active.is_none() {
+                match self.create_segment().await {
+                    Ok(a) => self.active = Some(a),
+                    Err(e) => {
+                        for p in &batch[i..] {
+                            p.slot.set(Some(Err(e.again())));
+                        }
+                        return;
+                    }
+                }
+            }
+            let Some(active) = self.active.as_mut() else {
+                return;
+            };
+            let (start, mut end) = (i, active.end);
+            while i < batch.len()
+                && end + batch[i].frame.len() as u64 <= self.inner.opts.segment_bytes
+            {
+                end += batch[i].frame.len() as u64;
+                i += 1;
+            }
+            if i == start {
+                if active.end == format::HEADER_LEN {
+                    // Cannot happen (append checks the size), but never loop on it.
+                    let (len, max) = (batch[i].len, 0);
+                    batch[i]
+                        .slot
+                        .set(Some(Err(SpoolError::TooLarge { len, max })));
+                    i += 1;
+                } else {
+                    self.seal_active().await;
+                }
+                continue;
+            }
+            let records = &batch[start..i];
+            match write_records(active, records).await {
+                Ok(()) => {
+                    let shared = &self.inner.shared;
+                    shared.synced();
+                    shared.commits.fetch_add(1, Relaxed);
+                    let mut offset = active.end;
+                    let mut ids = Vec::with_capacity(records.len());
+                    for p in records {
+                        ids.push(RecordId {
+                            segment: active.id,
+                            offset,
+                        });
+                        offset += p.frame.len() as u64;
+                    }
+                    active.end = offset;
+                    if let Some(s) = shared.table().segments.get_mut(&active.id) {
+                        s.live.extend(ids.iter().map(|id| id.offset));
+                    }
+                    let bytes: usize = records.iter().map(|p| p.len).sum();
+                    shared.records.fetch_add(records.len() as u64, Relaxed);
+                    shared.bytes.fetch_add(bytes as u64, Relaxed);
+                    for (p, id) in records.iter().zip(ids) {
+                        p.slot.set(Some(Ok(id)));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(segment = active.id, error = %e, "spool commit failed");
+                    for p in records {
+                        p.slot.set(Some(Err(e.again())));
+                    }
+                    self.seal_active().await;
+                }
+            }
+        }
+    }
+
+    async fn seal_active(&mut self) {
+        if let Some(a) = self.active.take() {
+            if let Err(e) = a.file.close().await {
+                tracing::warn!(segment = a.id, error = %e, "spool: closing a segment failed");
+            }
+            self.inner.shared.seal(a.id);
+        }
+    }
+
+    /// Creates, preallocates and syncs the next segment, if the budget allows.
+    async fn create_segment(&mut self) -> Result<Active, SpoolError> {
+        let (bytes, max) = (self.inner.opts.segment_bytes, self.inner.opts.max_bytes);
+        let id = self.next_id.max(unix_micros());
+        let shared = &self.inner.shared;
+        {
+            let mut t = shared.table();
+            if t.live_bytes + bytes > max {
+                return Err(SpoolError::Full);
+            }
+            t.live_bytes += bytes;
+            let live = BTreeSet::new();
+            t.segments.insert(
+                id,
+                SegState {
+                    live,
+                    sealed: false,
+                    bytes,
+                },
+            );
+        }
+        // Even if creation fails part-way, the id may be in spool.meta: never reuse it.
+        self.next_id = id.saturating_add(1);
+        match self.try_create(id).await {
+            Ok(active) => Ok(active),
+            Err(e) => {
+                tracing::error!(segment = id, error = %e, "spool: creating a segment failed");
+                shared.seal(id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_create(&self, id: u64) -> Result<Active, SpoolError> {
+        let shared = &self.inner.shared;
+        write_meta(shared, id).await?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .dma_open(shared.seg_path(id))
+            .await?;
+        if BLOCK % file.alignment() != 0 {
+            return Err(io::Error::other("device alignment above 4096 bytes").into());
+        }
+        let size = self.inner.opts.segment_bytes;
+        if let Err(e) = file.pre_allocate(size, false).await {
+            tracing::debug!(error = %e, "spool: fallocate failed, truncating instead");
+            file.truncate(size).await?;
+        }
+        let header = format::segment_header(id);
+        let mut buf = file.alloc_dma_buffer(BLOCK as usize);
+        let b = buf.as_bytes_mut();
+        b.fill(0);
+        b[..header.len()].copy_from_slice(&header);
+        if file.write_at(buf, 0).await? != BLOCK as usize {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short segment header").into());
+        }
+        file.fdatasync().await?;
+        shared.synced();
+        self.inner.dir.sync().await?;
+        shared.synced();
+        Ok(Active {
+            id,
+            file,
+            end: format::HEADER_LEN,
+            tail: header.to_vec(),
+        })
+    }
+}
+
+/// Writes `records` after `active.end` (rewriting the partial block before it) and syncs.
+/// Updates `active.tail`; the caller advances `active.end`.
+async fn write_records(active: &mut Active, records: &[Pending]) -> Result<(), SpoolError> {
+    let start = active.end - active.tail.len() as u64;
+    let new_end = active.end + records.iter().map(|p| p.frame.len() as u64).sum::<u64>();
+    let len = (new_end.div_ceil(BLOCK) * BLOCK - start) as usize;
+    let mut buf = active.file.alloc_dma_buffer(len);
+    let b = buf.as_bytes_mut();
+    let mut at = active.tail.len();
+    b[..at].copy_from_slice(&active.tail);
+    for p in records {
+        b[at..at + p.frame.len()].copy_from_slice(&p.frame);
+        at += p.frame.len();
+    }
+    b[at..].fill(0);
+    let tail_from = ((new_end / BLOCK * BLOCK) - start) as usize;
+    let tail = b[tail_from..at].to_vec();
+    if active.file.write_at(buf, start).await? != len {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short spool write").into());
+    }
+    active.file.fdatasync().await?;
+    active.tail = tail;
+    Ok(())
+}
+
+/// Builds the record of one request: its arrival time (Unix seconds, for its keys' date
+/// path, so a replay names its objects as the first run did) and its body.
+pub fn request_record(received_secs: u64, body: &[u8]) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(8 + body.len());
+    rec.extend_from_slice(&received_secs.to_le_bytes());
+    rec.extend_from_slice(body);
+    rec
+}
+
+/// Splits a record made by [`request_record`] into arrival time and body.
+pub fn split_record(rec: &[u8]) -> Option<(u64, &[u8])> {
+    let (secs, body) = rec.split_at_checked(8)?;
+    Some((u64::from_le_bytes(secs.try_into().ok()?), body))
+}

@@ -1,0 +1,366 @@
+//! Spool tests on a real executor and a real disk (O_DIRECT, so not tmpfs).
+
+use super::format::{framed_len, HEADER_LEN};
+use super::*;
+use glommio::LocalExecutorBuilder;
+use std::future::Future;
+use std::io::{Seek, SeekFrom, Write};
+
+/// Runs `f` on a fresh glommio executor on this thread.
+fn run<F: Future<Output = ()>>(f: F) {
+    LocalExecutorBuilder::default().make().unwrap().run(f);
+}
+
+fn tempdir() -> tempfile::TempDir {
+    // std::env::temp_dir() is on the root ext4 disk here; glommio would quietly skip O_DIRECT
+    // on a tmpfs, which keeps the tests working but no longer exercises alignment.
+    tempfile::tempdir().unwrap()
+}
+
+fn opts(dir: &Path, segment_bytes: u64, max_bytes: u64, commit_wait_us: u64) -> SpoolOptions {
+    SpoolOptions {
+        dir: dir.to_path_buf(),
+        segment_bytes,
+        max_bytes,
+        commit_wait_us,
+    }
+}
+
+fn payload(i: usize) -> Vec<u8> {
+    let n = (i * 37) % 1500;
+    format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(n)).into_bytes()
+}
+
+fn segment_files(dir: &Path) -> Vec<u64> {
+    list_segments(dir).unwrap()
+}
+
+async fn reopen(o: &SpoolOptions) -> (Spool, RecoveryReport) {
+    Spool::open(o.clone()).await.unwrap()
+}
+
+/// A fresh spool with `n` records of `payload(i)`; returns their ids, the spool dropped.
+async fn append_n(o: &SpoolOptions, n: usize) -> Vec<RecordId> {
+    let (spool, report) = reopen(o).await;
+    assert!(report.records.is_empty());
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(spool.append(&payload(i)).await.unwrap());
+    }
+    ids
+}
+
+fn patch(o: &SpoolOptions, segment: u64, at: u64, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(o.dir.join(format!("{segment:020}.seg")))
+        .unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn appends_come_back_in_order_after_reopen() {
+    let dir = tempdir();
+    // Small segments so that the records span several of them.
+    let o = opts(dir.path(), 16 * 4096, 1 << 30, 0);
+    run(async move {
+        let ids = append_n(&o, 300).await;
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert!(ids.last().unwrap().segment > ids[0].segment, "rolled over");
+        let (_spool, report) = reopen(&o).await;
+        let expected: Vec<Recovered> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| Recovered {
+                id,
+                data: payload(i),
+            })
+            .collect();
+        assert_eq!(report.records, expected);
+        assert!(report.torn_tails.is_empty() && report.corrupt.is_empty());
+    });
+}
+
+#[test]
+fn concurrent_appends_are_group_committed() {
+    let dir = tempdir();
+    let o = opts(dir.path(), 1 << 20, 1 << 30, 1000);
+    run(async move {
+        let (spool, _) = reopen(&o).await;
+        let spool = Rc::new(spool);
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let spool = spool.clone();
+                glommio::spawn_local(async move { (spool.append(&payload(i)).await.unwrap(), i) })
+            })
+            .collect();
+        let mut done = Vec::new();
+        for t in tasks {
+            done.push(t.await);
+        }
+        let stats = spool.stats();
+        assert_eq!(stats.records_appended, 200);
+        assert!(stats.fsyncs < 50, "{stats:?}");
+        drop(spool);
+        let (_spool, report) = reopen(&o).await;
+        done.sort();
+        let expected: Vec<Recovered> = done
+            .into_iter()
+            .map(|(id, i)| Recovered {
+                id,
+                data: payload(i),
+            })
+            .collect();
+        assert_eq!(report.records, expected);
+    });
+}
+
+#[test]
+fn torn_tail_is_cut_and_reported() {
+    let dir = tempdir();
+    let o = opts(dir.path(), 16 * 4096, 1 << 30, 0);
+    run(async move {
+        let ids = append_n(&o, 10).await;
+        let last = ids[9];
+        // The commit of the last record reached the disk only in part.
+        let end = last.offset + framed_len(payload(9).len());
+        patch(&o, last.segment, end - 12, &[0; 12]);
+        let (spool, report) = reopen(&o).await;
+        let got: Vec<RecordId> = report.records.iter().map(|r| r.id).collect();
+        assert_eq!(got, ids[..9]);
+        assert!(report.corrupt.is_empty());
+        assert_eq!(report.torn_tails.len(), 1);
+        let torn = &report.torn_tails[0];
+        assert_eq!((torn.segment, torn.offset), (last.segment, last.offset));
+        assert_eq!(torn.reason, CorruptReason::BadCrc);
+        assert!(torn.bytes > 0 && torn.bytes <= end - last.offset);
+        // The spool goes on in a new segment.
+        let new = spool.append(b"after").await.unwrap();
+        assert!(new.segment > last.segment);
+        drop(spool);
+        let (_spool, report) = reopen(&o).await;
+        assert_eq!(report.records.len(), 10);
+        assert_eq!(report.records[9].id, new);
+        assert_eq!(report.records[9].data, b"after");
+    });
+}
+
+#[test]
+fn truncated_segment_is_a_torn_tail() {
+    let dir = tempdir();
+    let o = opts(dir.path(), 16 * 4096, 1 << 30, 0);
+    run(async move {
+        let ids = append_n(&o, 5).await;
+        let path = o.dir.join(format!("{:020}.seg", ids[4].segment));
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.set_len(ids[4].offset + 20).unwrap();
+        f.sync_all().unwrap();
+        let (_spool, report) = reopen(&o).await;
+        assert_eq!(report.records.len(), 4);
+        assert_eq!(report.torn_tails[0].offset, ids[4].offset);
+        assert_eq!(report.torn_tails[0].reason, CorruptReason::BadLength);
+        assert!(report.corrupt.is_empty());
+    });
+}
+
+#[test]
+fn corruption_in_the_middle_is_reported_and_skipped() {
+    for case in ["data", "length", "magic"] {
+        let dir = tempdir();
+        let o = opts(dir.path(), 16 * 4096, 1 << 30, 0);
+        run(async move {
+            let ids = append_n(&o, 10).await;
+            let bad = ids[4];
+            let (at, bytes, reason) = match case {
+                "data" => (bad.offset + 20, vec![b'#'], CorruptReason::BadCrc),
+                "length" => (
+                    bad.offset + 4,
+                    vec![0xff, 0xff, 0xff, 0x7f],
+                    CorruptReason::BadLength,
+                ),
+                _ => (bad.offset, vec![0], CorruptReason::BadMagic),
+            };
+            patch(&o, bad.segment, at, &bytes);
+            let (_spool, report) = reopen(&o).await;
+            let got: Vec<RecordId> = report.records.iter().map(|r| r.id).collect();
+            let expected: Vec<RecordId> = ids.iter().copied().filter(|&id| id != bad).collect();
+            assert_eq!(got, expected, "{case}");
+            let data: Vec<&[u8]> = report.records.iter().map(|r| r.data.as_slice()).collect();
+            assert_eq!(data[4], payload(5), "{case}");
+            assert_eq!(
+                report.corrupt,
+                [Corrupt {
+                    segment: bad.segment,
+                    offset: bad.offset,
+                    length: ids[5].offset - bad.offset,
+                    reason,
+                }],
+                "{case}"
+            );
+            assert!(report.torn_tails.is_empty(), "{case}");
+        });
+    }
+}
+
+#[test]
+fn released_sealed_segments_are_deleted() {
+    let dir = tempdir();
+    // 8 records of 1000 bytes fill a segment: 32 + 8 * 1016 = 8160 <= 8192.
+    let o = opts(dir.path(), 8192, 1 << 20, 0);
+    run(async move {
+        let (spool, _) = reopen(&o).await;
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            ids.push(spool.append(&[b'7'; 1000]).await.unwrap());
+        }
+        let segs: Vec<u64> = ids.iter().map(|id| id.segment).collect();
+        let (a, b, c) = (segs[0], segs[8], segs[16]);
+        assert_eq!(segs.iter().filter(|&&s| s == a).count(), 8);
+        assert_eq!(segment_files(&o.dir), [a, b, c]);
+        let releaser = spool.releaser();
+        let ids2 = ids.clone();
+        // Released from another thread, like the upload worker.
+        std::thread::spawn(move || {
+            for id in ids2.iter().filter(|id| id.segment != b) {
+                releaser.release(*id);
+                releaser.release(*id); // a second release is ignored
+            }
+            for id in ids2.iter().filter(|id| id.segment == b).skip(1) {
+                releaser.release(*id);
+            }
+        })
+        .join()
+        .unwrap();
+        // a: sealed and released: gone. b: one record left. c: still being written.
+        assert_eq!(segment_files(&o.dir), [b, c]);
+        assert_eq!(spool.stats().live_records, 1);
+        spool.releaser().release(ids[8]);
+        assert_eq!(segment_files(&o.dir), [c]);
+        assert_eq!(spool.stats().live_bytes, 8192);
+    });
+}
+
+#[test]
+fn full_spool_accepts_again_after_release() {
+    let dir = tempdir();
+    let o = opts(dir.path(), 8192, 3 * 8192, 0);
+    run(async move {
+        let (spool, _) = reopen(&o).await;
+        let mut ids = Vec::new();
+        let full = loop {
+            match spool.append(&[b'1'; 1000]).await {
+                Ok(id) => ids.push(id),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(full, SpoolError::Full), "{full:?}");
+        assert_eq!(ids.len(), 24);
+        assert!(matches!(spool.append(b"x").await, Err(SpoolError::Full)));
+        assert_eq!(spool.stats().live_bytes, 3 * 8192);
+        for id in &ids[..8] {
+            spool.releaser().release(*id);
+        }
+        let id = spool.append(b"again").await.unwrap();
+        assert!(id.segment > ids[23].segment);
+    });
+}
+
+#[test]
+fn recovered_records_must_be_released_and_full_budget_still_opens() {
+    let dir = tempdir();
+    let o = opts(dir.path(), 8192, 2 * 8192, 0);
+    run(async move {
+        let (spool, _) = reopen(&o).await;
+        let mut ids = Vec::new();
+        for _ in 0..16 {
+            // Two full segments: the whole budget.
+            ids.push(spool.append(&[b'r'; 1000]).await.unwrap());
+        }
+        drop(spool);
+        let (spool, report) = reopen(&o).await;
+        assert_eq!(report.records.len(), 16);
+        assert!(matches!(spool.append(b"x").await, Err(SpoolError::Full)));
+        for id in &ids[..8] {
+            spool.releaser().release(*id);
+        }
+        assert_eq!(segment_files(&o.dir), [ids[8].segment]);
+        spool.append(b"x").await.unwrap();
+    });
+}
+
+#[test]
+fn segment_ids_never_repeat_after_deletion() {
+    let dir = tempdir();
+    let o = opts(dir.path(), 8192, 1 << 20, 0);
+    // A segment whose id is far ahead of the clock, as if the clock had stepped back since.
+    let future = unix_micros() + 3_600_000_000_000;
+    let mut seg = format::segment_header(future).to_vec();
+    seg.extend_from_slice(&format::encode_record(b"old"));
+    seg.resize(8192, 0);
+    std::fs::write(dir.path().join(format!("{future:020}.seg")), seg).unwrap();
+    run(async move {
+        let (spool, report) = reopen(&o).await;
+        assert_eq!(report.records.len(), 1);
+        spool.releaser().release(report.records[0].id);
+        assert!(
+            segment_files(&o.dir).is_empty(),
+            "recovered segment deleted"
+        );
+        drop(spool);
+        // Nothing on disk names the old id any more; spool.meta does.
+        let (spool, _) = reopen(&o).await;
+        let first = spool.append(b"new").await.unwrap();
+        assert!(first.segment > future);
+        spool.releaser().release(first);
+        drop(spool);
+        let (spool, report) = reopen(&o).await;
+        assert_eq!(report.records.len(), 1);
+        spool.releaser().release(report.records[0].id);
+        drop(spool);
+        let (spool, _) = reopen(&o).await;
+        let second = spool.append(b"newer").await.unwrap();
+        assert!(second.segment > first.segment);
+    });
+}
+
+#[test]
+fn oversized_records_are_refused() {
+    let dir = tempdir();
+    let o = opts(dir.path(), 8192, 1 << 20, 0);
+    run(async move {
+        let (spool, _) = reopen(&o).await;
+        let max = spool.max_record_len();
+        assert_eq!(max as u64, 8192 - HEADER_LEN - 16);
+        let err = spool.append(&vec![1; max + 1]).await.unwrap_err();
+        assert!(matches!(err, SpoolError::TooLarge { len, .. } if len == max + 1));
+        assert!(spool.append(&vec![2; 1 << 20]).await.is_err());
+        let id = spool.append(&vec![3; max]).await.unwrap();
+        drop(spool);
+        let (_spool, report) = reopen(&o).await;
+        assert_eq!(report.records.len(), 1);
+        assert_eq!(report.records[0].id, id);
+        assert_eq!(report.records[0].data.len(), max);
+    });
+}
+
+#[test]
+fn invalid_options_are_refused() {
+    let dir = tempdir();
+    run(async move {
+        for (seg, max) in [(4096, 1 << 20), (10_000, 1 << 20), (8192, 4096)] {
+            let err = Spool::open(opts(dir.path(), seg, max, 0))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, SpoolError::InvalidOptions(_)), "{err:?}");
+        }
+    });
+}
+
+#[test]
+fn releaser_and_stats_cross_threads() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<Releaser>();
+    check::<SpoolStats>();
+}

@@ -129,6 +129,19 @@ pub struct ShardView {
 /// Picks one counter out of a shard's stats.
 type Field = fn(&ShardStats) -> &AtomicU64;
 
+/// Writes one metric family, one series per shard (`_total` names are counters).
+fn series(out: &mut String, name: &str, help: &str, values: impl Iterator<Item = u64>) {
+    let kind = if name.ends_with("_total") {
+        "counter"
+    } else {
+        "gauge"
+    };
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (i, v) in values.enumerate() {
+        let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {v}");
+    }
+}
+
 /// Picks one number out of a spool's stats.
 type SpoolField = fn(&crate::spool::SpoolStats) -> u64;
 
@@ -214,19 +227,12 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
         ),
     ];
     for (name, help, get) in counters {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (i, sh) in shards.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}{{shard=\"{i}\"}} {}",
-                get(&sh.stats).load(Relaxed)
-            );
-        }
+        series(
+            &mut out,
+            name,
+            help,
+            shards.iter().map(|sh| get(&sh.stats).load(Relaxed)),
+        );
     }
     let _ = writeln!(
         out,
@@ -250,22 +256,18 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             }
         }
     }
-    let _ = writeln!(out, "# HELP corepost_queue_payloads Payloads queued or uploading.\n# TYPE corepost_queue_payloads gauge");
-    for (i, sh) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "corepost_queue_payloads{{shard=\"{i}\"}} {}",
-            sh.budget.depth().0
-        );
-    }
-    let _ = writeln!(out, "# HELP corepost_queue_bytes Body bytes queued or uploading.\n# TYPE corepost_queue_bytes gauge");
-    for (i, sh) in shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "corepost_queue_bytes{{shard=\"{i}\"}} {}",
-            sh.budget.depth().1
-        );
-    }
+    series(
+        &mut out,
+        "corepost_queue_payloads",
+        "Payloads queued or uploading.",
+        shards.iter().map(|sh| sh.budget.depth().0 as u64),
+    );
+    series(
+        &mut out,
+        "corepost_queue_bytes",
+        "Body bytes queued or uploading.",
+        shards.iter().map(|sh| sh.budget.depth().1 as u64),
+    );
     let spool_series: [(&str, &str, SpoolField); 5] = [
         (
             "corepost_spool_fsyncs_total",
@@ -299,15 +301,7 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             .map(|sh| sh.spool.get().map(|r| r.stats()).unwrap_or_default())
             .collect();
         for (name, help, get) in spool_series {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (i, st) in stats.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(st));
-            }
+            series(&mut out, name, help, stats.iter().map(get));
         }
     }
     let name = "corepost_upload_duration_seconds";

@@ -16,6 +16,11 @@ Subcommands:
                                      PREFIX and check that s3-inventory --verify counts them right
   metrics-sum FILE|URL NAME...       print the named corepost_* counters summed over shards
                                      (one line per name, empty when absent)
+  rate-d RECORDS MODE                (d) print the two fixed rates: half of queued's and half of
+                                     durable's median sustained req/s
+  fsync-latency DIR N                (d) N x (4 KiB O_DIRECT write into a preallocated file in
+                                     DIR + os.fdatasync), as JSON (ms: median, p99, ...)
+  fsync-summary FILE                 one line of a fsync-latency result
 The s3-* subcommands read S3_ENDPOINT, S3_BUCKET, S3_REGION, AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY (the env file of scripts/garage.sh start).
 """
@@ -40,13 +45,23 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-SYSTEM_ORDER = ["corepost", "go", "nginx"]
-SYSTEM_LABEL = {"corepost": "corepost", "go": "Go baseline", "nginx": "nginx (204)"}
+SYSTEM_ORDER = ["corepost", "go", "nginx", "queued", "durable"]
+SYSTEM_LABEL = {"corepost": "corepost", "go": "Go baseline", "nginx": "nginx (204)",
+                # (d): corepost itself, by server.ack
+                "queued": "corepost ack=queued", "durable": "corepost ack=durable"}
 SCENARIO_LABEL = {
     "a": "(a) front end only",
     "b": "(b) one S3 object per payload (Garage)",
     "c": "(c) batched objects into Garage (corepost NDJSON batches, Go one object per payload)",
+    "d": "(d) durable vs queued: corepost ack=\"durable\" (fsynced spool) vs ack=\"queued\", sink discard",
 }
+# (d) fixed-rate kinds: the rate of the target, the one at durable's own half load, or given.
+D_RATE_KINDS = ["halfq", "halfd", "given"]
+D_RATE_LABEL = {"halfq": "half of queued's median sustained rate (the target's load)",
+                "halfd": "half of durable's own median sustained rate",
+                "given": "the rate given with --rate-d / --rate"}
+D_RATE_SHORT = {"halfq": "½ queued rate", "halfd": "½ durable rate", "given": "given rate"}
+
 MODE_LABEL = {
     "percore": "per core (server on CPU 1, load generator on CPU 0)",
     "machine": "whole machine (no pinning)",
@@ -456,6 +471,13 @@ def s3_selftest(prefix):
 # ---------------------------------------------------------------- derived figures
 def derive(r):
     """Add derived per-run figures to a throughput/kill record (in place)."""
+    if r.get("spool_window_s"):
+        # (d) durable: the spool's counters over the load (scraped just before and after it)
+        w = r["spool_window_s"]
+        r["fsyncs_s"] = r["spool_fsyncs"] / w
+        r["commits_s"] = r["spool_commits"] / w
+        if r["spool_commits"]:
+            r["req_per_commit"] = r["spool_records"] / r["spool_commits"]
     if "wrk_requests" not in r:
         return r
     ppb = r["payloads_per_body"]
@@ -588,6 +610,81 @@ def compute_rate(records, scenario, mode, frac):
     return max(1, int(lowest * frac))
 
 
+def compute_rate_d(records, mode):
+    """(d) -> (half of queued's median sustained req/s, half of durable's), as ints."""
+    per_sys = {}
+    for r in records:
+        if r.get("kind") != "tput" or r["scenario"] != "d" or r["mode"] != mode:
+            continue
+        derive(r)
+        per_sys.setdefault(r["system"], []).append(r["req_s"])
+    if "queued" not in per_sys or "durable" not in per_sys:
+        return None
+    return tuple(max(1, int(med(per_sys[s]) * 0.5)) for s in ("queued", "durable"))
+
+
+# ---------------------------------------------------------------- raw disk (d)
+def fsync_latency(directory, n, block=4096):
+    """n x (one block written with O_DIRECT into a preallocated file + os.fdatasync), the
+    durable spool's commit in miniature (it preallocates its segments and writes them with
+    O_DIRECT, one write + one fdatasync per commit). Falls back to buffered writes (and says so)
+    when the filesystem refuses O_DIRECT."""
+    import mmap
+    import time
+    path = os.path.join(directory, "fsync-probe.dat")
+    direct = hasattr(os, "O_DIRECT")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        fd = os.open(path, flags | (os.O_DIRECT if direct else 0), 0o600)
+    except OSError:
+        direct = False
+        fd = os.open(path, flags, 0o600)
+    buf = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT needs
+    buf.write(b"\xa5" * block)
+    lat = []
+    try:
+        try:
+            os.posix_fallocate(fd, 0, n * block)
+            prealloc = "posix_fallocate"
+        except OSError:
+            os.ftruncate(fd, n * block)
+            prealloc = "ftruncate"
+        os.fsync(fd)
+        for i in range(n):
+            t0 = time.perf_counter()
+            try:
+                w = os.pwrite(fd, buf, i * block)
+            except OSError:
+                if not direct or i:
+                    raise
+                # O_DIRECT opened but writes refused: go buffered, from the start
+                os.close(fd)
+                direct = False
+                fd = os.open(path, os.O_WRONLY, 0o600)
+                t0 = time.perf_counter()
+                w = os.pwrite(fd, buf, i * block)
+            if w != block:
+                raise OSError(f"short write {w}")
+            os.fdatasync(fd)
+            lat.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    s = sorted(lat)
+    pct = lambda q: s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
+    return {"n": n, "block": block, "direct": direct, "prealloc": prealloc, "dir": str(directory),
+            "median_ms": statistics.median(s), "p99_ms": pct(99), "p90_ms": pct(90),
+            "mean_ms": statistics.fmean(s), "min_ms": s[0], "max_ms": s[-1]}
+
+
+def fsync_text(fs):
+    if not fs:
+        return "not measured"
+    return (f"{fs['n']} × ({fs['block'] // 1024} KiB {'O_DIRECT' if fs['direct'] else 'buffered'} write + "
+            f"fdatasync): median {fs['median_ms']:.2f} ms, p90 {fs['p90_ms']:.2f} ms, p99 {fs['p99_ms']:.2f} ms, "
+            f"max {fs['max_ms']:.2f} ms (mean {fs['mean_ms']:.2f} ms)")
+
+
 # ---------------------------------------------------------------- formatting
 def fmt(v, unit="", digits=None):
     if v is None:
@@ -686,7 +783,22 @@ def summarize(records):
                 "verify": [(r["round"], r["verify"], r["verify_text"]) for r in t if r.get("verify")],
                 "inv_by_kind": merge_kinds([r.get("inv_by_kind") for r in t]),
                 "drain_ends": sorted({r["drain_end"] for r in t if r.get("drain_end")}),
+                # (d) the spool's counters over the saturating load (durable only)
+                "fsyncs_s": spread([r.get("fsyncs_s") for r in t]),
+                "commits_s": spread([r.get("commits_s") for r in t]),
+                "req_per_commit": spread([r.get("req_per_commit") for r in t]),
             }
+            # (d) fixed-rate runs at more than one rate: figures per rate kind
+            for kind in sorted({r["rate_kind"] for r in l if r.get("rate_kind")}):
+                lk = [r for r in l if r.get("rate_kind") == kind]
+                f[f"lat_rate_{kind}"] = med([r.get("rate") for r in lk])
+                f[f"lat_rounds_{kind}"] = len(lk)
+                for name, src in (("p50", "lat_p50_ms"), ("p99", "lat_p99_ms"), ("p999", "lat_p999_ms"),
+                                  ("lat_rps", "lat_rps"), ("fsyncs_s", "fsyncs_s"),
+                                  ("req_per_commit", "req_per_commit")):
+                    f[f"{name}_{kind}"] = spread([r.get(src) for r in lk])
+                f[f"lat_non2xx_{kind}"] = sum((r.get("lat_non2xx") or 0) for r in lk)
+                f[f"lat_errors_{kind}"] = sum((r.get("lat_errors") or 0) for r in lk)
             out[key][sysname] = f
     return out
 
@@ -726,7 +838,7 @@ def target_lines(summ):
     lines.append(("front end per core: corepost CPU per request <= 1.5x nginx", fmt_ratio(r),
                   verdict(None if r is None else r <= 1.5)))
     peaks = [f["rss_max_mib"] for (sc, mo), systems in summ.items() for s, f in systems.items()
-             if s == "corepost" and f.get("rss_max_mib") is not None]
+             if s in ("corepost", "queued", "durable") and f.get("rss_max_mib") is not None]
     pk = max(peaks) if peaks else None
     lines.append(("peak RSS under overload (all saturating runs) <= 256 MiB for corepost",
                   fmt(pk, " MiB"), verdict(None if pk is None else pk <= 256)))
@@ -753,6 +865,27 @@ def target_lines(summ):
             lines.append((f"(c) {label}: corepost payloads in the bucket = payloads accepted (every run)", measured,
                           verdict(False) if n_bad else verdict(True) if n_match == len(v)
                           else "**not verifiable** (drain timed out)"))
+    for mode in ("percore", "machine"):
+        d = summ.get(("d", mode))
+        if not d:
+            continue
+        q, du = d.get("queued"), d.get("durable")
+        label = "per core" if mode == "percore" else "whole machine"
+        r = ratio(med_of(du, "req_s") if du else None, med_of(q, "req_s") if q else None)
+        lines.append((f"(d) {label}: durable req/s >= 0.5x queued req/s, same run", fmt_ratio(r),
+                      verdict(None if r is None else r >= 0.5)))
+        kind = "halfq" if du and du.get("p99_halfq") else "given"
+        p99 = med_of(du, f"p99_{kind}") if du else None
+        rate = du.get(f"lat_rate_{kind}") if du else None
+        bad = du and (du.get(f"lat_non2xx_{kind}") or du.get(f"lat_errors_{kind}"))
+        achieved = med_of(du, f"lat_rps_{kind}") if du else None
+        short = achieved is not None and rate and achieved < 0.95 * rate
+        where = "half of queued's median rate" if kind == "halfq" else "the given rate"
+        measured = "n/a" if p99 is None else f"{fmt(p99, ' ms', 2)} at {fmt(rate, digits=0)} req/s"
+        if short:
+            measured += f" (only {fmt(achieved, digits=0)} req/s achieved)"
+        ok = None if p99 is None else (p99 < 10 and not bad and not short)
+        lines.append((f"(d) {label}: durable p99 < 10 ms at {where}", measured, verdict(ok)))
     return lines
 
 
@@ -855,6 +988,90 @@ def report_c(g, mode, meta):
     return L
 
 
+def report_d(g, mode, meta):
+    """The section of one mode of scenario (d): corepost ack=durable vs ack=queued."""
+    L = [f"## {SCENARIO_LABEL['d']} — {MODE_LABEL[mode]}\n"]
+    nproc = meta["machine"]["nproc"]
+    d = meta.get("d") or {}
+    if mode == "percore":
+        L.append("Load generator on CPU 0 (`taskset -c 0`), server on CPU 1 (`taskset -c 1`): corepost "
+                 "`--cores 1 --sink discard`, once per ack mode, alternating within each round.\n")
+    else:
+        L.append(f"**Whole machine:** nothing pinned; corepost `--cores {nproc} --sink discard` (one spool per "
+                 "shard in durable mode); the load generator runs on the same cores as the server.\n")
+    L.append("Both modes store nothing (`--sink discard`): queued is the front end alone, durable adds the "
+             "spool (every request appended to the shard's O_DIRECT segment, answered after the group "
+             "commit's fdatasync). Each durable run gets a fresh spool directory, deleted after the run.\n")
+    systems = systems_in(g)
+    q, du = g.get("queued"), g.get("durable")
+    both = q is not None and du is not None
+    hdr = ["figure"] + [SYSTEM_LABEL[s] for s in systems] + (["durable / queued"] if both else [])
+
+    def row(label, name, unit="", digits=None):
+        cells = [label] + [fmt_spread(g[s].get(name), unit, digits) for s in systems]
+        if both:
+            cells.append(fmt_ratio(ratio(med_of(du, name), med_of(q, name))))
+        return cells
+
+    rows = [
+        row("**requests/s accepted (2xx)**, saturating", "req_s"),
+        row("payloads/s accepted", "payloads_s"),
+        row("**fdatasyncs per second**, saturating (corepost_spool_fsyncs_total)", "fsyncs_s"),
+        row("spool commits per second, saturating", "commits_s"),
+        row("**requests per commit**, saturating (spool records ÷ commits)", "req_per_commit", digits=1),
+        row("**CPU-s per million payloads**", "cpu_per_mpayload", digits=2),
+        row("CPU-s per million requests", "cpu_per_mreq", digits=2),
+        row("**peak RSS (VmHWM), MiB**, saturating run", "rss_mib"),
+        row("wrk p99 under saturation (closed loop), ms", "wrk_p99_ms", digits=2),
+        row("non-2xx responses per run", "non2xx", digits=0),
+        row("socket errors per run", "sock_errors", digits=0),
+    ]
+    kinds = [k for k in D_RATE_KINDS if any(g[s].get(f"lat_rate_{k}") for s in systems)]
+    for k in kinds:
+        rate = next((g[s][f"lat_rate_{k}"] for s in systems if g[s].get(f"lat_rate_{k}")), None)
+        at = f"at {D_RATE_SHORT[k]} ({fmt(rate, digits=0)} req/s)"
+        rows += [
+            row(f"latency p50 {at}, ms", f"p50_{k}", digits=2),
+            row(f"**latency p99** {at}, ms", f"p99_{k}", digits=2),
+            row(f"latency p99.9 {at}, ms", f"p999_{k}", digits=2),
+            row(f"achieved rate {at}", f"lat_rps_{k}"),
+            row(f"fdatasyncs per second {at}", f"fsyncs_s_{k}"),
+            row(f"requests per commit {at}", f"req_per_commit_{k}", digits=1),
+        ]
+    L.append(table(hdr, rows))
+    L.append("")
+    if kinds:
+        L.append("Fixed rates: " + "; ".join(f"{D_RATE_SHORT[k]} = {D_RATE_LABEL[k]}" for k in kinds)
+                 + ". Both modes run at each rate.\n")
+    notes = []
+    fs = d.get("fsync") or {}
+    if fs:
+        notes.append(f"Raw disk under the spool ({d.get('fstype') or '?'} on {d.get('source') or '?'}), once per run: "
+                     + fsync_text(fs) + ". A durable request waits for up to commit_wait_us, then for one such "
+                     "write + fdatasync (longer for a larger commit), so the disk's fdatasync latency is the floor "
+                     "of durable latency, and the disk's tail shows in durable's p99.")
+    for s in systems:
+        f = g[s]
+        for k in kinds:
+            rate = f.get(f"lat_rate_{k}")
+            if f.get(f"lat_non2xx_{k}") or f.get(f"lat_errors_{k}"):
+                notes.append(f"{SYSTEM_LABEL[s]} at {fmt(rate, digits=0)} req/s: {f[f'lat_non2xx_{k}']} non-2xx and "
+                             f"{f[f'lat_errors_{k}']} errors in the fixed-rate runs (the rate was not fully sustained).")
+            lr = f.get(f"lat_rps_{k}")
+            if lr and rate and lr[0] < 0.95 * rate:
+                notes.append(f"{SYSTEM_LABEL[s]}: achieved only {fmt(lr[0])} of {fmt(rate)} req/s in the latency runs "
+                             f"({k}).")
+        if f.get("metrics_accepted"):
+            notes.append(f"{SYSTEM_LABEL[s]}: corepost_payloads_accepted_total {fmt_spread(f['metrics_accepted'])} per "
+                         f"run incl. the probe POST (wrk-derived: {fmt_spread(f['accepted_payloads'])}).")
+    if q is not None and not q.get("fsyncs_s"):
+        notes.append("queued mode has no spool: no fdatasync at all (its /metrics have no corepost_spool_* series).")
+    notes.append("Not in (d): nginx and the Go baseline have no durable mode. The Go design's `200` means "
+                 "\"in memory\" only (like ack=queued, without a bound on the queue): a crash loses it.")
+    L.append("\n".join(f"- {n}" for n in notes) + "\n")
+    return L
+
+
 def report(rundir, out_md, out_svg):
     rundir = Path(rundir)
     meta = json.loads((rundir / "meta.json").read_text())
@@ -868,13 +1085,26 @@ def report(rundir, out_md, out_svg):
     L.append(f"Command: `{meta['command']}`  ")
     L.append(f"Started {meta['started']}, finished {meta['finished']}.  ")
     L.append(f"Rounds: {meta['rounds']} × {meta['duration']} s per system, systems alternated within each round "
-             f"({', '.join(meta['systems'])}); figures are the median across rounds, with (min–max).  ")
+             f"({', '.join(meta['systems'])}"
+             + ("; in (d) corepost ack=queued, then ack=durable" if any(sc == "d" for sc, _ in summ) else "")
+             + "); figures are the median across rounds, with (min–max).  ")
     L.append(f"Load: `wrk -t{meta.get('wrk_threads', 1)} -c{meta['conns']} -d{meta['duration']}s -s benches/workload/post.lua` with "
              f"`{meta['body']}` ({meta['payloads_per_body']} payloads, {meta['body_bytes']} bytes per request).  ")
     if any(sc in ("a", "b") for sc, _ in summ):
         L.append(f"Fixed-rate latency: {meta['lat_tool']}, {meta['conns']} connections, at "
                  f"{int(meta['rate_frac']*100)}% of the lowest median sustained rate of the systems in that run "
                  "unless a rate was given on the command line.  ")
+    if any(sc == "d" for sc, _ in summ):
+        d = meta.get("d") or {}
+        cw = d.get("commit_wait_us") or "?"
+        cw_src = "--commit-wait-us" if d.get("commit_wait_given") else "corepost's built-in default"
+        rates = (f"{d['rate_given']} req/s (given)" if d.get("rate_given") else
+                 "half of queued's median sustained rate (the target's load) and half of durable's own, "
+                 "both modes at both rates")
+        L.append(f"(d) corepost `--sink discard`, ack=queued vs ack=durable; spool.commit_wait_us={cw} ({cw_src}); "
+                 f"spool dirs under `{d.get('spool_base', '?')}` ({d.get('fstype') or '?'}); fixed-rate latency "
+                 f"({meta['lat_tool']}, {meta['conns']} connections) at {rates}.  ")
+        L.append(f"(d) raw disk fdatasync latency: {fsync_text(d.get('fsync'))}.  ")
     if meta.get("c"):
         c = meta["c"]
         L.append(f"(c) corepost batching: batch.max_payloads={c['batch_payloads']}, batch.max_bytes={c['batch_bytes']}, "
@@ -904,15 +1134,21 @@ def report(rundir, out_md, out_svg):
     L.append("\nThe first three compare the per-core runs of scenario (a). The RSS target takes the highest VmHWM "
              "of corepost in any saturating (wrk) run."
              + (" The (c) targets compare the medians of corepost and Go in the same run and mode."
-                if any(sc == "c" for sc, _ in summ) else "") + "\n")
+                if any(sc == "c" for sc, _ in summ) else "")
+             + (" The (d) targets compare corepost's ack=durable with its ack=queued in the same run and mode "
+                "(medians); the p99 target is met only if durable also sustained the rate (>= 95%, all 2xx)."
+                if any(sc == "d" for sc, _ in summ) else "") + "\n")
 
-    for scenario in ("a", "b", "c"):
+    for scenario in ("a", "b", "c", "d"):
         for mode in ("percore", "machine"):
             g = summ.get((scenario, mode))
             if not g:
                 continue
             if scenario == "c":
                 L += report_c(g, mode, meta)
+                continue
+            if scenario == "d":
+                L += report_d(g, mode, meta)
                 continue
             L.append(f"## {SCENARIO_LABEL[scenario]} — {MODE_LABEL[mode]}\n")
             nproc = meta['machine']['nproc']
@@ -1063,12 +1299,30 @@ def report(rundir, out_md, out_svg):
             "written for --drain-stable s while payloads were still missing. In those cases the PUT and Garage "
             "write counters, read after the count, also include uploads made during it.\n"
         )
+    if any(sc == "d" for sc, _ in summ):
+        L.append(
+            "- **(d) requests/s, CPU, RSS**: as in (a), per ack mode; both with `--sink discard`, so the durable "
+            "figures are front end + spool, and the queued ones front end alone.\n"
+            "- **(d) fdatasyncs per second, commits per second**: the delta of corepost_spool_fsyncs_total and "
+            "corepost_spool_commits_total (summed over shards) between a /metrics scrape just before the load and "
+            "one just after it, ÷ the time between the start and the end of the load. fsyncs include the few of "
+            "segment creation (the segment header, spool.meta and the directory), commits only the group commits.\n"
+            "- **(d) requests per commit**: the delta of corepost_spool_records_total ÷ the delta of "
+            "corepost_spool_commits_total over the same window: how many requests one write + fdatasync made "
+            "durable.\n"
+            "- **(d) latency**: fixed-rate runs (oha, corrected for coordinated omission) of both modes at half of "
+            "queued's median sustained rate (the target's load) and at half of durable's own, alternating modes "
+            "within each round.\n"
+            "- **(d) raw disk fdatasync latency**: once per run, `lib.py fsync-latency`: a file preallocated in a "
+            "fresh directory on the spool's filesystem, then N × (one 4 KiB O_DIRECT pwrite + os.fdatasync), each "
+            "timed; the spool's commit in miniature.\n"
+        )
     Path(out_md).write_text("\n".join(L))
     write_svg(summ, meta, out_svg)
 
 
 # ---------------------------------------------------------------- chart
-COLORS = {"corepost": "#d95f02", "go": "#1b9e77", "nginx": "#7570b3"}
+COLORS = {"corepost": "#d95f02", "go": "#1b9e77", "nginx": "#7570b3", "queued": "#e6ab02", "durable": "#a6761d"}
 
 
 def esc(s):
@@ -1076,8 +1330,15 @@ def esc(s):
 
 
 def write_svg(summ, meta, path):
-    panels = [(sc, mo) for sc in ("a", "b", "c") for mo in ("percore", "machine") if (sc, mo) in summ]
+    panels = [(sc, mo) for sc in ("a", "b", "c", "d") for mo in ("percore", "machine") if (sc, mo) in summ]
     def metrics_for(scenario):
+        if scenario == "d":
+            m = [("req_s", "requests/s accepted (2xx)")]
+            kinds = [k for k in D_RATE_KINDS
+                     if any(f.get(f"lat_rate_{k}") for (sc, _), g in summ.items() if sc == "d" for f in g.values())]
+            m += [(f"p99_{k}", f"p99 at {D_RATE_SHORT[k]}, ms") for k in kinds]
+            m.append(("fsyncs_s", "fdatasyncs /s (saturating)"))
+            return m
         if scenario == "c":
             return [("stored_s", "payloads stored /s (incl. drain)"),
                     ("puts_per_mpayload", "PUT requests per M payloads"),
@@ -1102,15 +1363,17 @@ def write_svg(summ, meta, path):
     o.append(f'<text x="{W/2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{esc(title)}</text>')
     o.append(f'<text x="{W/2}" y="40" text-anchor="middle" fill="#555">median of {meta["rounds"]} rounds, '
              f'whiskers = min/max; body {esc(meta["body"])}, {meta["conns"]} connections; '
-             f'(a) front end only, (b) one S3 object per payload'
-             + (', (c) corepost batched objects' if any(sc == "c" for sc, _ in panels) else '') + '</text>')
+             + ', '.join(short for sc, short in (("a", "(a) front end only"), ("b", "(b) one S3 object per payload"),
+                                                 ("c", "(c) corepost batched objects"),
+                                                 ("d", "(d) corepost ack durable vs queued, sink discard"))
+                         if any(p == sc for p, _ in panels)) + '</text>')
     # legend
     lx = margin_l
     for s in shown:
         if True:
             o.append(f'<rect x="{lx}" y="50" width="10" height="10" fill="{COLORS[s]}"/>')
             o.append(f'<text x="{lx+14}" y="59">{esc(SYSTEM_LABEL[s])}</text>')
-            lx += 110
+            lx += max(110, 7 * len(SYSTEM_LABEL[s]) + 24)
     if not panels:
         o.append(f'<text x="{W/2}" y="{margin_t+40}" text-anchor="middle">no data</text>')
     for pi, key in enumerate(panels):
@@ -1126,11 +1389,16 @@ def write_svg(summ, meta, path):
             present = [v for v in vals.values() if v]
             vmax = max([v[2] for v in present], default=0) or 1
             vmin = min([v[1] for v in present if v[1] > 0], default=vmax)
-            log_scale = mname in ("p99", "puts_per_mpayload", "stored_s", "bytes_per_payload") \
+            is_p99 = mname == "p99" or mname.startswith("p99_")
+            # (d) the p99 target (< 10 ms at half of queued's rate) drawn as a line
+            target = 10.0 if key[0] == "d" and mname in ("p99_halfq", "p99_given") else None
+            if target:
+                vmax = max(vmax, target)
+            log_scale = (is_p99 or mname in ("puts_per_mpayload", "stored_s", "bytes_per_payload")) \
                 and vmax / max(vmin, 1e-9) > 20
             if log_scale:
                 # (c) bars start a decade below the smallest (else a value near a power of ten has no bar)
-                lo_e = math.floor(math.log10(vmin if mname == "p99" else vmin / 3))
+                lo_e = math.floor(math.log10(vmin if is_p99 else vmin / 3))
                 hi_e = math.ceil(math.log10(vmax * 1.3))
                 bottom = 10 ** lo_e
 
@@ -1180,8 +1448,14 @@ def write_svg(summ, meta, path):
                     o.append(f'<text x="{cx}" y="{y0+ph-bh-4 if hi == m else yhi-4}" text-anchor="middle">'
                              f'{esc(fmt(m))}</text>')
                 o.append(f'<text x="{cx}" y="{y0+ph+14}" text-anchor="middle">{esc(SYSTEM_LABEL[s])}</text>')
-            if mname == "p99":
-                rate = next((g[s]["lat_rate"] for s in systems if g[s].get("lat_rate")), None)
+            if target:
+                ty = ypos(target)
+                o.append(f'<line x1="{x0}" y1="{ty}" x2="{x0+pw}" y2="{ty}" stroke="#c00" stroke-dasharray="5,3"/>')
+                o.append(f'<text x="{x0+4}" y="{ty-3}" text-anchor="start" fill="#c00" font-size="10">'
+                         f'target &lt; {fmt(target, digits=0)} ms</text>')
+            if is_p99:
+                rk = "lat_rate" if mname == "p99" else "lat_rate_" + mname[4:]
+                rate = next((g[s][rk] for s in systems if g[s].get(rk)), None)
                 o.append(f'<text x="{x0 + pw/2}" y="{y0+ph+30}" text-anchor="middle" fill="#555">'
                          f'open loop at {esc(fmt(rate, digits=0))} req/s</text>')
     o.append("</svg>")
@@ -1243,6 +1517,13 @@ def main(argv):
         for name in argv[3:]:
             v = sums.get(name)
             print("" if v is None else f"{v:.0f}")
+    elif cmd == "rate-d":
+        r = compute_rate_d(load_records(argv[2]), argv[3])
+        print("" if r is None else f"{r[0]} {r[1]}")
+    elif cmd == "fsync-latency":
+        print(json.dumps(fsync_latency(argv[2], int(argv[3]))))
+    elif cmd == "fsync-summary":
+        print("raw disk: " + fsync_text(json.loads(Path(argv[2]).read_text())))
     elif cmd == "summary-line":
         # one-line human summary of the last record in RECORDS
         recs = load_records(argv[2])
@@ -1268,6 +1549,9 @@ def main(argv):
                              f"bytes/payload={r['bytes_per_payload']:.1f}")
             if r.get("verify"):
                 parts.append(f"verify={r['verify']}: {r['verify_text']}")
+        if r.get("fsyncs_s") is not None:
+            parts.append(f"fsyncs/s={r['fsyncs_s']:,.0f} commits/s={r['commits_s']:,.0f} "
+                         f"req/commit={r.get('req_per_commit') or 0:.1f}")
         if r.get("lat_p99_ms") is not None:
             parts.append(f"rate={r.get('rate')} achieved={r.get('lat_rps') or 0:,.0f} req/s "
                          f"p50={r['lat_p50_ms']:.2f}ms p99={r['lat_p99_ms']:.2f}ms "

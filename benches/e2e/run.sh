@@ -3,7 +3,7 @@
 # systems alternated within each round, one run. Writes benches/results/<date>-<scenario>.md and
 # an SVG chart beside it. See benches/e2e/README.md.
 #
-# usage: benches/e2e/run.sh [--scenario a|b|c|all] [--rounds N] [--duration S] [--smoke] [more: --help]
+# usage: benches/e2e/run.sh [--scenario a|b|c|d|all] [--rounds N] [--duration S] [--smoke] [more: --help]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -51,12 +51,18 @@ BATCH_AGE_MS=1000        # an object is closed this long after its first payload
 COMPRESSION=zstd         # none | gzip | zstd
 C_QUEUE=100000           # corepost queue.max_payloads in (c) (raised to BATCH_PAYLOADS if lower)
 VERIFY_THREADS=8         # parallel downloads when counting the payloads in the bucket (c)
+# (d) corepost ack = "durable" vs "queued", both --sink discard
+COMMIT_WAIT_US=""        # spool.commit_wait_us; empty = corepost's built-in default (250)
+SPOOL_BASE=""            # where each durable run gets a fresh spool dir; empty = $ROOT/target
+RATE_D=""                # fixed rate of the (d) latency runs; empty = half of each mode's median rate
+FSYNC_PROBES=200         # (d) raw disk check: this many 4 KiB O_DIRECT writes + fdatasync
 
 usage() {
     cat <<EOF
 usage: benches/e2e/run.sh [options]
-  --scenario a|b|c|all a = front end only, b = one S3 object per payload (Garage),
-                       c = corepost batching NDJSON objects vs Go one object per payload [all]
+  --scenario a|b|c|d|all a = front end only, b = one S3 object per payload (Garage),
+                       c = corepost batching NDJSON objects vs Go one object per payload,
+                       d = corepost ack "durable" (fsynced spool) vs "queued", sink discard [all]
   --rounds N           rounds; each round runs every system once, alternating      [3]
   --duration S         seconds of load per run                                      [10]
   --smoke              harness check: 1 round, 3 s, short drain/kill waits
@@ -66,8 +72,8 @@ usage: benches/e2e/run.sh [options]
   --body FILE          body in benches/workload/                                    [body10.json]
   --connections N      connections for wrk and the fixed-rate runs                  [64]
   --wrk-threads N      wrk threads                                                  [1]
-  --rate R             fixed rate (req/s) for the latency runs of both scenarios
-  --rate-a R, --rate-b R   the same for one scenario only
+  --rate R             fixed rate (req/s) for the latency runs of every scenario
+  --rate-a R, --rate-b R, --rate-d R   the same for one scenario only
   --rate-fraction F    derived fixed rate = F x lowest median sustained rate         [0.8]
   --drain-timeout S    (b, c) max wait for stored objects to stop growing           [120]
   --drain-stable S     (b, c) count unchanged this long = drain finished            [10]
@@ -78,6 +84,10 @@ usage: benches/e2e/run.sh [options]
   --batch-age-ms N     (c) corepost batch.max_age_ms                                  [1000]
   --compression C      (c) corepost batch.compression: none, gzip or zstd             [zstd]
   --verify-threads N   (c) parallel downloads when counting payloads in the bucket    [8]
+  --commit-wait-us N   (d) spool.commit_wait_us, group commit wait         [corepost default, 250]
+  --spool-base DIR     (d) a fresh spool dir per durable run is made (and deleted) under DIR;
+                       must be a real disk, not tmpfs                          [\$ROOT/target]
+  --fsync-probes N     (d) 4 KiB O_DIRECT write + fdatasync samples of the raw disk     [200]
   --max-workers N      MAX_WORKERS for corepost and Go                              [server default]
   --max-queue N        MAX_QUEUE for corepost and Go                                [server default]
   --mem-guard-mib N    kill a server whose RSS passes N MiB (shared machine)        [6144]
@@ -105,9 +115,10 @@ while [[ $# -gt 0 ]]; do
         --body) BODY_NAME="$2"; shift 2 ;;
         --connections) CONNS="$2"; shift 2 ;;
         --wrk-threads) WRK_THREADS="$2"; shift 2 ;;
-        --rate) RATE_A="$2"; RATE_B="$2"; shift 2 ;;
+        --rate) RATE_A="$2"; RATE_B="$2"; RATE_D="$2"; shift 2 ;;
         --rate-a) RATE_A="$2"; shift 2 ;;
         --rate-b) RATE_B="$2"; shift 2 ;;
+        --rate-d) RATE_D="$2"; shift 2 ;;
         --rate-fraction) RATE_FRAC="$2"; shift 2 ;;
         --drain-timeout) DRAIN_TIMEOUT="$2"; shift 2 ;;
         --drain-stable) DRAIN_STABLE="$2"; shift 2 ;;
@@ -121,6 +132,9 @@ while [[ $# -gt 0 ]]; do
         --batch-age-ms) BATCH_AGE_MS="$2"; shift 2 ;;
         --compression) COMPRESSION="$2"; shift 2 ;;
         --verify-threads) VERIFY_THREADS="$2"; shift 2 ;;
+        --commit-wait-us) COMMIT_WAIT_US="$2"; shift 2 ;;
+        --spool-base) SPOOL_BASE="$2"; shift 2 ;;
+        --fsync-probes) FSYNC_PROBES="$2"; shift 2 ;;
         --no-build) NO_BUILD=1; shift ;;
         --no-install) NO_INSTALL=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -128,16 +142,21 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-case "$SCENARIO" in a) SCENARIOS=(a) ;; b) SCENARIOS=(b) ;; c) SCENARIOS=(c) ;; all) SCENARIOS=(a b c) ;;
-    *) echo "--scenario must be a, b, c or all" >&2; exit 2 ;; esac
+case "$SCENARIO" in a) SCENARIOS=(a) ;; b) SCENARIOS=(b) ;; c) SCENARIOS=(c) ;; d) SCENARIOS=(d) ;;
+    all) SCENARIOS=(a b c d) ;;
+    *) echo "--scenario must be a, b, c, d or all" >&2; exit 2 ;; esac
 IFS=, read -r -a MODE_LIST <<<"$MODES"
 IFS=, read -r -a SYSTEM_LIST <<<"$SYSTEMS"
 for m in "${MODE_LIST[@]}"; do [[ $m == percore || $m == machine ]] || { echo "bad mode $m" >&2; exit 2; }; done
 for s in "${SYSTEM_LIST[@]}"; do [[ $s == corepost || $s == go || $s == nginx ]] || { echo "bad system $s" >&2; exit 2; }; done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "--rounds must be a positive integer" >&2; exit 2; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "--duration must be a positive integer (seconds)" >&2; exit 2; }
-for v in BATCH_PAYLOADS BATCH_BYTES BATCH_AGE_MS VERIFY_THREADS; do
+for v in BATCH_PAYLOADS BATCH_BYTES BATCH_AGE_MS VERIFY_THREADS FSYNC_PROBES; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "--$(tr 'A-Z_' 'a-z-' <<<"$v") must be a positive integer" >&2; exit 2; }
+done
+[[ -z $COMMIT_WAIT_US || $COMMIT_WAIT_US =~ ^[0-9]+$ ]] || { echo "--commit-wait-us must be a non-negative integer (µs)" >&2; exit 2; }
+for v in RATE_A RATE_B RATE_D; do
+    [[ -z ${!v} || ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "--rate* must be a positive integer (req/s)" >&2; exit 2; }
 done
 [[ $COMPRESSION == none || $COMPRESSION == gzip || $COMPRESSION == zstd ]] || { echo "--compression must be none, gzip or zstd" >&2; exit 2; }
 ((C_QUEUE >= BATCH_PAYLOADS)) || C_QUEUE=$BATCH_PAYLOADS
@@ -172,6 +191,7 @@ RECORDS="$RUN_DIR/records.jsonl"
 
 STARTED_PIDS=()     # every server / watchdog we started
 GARAGE_DIRS=()      # every Garage we started
+SPOOL_DIRS=()       # (d) spool dirs made by this run (each removed after its run, all on exit)
 GARAGE_DIR=""
 
 alive() {  # alive PID: exists and is not a zombie
@@ -206,6 +226,7 @@ cleanup() {
     for p in "${STARTED_PIDS[@]}"; do
         if alive "$p"; then kill_tree "$p" 3; fi
     done
+    for d in "${SPOOL_DIRS[@]}"; do remove_spool_dir "$d"; done
     for d in "${GARAGE_DIRS[@]}"; do
         [[ -f $d/garage.log ]] && cp "$d/garage.log" "$RUN_DIR/logs/garage-server-$(basename "$d").log" 2>/dev/null
         "$GARAGE_SH" stop "$d" >>"$RUN_DIR/logs/garage.log" 2>&1 || true
@@ -215,6 +236,10 @@ cleanup() {
         log "FAILED (exit $rc); logs kept in $RUN_DIR/logs"
     fi
     exit "$rc"
+}
+remove_spool_dir() {  # only what this run made (mktemp names under the spool base)
+    [[ -n $1 && $(basename "$1") == corepost-e2e-* && -d $1 ]] && rm -rf -- "$1"
+    return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -229,6 +254,22 @@ in_list() {  # in_list ITEM LIST...
 now() { echo "$EPOCHREALTIME"; }
 fsub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 fge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }'; }
+
+# (d) the spool base, checked before anything is built: a real disk, not tmpfs.
+D_SPOOL_FSTYPE=""; D_SPOOL_SOURCE=""
+[[ -n $SPOOL_BASE ]] || SPOOL_BASE="$ROOT/target"
+if [[ " ${SCENARIOS[*]} " == *" d "* ]]; then
+    # O_DIRECT + fdatasync on tmpfs would measure memory, not a disk: refuse it.
+    mkdir -p "$SPOOL_BASE" || die "--spool-base $SPOOL_BASE: cannot create it"
+    SPOOL_BASE="$(cd "$SPOOL_BASE" && pwd)"
+    D_SPOOL_FSTYPE="$(df --output=fstype "$SPOOL_BASE" 2>/dev/null | tail -1 | tr -d ' ')"
+    D_SPOOL_SOURCE="$(df --output=source "$SPOOL_BASE" 2>/dev/null | tail -1 | tr -d ' ')"
+    [[ -n $D_SPOOL_FSTYPE ]] || die "cannot tell the filesystem type of $SPOOL_BASE (df --output=fstype)"
+    case "$D_SPOOL_FSTYPE" in
+        tmpfs|ramfs|devtmpfs)
+            die "scenario d: the spool base $SPOOL_BASE is on $D_SPOOL_FSTYPE, not a disk: the durable spool uses O_DIRECT + fdatasync, which would measure memory; pick a dir on a real disk with --spool-base (e.g. /var/tmp)" ;;
+    esac
+fi
 
 # ------------------------------------------------------------------ tools
 NPROC="$(nproc)"
@@ -286,7 +327,10 @@ GO_BIN="$ROOT/benches/go-baseline/go-baseline"
 SKIPPED=()
 AVAILABLE=()
 
-want() { in_list "$1" "${SYSTEM_LIST[@]}"; }
+# Go and nginx only take part in (a), (b), (c): a (d)-only run neither builds nor needs them.
+HAS_ABC=0
+for sc in "${SCENARIOS[@]}"; do [[ $sc == d ]] || HAS_ABC=1; done
+want() { in_list "$1" "${SYSTEM_LIST[@]}" && [[ $1 == corepost || $HAS_ABC == 1 ]]; }
 
 missing() {  # missing SYSTEM REASON
     if [[ $SKIP_MISSING == 1 ]]; then
@@ -345,8 +389,58 @@ compression = "$COMPRESSION"
 max_payloads = $C_QUEUE
 EOF
 
+# (d): corepost's two ack modes, both `--sink discard`, each from a config file of its own run
+# (durable: a fresh spool directory per run, on a real disk, deleted after the run).
+HAS_D=0; [[ " ${SCENARIOS[*]} " == *" d "* ]] && HAS_D=1
+D_QUEUED_CONFIG="$RUN_DIR/corepost-d-queued.toml"
+D_DURABLE_TEMPLATE="$RUN_DIR/corepost-d-durable.toml"
+D_COMMIT_WAIT_EFFECTIVE=""; D_FSYNC_JSON=""
+cat >"$D_QUEUED_CONFIG" <<EOF
+# scenario (d), queued mode, written by benches/e2e/run.sh (run with --sink discard)
+[server]
+ack = "queued"
+EOF
+# write_durable_config OUT SPOOL_DIR
+write_durable_config() {
+    {
+        echo "# scenario (d), durable mode, written by benches/e2e/run.sh (run with --sink discard)"
+        echo "[server]"
+        echo 'ack = "durable"'
+        echo "[spool]"
+        echo "dir = \"$2\""
+        if [[ -n $COMMIT_WAIT_US ]]; then echo "commit_wait_us = $COMMIT_WAIT_US"; fi
+    } >"$1"
+}
+write_durable_config "$D_DURABLE_TEMPLATE" "<a fresh directory per run under $SPOOL_BASE>"
+
+if [[ $HAS_D == 1 ]] && want corepost && in_list corepost "${AVAILABLE[@]}"; then
+    write_durable_config "$D_DURABLE_TEMPLATE.check" "$SPOOL_BASE/check"
+    if ! D_CHECK="$("$COREPOST_BIN" check-config --config "$D_DURABLE_TEMPLATE.check" --sink discard 2>&1)"; then
+        echo "$D_CHECK" >&2
+        die "corepost check-config refused the (d) durable configuration"
+    fi
+    D_COMMIT_WAIT_EFFECTIVE="$(awk -F' *= *' '/^\[/ { sec = $0 } sec == "[spool]" && $1 == "commit_wait_us" { print $2 }' <<<"$D_CHECK")"
+    [[ -n $D_COMMIT_WAIT_EFFECTIVE ]] || D_COMMIT_WAIT_EFFECTIVE="${COMMIT_WAIT_US:-?}"
+    rm -f "$D_DURABLE_TEMPLATE.check"
+    # The raw disk once per run: what one 4 KiB O_DIRECT write + fdatasync costs on the spool's
+    # filesystem bounds the durable latency (a commit is one such write + fdatasync).
+    fsync_dir="$(mktemp -d "$SPOOL_BASE/corepost-e2e-fsync.XXXXXX")"
+    SPOOL_DIRS+=("$fsync_dir")
+    D_FSYNC_JSON="$RUN_DIR/out/fsync-latency.json"
+    log "(d) spool base $SPOOL_BASE on $D_SPOOL_FSTYPE ($D_SPOOL_SOURCE); measuring the raw disk: $FSYNC_PROBES x (4 KiB O_DIRECT write + fdatasync)"
+    python3 "$LIB" fsync-latency "$fsync_dir" "$FSYNC_PROBES" >"$D_FSYNC_JSON" 2>"$RUN_DIR/logs/fsync-latency.log" \
+        || { cat "$RUN_DIR/logs/fsync-latency.log" >&2; die "the fdatasync latency probe failed in $fsync_dir"; }
+    remove_spool_dir "$fsync_dir"
+    log "  $(python3 "$LIB" fsync-summary "$D_FSYNC_JSON")"
+fi
+
 systems_for() {  # systems_for SCENARIO: available systems that apply to it, in the fixed order
     local s
+    if [[ $1 == d ]]; then
+        # (d) compares corepost with itself; Go and nginx have no durable mode.
+        in_list corepost "${AVAILABLE[@]}" && printf '%s\n' queued durable
+        return 0
+    fi
     for s in corepost go nginx; do
         in_list "$s" "${AVAILABLE[@]}" || continue
         [[ $1 != a && $s == nginx ]] && continue  # (b), (c): nginx stores nothing
@@ -425,7 +519,7 @@ http {
 EOF
 }
 
-SRV_PID=""; SRV_PORT=""; SRV_LOG=""; SRV_URL=""; GUARD_PID=""; GUARD_FLAG=""
+SRV_PID=""; SRV_PORT=""; SRV_LOG=""; SRV_URL=""; GUARD_PID=""; GUARD_FLAG=""; SRV_SPOOL=""
 
 # start_server SYSTEM SCENARIO MODE S3_PREFIX LABEL -> SRV_PID SRV_PORT SRV_LOG SRV_URL
 start_server() {
@@ -438,7 +532,23 @@ start_server() {
     [[ -n $MAX_WORKERS ]] && envs+=("MAX_WORKERS=$MAX_WORKERS")
     [[ -n $MAX_QUEUE ]] && envs+=("MAX_QUEUE=$MAX_QUEUE")
     envs+=("S3_PREFIX=$prefix")
+    SRV_SPOOL=""
     case "$sys" in
+        queued|durable)
+            # (d) corepost with ack = queued / durable, no store: front end (+ spool) only.
+            cores=1; [[ $mode == machine ]] && cores=$NPROC
+            local cfg=$D_QUEUED_CONFIG
+            if [[ $sys == durable ]]; then
+                SRV_SPOOL="$(mktemp -d "$SPOOL_BASE/corepost-e2e-spool.XXXXXX")"
+                SPOOL_DIRS+=("$SRV_SPOOL")
+                cfg="$RUN_DIR/cfg/$label.toml"
+                mkdir -p "$RUN_DIR/cfg"
+                write_durable_config "$cfg" "$SRV_SPOOL"
+            fi
+            env "${envs[@]}" "${pin[@]}" "$COREPOST_BIN" serve --listen "127.0.0.1:$SRV_PORT" \
+                --cores "$cores" --sink discard --config "$cfg" --spill-dir "$RUN_DIR/spill/$label" >"$SRV_LOG" 2>&1 &
+            pattern="listening on 127.0.0.1:$SRV_PORT"
+            ;;
         corepost)
             cores=1; [[ $mode == machine ]] && cores=$NPROC
             local sink=discard extra=()
@@ -516,6 +626,10 @@ start_server() {
 
 stop_server() {
     kill_tree "$SRV_PID" "$STOP_GRACE"
+    if [[ -n $SRV_SPOOL ]]; then
+        remove_spool_dir "$SRV_SPOOL"
+        SRV_SPOOL=""
+    fi
     if [[ -n $GUARD_PID ]]; then
         kill "$GUARD_PID" 2>/dev/null || true
         wait "$GUARD_PID" 2>/dev/null || true
@@ -643,6 +757,26 @@ corepost_counts() {
              END { if (seen) printf "%d %d %d\n", a, u + f, u }'
 }
 
+# spool_counts URL -> "FSYNCS COMMITS RECORDS" from corepost's /metrics, summed over shards
+# (corepost_spool_fsyncs_total, _commits_total, _records_total); empty without a spool (queued).
+spool_counts() {
+    { curl -s --max-time 5 "$1/metrics" 2>/dev/null || true; } |
+        awk '/^corepost_spool_fsyncs_total[{ ]/ { f += $NF; seen = 1 }
+             /^corepost_spool_commits_total[{ ]/ { c += $NF }
+             /^corepost_spool_records_total[{ ]/ { r += $NF }
+             END { if (seen) printf "%d %d %d\n", f, c, r }'
+}
+
+# spool_fields BEFORE AFTER T0 T1 -> record fields of the spool counters' deltas over [T0, T1]
+spool_fields() {
+    local f0 c0 r0 f1 c1 r1
+    read -r f0 c0 r0 <<<"$1"
+    read -r f1 c1 r1 <<<"$2"
+    [[ -n ${f0:-} && -n ${f1:-} ]] || return 0
+    echo "spool_fsyncs=$((f1 - f0))" "spool_commits=$((c1 - c0))" "spool_records=$((r1 - r0))" \
+        "spool_window_s=$(fsub "$4" "$3")"
+}
+
 # drain_c SYSTEM PREFIX EXPECTED T_LOAD_END OBJECTS0 -> DRAIN_S DRAIN_TIMED_OUT DRAIN_END
 #   (c) The time of the last object stored: Garage's count of objects written (PutObject +
 #   CompleteMultipartUpload; multipart uploads would escape a PutObject-only count), polled every
@@ -752,10 +886,18 @@ run_tput() {  # run_tput SYSTEM SCENARIO MODE ROUND
     local puts0=0
     [[ $sc == b && $GARAGE_PROGRESS == puts ]] && puts0="$(garage_puts)"
     start_server "$sys" "$sc" "$mode" "$prefix" "$label"
+    local sp0="" sp1="" t_start
+    [[ $sc == d ]] && sp0="$(spool_counts "$SRV_URL")"
     c0="$(cpu_ticks "$SRV_PID")"
+    t_start="$(now)"
     run_wrk "$RUN_DIR/out/$label.wrk" "$DURATION"
     t_end="$(now)"
     c1="$(cpu_ticks "$SRV_PID")"
+    if [[ $sc == d ]]; then
+        sp1="$(spool_counts "$SRV_URL")"
+        # shellcheck disable=SC2207
+        extra+=($(spool_fields "$sp0" "$sp1" "$t_start" "$t_end"))
+    fi
     if [[ $sc == b ]]; then
         local ok expected
         ok="$(python3 "$LIB" parse-wrk "$RUN_DIR/out/$label.wrk" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["requests"]-d["non2xx"])')"
@@ -765,7 +907,7 @@ run_tput() {  # run_tput SYSTEM SCENARIO MODE ROUND
             "drain_progress=$GARAGE_PROGRESS")
     fi
     c2="$(cpu_ticks "$SRV_PID")"
-    if [[ $sys == corepost ]]; then
+    if [[ $sys == corepost || $sc == d ]]; then
         curl -s --max-time 5 "$SRV_URL/metrics" >"$RUN_DIR/out/$label.metrics" 2>/dev/null || true
         extra+=("metrics=$RUN_DIR/out/$label.metrics")
     fi
@@ -851,13 +993,15 @@ run_kill() {  # run_kill SYSTEM SCENARIO MODE ROUND  (b only)
     log "  $(python3 "$LIB" summary-line "$RECORDS")"
 }
 
-run_lat() {  # run_lat SYSTEM SCENARIO MODE ROUND RATE
-    local sys=$1 sc=$2 mode=$3 r=$4 rate=$5 label prefix out hwm
-    label="$sc-$mode-$sys-lat-r$(printf %03d "$r")"
+run_lat() {  # run_lat SYSTEM SCENARIO MODE ROUND RATE [RATE_KIND]
+    local sys=$1 sc=$2 mode=$3 r=$4 rate=$5 kind=${6:-} label prefix out hwm extra=() sp0="" sp1="" t0 t1
+    label="$sc-$mode-$sys-lat${kind:+-$kind}-r$(printf %03d "$r")"
     prefix="e2e-$RUN_ID/$label"
     out="$RUN_DIR/out/$label.json"
-    log "[$sc/$mode latency round $r/$ROUNDS] $sys: fixed rate $rate req/s for ${DURATION}s"
+    log "[$sc/$mode latency round $r/$ROUNDS] $sys: fixed rate $rate req/s${kind:+ ($kind)} for ${DURATION}s"
     start_server "$sys" "$sc" "$mode" "$prefix" "$label"
+    [[ $sc == d ]] && sp0="$(spool_counts "$SRV_URL")"
+    t0="$(now)"
     if [[ -n $OHA_BIN ]]; then
         bg_wait "$out" "$RUN_DIR/out/$label.stderr" timeout $((DURATION + 60)) "${LG_PIN[@]}" "$OHA_BIN" -z "${DURATION}s" -q "$rate" -c "$CONNS" -m POST \
             -D "$BODY" -T application/json "${OHA_EXTRA[@]}" "${OHA_JSON[@]}" "$SRV_URL$URL_PATH" || { cat "$RUN_DIR/out/$label.stderr" >&2; die "oha failed"; }
@@ -865,11 +1009,18 @@ run_lat() {  # run_lat SYSTEM SCENARIO MODE ROUND RATE
         bg_wait "$out" "$RUN_DIR/out/$label.stderr" timeout $((DURATION + 60)) "${LG_PIN[@]}" python3 "$E2E/fixed_rate.py" "$SRV_URL$URL_PATH" "$BODY" \
             "$rate" "$DURATION" "$CONNS" || { cat "$RUN_DIR/out/$label.stderr" >&2; die "fixed_rate.py failed"; }
     fi
+    t1="$(now)"
+    if [[ $sc == d ]]; then
+        sp1="$(spool_counts "$SRV_URL")"
+        # shellcheck disable=SC2207
+        extra+=($(spool_fields "$sp0" "$sp1" "$t0" "$t1"))
+        [[ -n $kind ]] && extra+=("rate_kind=$kind")
+    fi
     hwm="$(vmhwm_kib "$SRV_PID")"
     stop_server
     # shellcheck disable=SC2046
     python3 "$LIB" record "$RECORDS" $(common_fields lat "$sys" "$sc" "$mode" "$r") \
-        "oha=$out" "rate=$rate" "vmhwm_kib=$hwm" >/dev/null
+        "oha=$out" "rate=$rate" "vmhwm_kib=$hwm" "${extra[@]}" >/dev/null
     log "  $(python3 "$LIB" summary-line "$RECORDS")"
 }
 
@@ -893,6 +1044,28 @@ for mode in "${MODE_LIST[@]}"; do
             done
             # (c) measures storage (stored/s, PUTs, bytes); no SIGKILL or fixed-rate rounds.
             stop_garage
+            continue
+        fi
+        if [[ $sc == d ]]; then
+            # (d) queued vs durable, alternating within each round; then fixed-rate rounds at half
+            # of queued's median sustained rate (the target's load) and at half of durable's own.
+            for ((r = 1; r <= ROUNDS; r++)); do
+                for s in "${SYS[@]}"; do run_tput "$s" "$sc" "$mode" "$r"; done
+            done
+            if [[ -n $RATE_D ]]; then
+                d_rates=("$RATE_D:given")
+                log "fixed rate for d/$mode: $RATE_D req/s (given)"
+            else
+                read -r rate_q rate_d <<<"$(python3 "$LIB" rate-d "$RECORDS" "$mode")"
+                [[ ${rate_q:-} =~ ^[0-9]+$ && ${rate_d:-} =~ ^[0-9]+$ ]] || die "no fixed rate could be derived for d/$mode"
+                log "fixed rates for d/$mode: $rate_q req/s (half of queued's median) and $rate_d req/s (half of durable's median)"
+                d_rates=("$rate_q:halfq" "$rate_d:halfd")
+            fi
+            for ((r = 1; r <= ROUNDS; r++)); do
+                for rk in "${d_rates[@]}"; do
+                    for s in "${SYS[@]}"; do run_lat "$s" "$sc" "$mode" "$r" "${rk%%:*}" "${rk##*:}"; done
+                done
+            done
             continue
         fi
         for ((r = 1; r <= ROUNDS; r++)); do
@@ -943,6 +1116,8 @@ LOADAVG="$(cut -d' ' -f1-3 /proc/loadavg)"
 KERNEL="$(uname -r)"
 HAS_C=0; [[ " ${SCENARIOS[*]} " == *" c "* ]] && HAS_C=1
 C_CONFIG_TEXT="$(cat "$C_CONFIG")"
+D_QUEUED_TEXT="$(cat "$D_QUEUED_CONFIG")"
+D_DURABLE_TEXT="$(cat "$D_DURABLE_TEMPLATE")"
 export E2E_COMMAND="$COMMAND_LINE" E2E_DATE="$DATE" E2E_STARTED="$STARTED" E2E_FINISHED="$FINISHED" \
     E2E_SCENARIO="$SCENARIO" E2E_SMOKE="$SMOKE" E2E_ROUNDS="$ROUNDS" E2E_DURATION="$DURATION" E2E_CONNS="$CONNS" E2E_WRK_THREADS="$WRK_THREADS" \
     E2E_BODY="$BODY_NAME" E2E_PPB="$PPB" E2E_BODY_BYTES="$BODY_BYTES" E2E_RATE_FRAC="$RATE_FRAC" \
@@ -952,7 +1127,10 @@ export E2E_COMMAND="$COMMAND_LINE" E2E_DATE="$DATE" E2E_STARTED="$STARTED" E2E_F
     E2E_MEM="$MEM" V_COREPOST V_WRK V_NGINX V_GO V_OHA V_GARAGE V_RUSTC \
     E2E_C="$HAS_C" E2E_C_CONFIG="$C_CONFIG_TEXT" \
     E2E_BATCH_PAYLOADS="$BATCH_PAYLOADS" E2E_BATCH_BYTES="$BATCH_BYTES" E2E_BATCH_AGE_MS="$BATCH_AGE_MS" \
-    E2E_COMPRESSION="$COMPRESSION"
+    E2E_COMPRESSION="$COMPRESSION" \
+    E2E_D="$HAS_D" E2E_D_QUEUED_CONFIG="$D_QUEUED_TEXT" E2E_D_DURABLE_CONFIG="$D_DURABLE_TEXT" \
+    E2E_D_COMMIT_WAIT="$D_COMMIT_WAIT_EFFECTIVE" E2E_D_COMMIT_WAIT_GIVEN="$COMMIT_WAIT_US" E2E_D_SPOOL_BASE="$SPOOL_BASE" \
+    E2E_D_FSTYPE="$D_SPOOL_FSTYPE" E2E_D_SOURCE="$D_SPOOL_SOURCE" E2E_D_FSYNC_JSON="$D_FSYNC_JSON" E2E_RATE_D="$RATE_D"
 python3 - "$RUN_DIR/meta.json" <<'EOF'
 import json, os, sys
 e = os.environ
@@ -974,6 +1152,14 @@ if e["E2E_C"] == "1":
     meta["c"] = {"config": e["E2E_C_CONFIG"], "batch_payloads": int(e["E2E_BATCH_PAYLOADS"]),
                  "batch_bytes": int(e["E2E_BATCH_BYTES"]), "batch_age_ms": int(e["E2E_BATCH_AGE_MS"]),
                  "compression": e["E2E_COMPRESSION"]}
+if e["E2E_D"] == "1":
+    fs = {}
+    if e["E2E_D_FSYNC_JSON"] and os.path.exists(e["E2E_D_FSYNC_JSON"]):
+        fs = json.load(open(e["E2E_D_FSYNC_JSON"]))
+    meta["d"] = {"queued_config": e["E2E_D_QUEUED_CONFIG"], "durable_config": e["E2E_D_DURABLE_CONFIG"],
+                 "commit_wait_us": e["E2E_D_COMMIT_WAIT"], "commit_wait_given": e["E2E_D_COMMIT_WAIT_GIVEN"],
+                 "spool_base": e["E2E_D_SPOOL_BASE"], "fstype": e["E2E_D_FSTYPE"], "source": e["E2E_D_SOURCE"],
+                 "fsync": fs, "rate_given": e["E2E_RATE_D"]}
 json.dump(meta, open(sys.argv[1], "w"), indent=1)
 EOF
 python3 "$LIB" report "$RUN_DIR" "$BASE.md" "$BASE.svg" || die "report generation failed (raw data in $RUN_DIR)"

@@ -377,7 +377,7 @@ pub struct SpoolConfig {
     /// (direct I/O). A restart with fewer shards than the directory holds is refused, so no
     /// shard's spool is left unread.
     pub dir: String,
-    /// Size of each segment file (preallocated), a multiple of 4096; bounds the largest
+    /// Size of each segment file (zero-filled when created, so commits only flush data), a multiple of 4096; bounds the largest
     /// request, so it must exceed `server.max_body_bytes` by at least 4096.
     pub segment_bytes: u64,
     /// Disk budget per shard: live segments beyond it turn into `503` until the store has

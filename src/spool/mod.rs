@@ -80,6 +80,9 @@ const META_FILE: &str = "spool.meta";
 const META_TMP: &str = "spool.meta.tmp";
 /// Unit of every write and of the segment size.
 const BLOCK: u64 = 4096;
+/// Zero-filling a new segment: bytes per write, and the pause between two writes.
+const FILL_CHUNK: u64 = 256 << 10;
+const FILL_PAUSE: Duration = Duration::from_millis(1);
 /// Read size when recovering a segment.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -306,11 +309,7 @@ impl Shared {
     }
 
     fn delete(&self, id: u64) {
-        match std::fs::remove_file(self.seg_path(id)) {
-            Ok(()) => tracing::debug!(segment = id, "spool segment deleted"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => tracing::error!(segment = id, error = %e, "spool segment not deleted"),
-        }
+        remove_segment(&self.seg_path(id));
     }
 
     fn release(&self, id: RecordId) {
@@ -874,9 +873,15 @@ async fn try_create(inner: &Inner, id: u64) -> Result<Active, SpoolError> {
     }
     let size = inner.opts.segment_bytes;
     let header = format::segment_header(id);
-    let chunk = (1u64 << 20).min(size);
+    // Paced: a burst of megabytes of zeros in the device queue would hold up the active
+    // segment's commits (their flush waits for it): measured here, p99 52 ms at 8k req/s
+    // with unpaced 1 MiB writes against 3.7 ms without a segment change.
+    let chunk = FILL_CHUNK.min(size);
     let mut pos = 0;
     while pos < size {
+        if pos > 0 {
+            glommio::timer::sleep(FILL_PAUSE).await;
+        }
         let len = chunk.min(size - pos) as usize;
         let mut buf = file.alloc_dma_buffer(len);
         let b = buf.as_bytes_mut();
@@ -924,6 +929,15 @@ async fn write_records(active: &mut Active, records: &[Pending]) -> Result<(), S
     active.file.fdatasync().await?;
     active.tail = tail;
     Ok(())
+}
+
+/// Deletes one segment file (a deletion lost in a crash only means a replay).
+fn remove_segment(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::debug!(path = %path.display(), "spool segment deleted"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::error!(path = %path.display(), error = %e, "spool segment not deleted"),
+    }
 }
 
 /// Builds the record of one request: its arrival time (Unix seconds, for its keys' date

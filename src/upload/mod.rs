@@ -267,6 +267,9 @@ async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>, j
         if let Some(ack) = job.ack {
             let _ = ack.send(Delivery::Stored);
         }
+        if let Some(sp) = job.spooled {
+            sp.releaser.release(sp.id);
+        }
         return;
     }
     let batch = &ctx.config.batch;

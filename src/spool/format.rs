@@ -13,7 +13,7 @@ pub(super) const HEADER_LEN: u64 = 32;
 /// First bytes of every record. 0xC1 and 0xFF never occur in UTF-8, so a JSON payload can
 /// never contain something the resync scan would take for a record start.
 pub(super) const RECORD_MAGIC: [u8; 4] = [0xC1, 0xFF, b'S', b'R'];
-/// Record frame header length: magic, length, CRC, reserved.
+/// Record frame header length: magic, length, CRC, segment tag.
 pub(super) const FRAME_HEADER: u64 = 16;
 /// First bytes of the meta file.
 pub(super) const META_MAGIC: [u8; 8] = *b"CPSPMETA";
@@ -61,22 +61,43 @@ fn check_header(buf: &[u8], id: u64) -> Result<(), CorruptReason> {
     }
 }
 
-/// The framed record for `data` (the caller has checked that its length fits in a `u32`).
-pub(super) fn encode_record(data: &[u8]) -> Vec<u8> {
-    let len = data.len() as u32;
-    let mut frame = Vec::with_capacity(framed_len(data.len()) as usize);
-    frame.extend_from_slice(&RECORD_MAGIC);
-    frame.extend_from_slice(&len.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&len.to_le_bytes()), data);
-    frame.extend_from_slice(&crc.to_le_bytes());
-    frame.extend_from_slice(&[0; 4]);
-    frame.extend_from_slice(data);
-    frame.resize(framed_len(data.len()) as usize, 0);
+/// The tag every record of segment `id` carries: segment files are recycled, and a record
+/// left from a file's earlier use (another tag) must read as the end of the data, not as a
+/// record. Tags of two segments are equal with probability 2^-32 (then old, already stored
+/// records would be replayed once more: duplicates, never loss).
+pub(super) fn segment_tag(id: u64) -> u32 {
+    crc32c::crc32c(&id.to_le_bytes())
+}
+
+fn record_crc(len: &[u8], tag: &[u8], data: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(crc32c::crc32c(len), tag), data)
+}
+
+/// Writes the framed record for `data` into `out` (exactly [`framed_len`] bytes; the caller
+/// has checked that the length fits in a `u32`).
+pub(super) fn encode_record_into(out: &mut [u8], data: &[u8], tag: u32) {
+    let len = (data.len() as u32).to_le_bytes();
+    let tag = tag.to_le_bytes();
+    out[0..4].copy_from_slice(&RECORD_MAGIC);
+    out[4..8].copy_from_slice(&len);
+    out[8..12].copy_from_slice(&record_crc(&len, &tag, data).to_le_bytes());
+    out[12..16].copy_from_slice(&tag);
+    let start = FRAME_HEADER as usize;
+    out[start..start + data.len()].copy_from_slice(data);
+    out[start + data.len()..].fill(0);
+}
+
+/// The framed record for `data` in segment `tag`.
+#[cfg(test)]
+pub(super) fn encode_record(data: &[u8], tag: u32) -> Vec<u8> {
+    let mut frame = vec![0; framed_len(data.len()) as usize];
+    encode_record_into(&mut frame, data, tag);
     frame
 }
 
-/// The data of the record framed at `pos`, if a valid one starts there.
-fn parse_record(buf: &[u8], pos: usize) -> Result<&[u8], CorruptReason> {
+/// The data of the record framed at `pos`, if a valid one of this segment (`tag`) starts
+/// there; `Stale` for a valid record of the file's earlier use.
+fn parse_record(buf: &[u8], pos: usize, tag: u32) -> Result<&[u8], CorruptReason> {
     let h = buf
         .get(pos..pos.saturating_add(FRAME_HEADER as usize))
         .ok_or(CorruptReason::BadLength)?;
@@ -92,12 +113,11 @@ fn parse_record(buf: &[u8], pos: usize) -> Result<&[u8], CorruptReason> {
     let data = buf
         .get(start..start.saturating_add(len))
         .ok_or(CorruptReason::BadLength)?;
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[4..8]), data);
-    if le32(h, 8) != Some(crc) {
+    if le32(h, 8) != Some(record_crc(&h[4..8], &h[12..16], data)) {
         return Err(CorruptReason::BadCrc);
     }
-    if h[12..16] != [0; 4] {
-        return Err(CorruptReason::BadFrame);
+    if le32(h, 12) != Some(tag) {
+        return Err(CorruptReason::Stale);
     }
     Ok(data)
 }
@@ -113,8 +133,16 @@ pub(super) struct Scan {
 /// Scans the content of segment `id`: every valid record, the torn tail (invalid bytes after
 /// the last valid record) and every invalid range followed by a valid record. After an
 /// invalid frame it resyncs at the next 8-byte position holding a record whose CRC checks.
+/// The data ends cleanly at zeros up to the end of the file, or at a record left from the
+/// file's earlier use (a recycled segment), after nothing but zeros.
 pub(super) fn scan(id: u64, buf: &[u8]) -> Scan {
     let mut out = Scan::default();
+    // Records carry the tag of the id in the header; only a header that cannot be read
+    // leaves the file name's id to go by.
+    let tag = match check_header(buf, id) {
+        Err(CorruptReason::HeaderId { found }) => segment_tag(found),
+        _ => segment_tag(id),
+    };
     if buf.iter().all(|&b| b == 0) {
         // Created but never written (a crash before its header was synced): nothing to report.
         return out;
@@ -130,7 +158,7 @@ pub(super) fn scan(id: u64, buf: &[u8]) -> Scan {
     }
     let mut pos = HEADER_LEN as usize;
     while pos < buf.len() {
-        let reason = match parse_record(buf, pos) {
+        let reason = match parse_record(buf, pos, tag) {
             Ok(data) => {
                 out.records.push(Recovered {
                     id: RecordId {
@@ -145,14 +173,31 @@ pub(super) fn scan(id: u64, buf: &[u8]) -> Scan {
             Err(reason) => reason,
         };
         let rest = &buf[pos..];
-        if reason == CorruptReason::Zeroed && rest.iter().all(|&b| b == 0) {
-            break; // the clean end: zeros up to the end of the file
+        if reason == CorruptReason::Stale
+            || (reason == CorruptReason::Zeroed && rest.iter().all(|&b| b == 0))
+        {
+            break; // the clean end
         }
         let next = (pos + 8..buf.len())
             .step_by(8)
-            .find(|&p| parse_record(buf, p).is_ok());
+            .find_map(|p| match parse_record(buf, p, tag) {
+                Ok(_) => Some((p, true)),
+                Err(CorruptReason::Stale) => Some((p, false)),
+                Err(_) => None,
+            });
         match next {
-            Some(q) => {
+            Some((q, false)) if buf[pos..q].iter().all(|&b| b == 0) => break, // clean end
+            Some((q, false)) => {
+                // Our last record was torn, and the earlier use's records follow it.
+                out.torn = Some(TornTail {
+                    segment: id,
+                    offset: pos as u64,
+                    bytes: (q - pos) as u64,
+                    reason,
+                });
+                break;
+            }
+            Some((q, true)) => {
                 out.corrupt.push(Corrupt {
                     segment: id,
                     offset: pos as u64,
@@ -200,9 +245,9 @@ mod tests {
     fn segment(id: u64, records: &[&[u8]], size: usize) -> Vec<u8> {
         let mut buf = segment_header(id).to_vec();
         for r in records {
-            buf.extend_from_slice(&encode_record(r));
+            buf.extend_from_slice(&encode_record(r, segment_tag(id)));
         }
-        buf.resize(size, 0);
+        buf.resize(size.max(buf.len()), 0);
         buf
     }
 
@@ -225,6 +270,40 @@ mod tests {
     }
 
     #[test]
+    fn records_of_a_recycled_files_earlier_use_end_the_data() {
+        // Segment 5's file, recycled as segment 9: two new records, zero padding to the
+        // block, then segment 5's old records.
+        let old = segment(5, &[b"old-1", b"old-2", b"old-3", b"old-4"], 8192);
+        let mut buf = old.clone();
+        let fresh = segment(9, &[b"new-1", b"new-2"], 4096);
+        buf[..4096].copy_from_slice(&fresh);
+        let s = scan(9, &buf);
+        let data: Vec<&[u8]> = s.records.iter().map(|r| r.data.as_slice()).collect();
+        assert_eq!(data, [&b"new-1"[..], b"new-2"]);
+        assert!(s.torn.is_none() && s.corrupt.is_empty(), "{s:?}");
+        // Directly followed by an old record (no padding): also the clean end.
+        let mut buf = old.clone();
+        let mut head = segment(9, &[b"new-1"], 0);
+        head.truncate(HEADER_LEN as usize + framed_len(5) as usize);
+        buf[..head.len()].copy_from_slice(&head);
+        let s = scan(9, &buf);
+        assert_eq!(s.records.len(), 1);
+        assert!(s.torn.is_none() && s.corrupt.is_empty(), "{s:?}");
+        // A torn new record before the old ones: a torn tail up to them.
+        let mut buf = old;
+        let mut head = segment(9, &[b"new-1", b"new-2-torn"], 0);
+        let torn_data = (HEADER_LEN + framed_len(5) + FRAME_HEADER) as usize;
+        head[torn_data + 3] ^= 0x55;
+        head.truncate(torn_data + 6);
+        buf[..head.len()].copy_from_slice(&head);
+        let s = scan(9, &buf);
+        assert_eq!(s.records.len(), 1);
+        let torn = s.torn.clone().expect("torn tail");
+        assert_eq!(torn.offset, HEADER_LEN + framed_len(5));
+        assert!(s.corrupt.is_empty(), "{s:?}");
+    }
+
+    #[test]
     fn meta_roundtrip_and_rejects_garbage() {
         assert_eq!(decode_meta(&encode_meta(42)), Some(42));
         let mut m = encode_meta(42);
@@ -241,7 +320,11 @@ mod tests {
             let mut buf: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
             if round % 2 == 0 {
                 // Plant record magics with random lengths and CRCs, and valid records.
-                let good = [encode_record(b"{\"k\":1}"), encode_record(b"[]")].concat();
+                let good = [
+                    encode_record(b"{\"k\":1}", segment_tag(1)),
+                    encode_record(b"[]", segment_tag(2)),
+                ]
+                .concat();
                 for _ in 0..rng.usize(0..6) {
                     let at = rng.usize(0..=len) & !7;
                     let end = (at + 24).min(len);

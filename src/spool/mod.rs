@@ -37,8 +37,11 @@
 //!   (u64), CRC32C of the previous 24 bytes (u32), zero (u32);
 //! - records from offset 32, each at a multiple of 8: magic `C1 FF 53 52` (4; 0xC1 and 0xFF
 //!   never occur in UTF-8, so a JSON payload cannot imitate a record start), data length
-//!   (u32), CRC32C of the length field then the data (u32), zero (u32), the data, zero
-//!   padding to a multiple of 8. A [`RecordId`] is (segment id, offset of the record's magic).
+//!   (u32), CRC32C of the length field, the tag and the data (u32), the segment's tag (u32:
+//!   CRC32C of the segment id), the data, zero padding to a multiple of 8. A [`RecordId`] is
+//!   (segment id, offset of the record's magic). The tag tells this segment's records from
+//!   those left in a recycled file by its earlier use: a valid record with another tag ends
+//!   the data.
 //!
 //! `spool.meta`, 20 bytes: magic `CPSPMETA` (8), the highest segment id ever created (u64),
 //! CRC32C of the previous 16 bytes (u32). It is written to `spool.meta.tmp`, synced and
@@ -171,9 +174,9 @@ pub enum CorruptReason {
     /// The record's CRC does not match its length and data.
     #[error("record CRC mismatch")]
     BadCrc,
-    /// The record's reserved field is not zero.
-    #[error("bad record frame")]
-    BadFrame,
+    /// A valid record of the segment file's earlier use (recycled): the end of the data.
+    #[error("record of an earlier use of the file")]
+    Stale,
 }
 
 /// What [`Spool::open`] found on disk.
@@ -379,7 +382,10 @@ type Slot = Rc<Cell<Option<Result<RecordId, SpoolError>>>>;
 
 /// A record waiting for the committer.
 struct Pending {
-    frame: Vec<u8>,
+    /// The record's data (framed at commit time, with the segment's tag).
+    data: Vec<u8>,
+    /// Its size on disk.
+    framed: u64,
     len: usize,
     at: Instant,
     slot: Slot,
@@ -611,7 +617,8 @@ impl Spool {
                 return Err(SpoolError::Closed);
             }
             q.pending.push_back(Pending {
-                frame: format::encode_record(data),
+                data: data.to_vec(),
+                framed: format::framed_len(data.len()),
                 len: data.len(),
                 at: Instant::now(),
                 slot: slot.clone(),
@@ -732,10 +739,8 @@ impl Writer {
                 return;
             };
             let (start, mut end) = (i, active.end);
-            while i < batch.len()
-                && end + batch[i].frame.len() as u64 <= self.inner.opts.segment_bytes
-            {
-                end += batch[i].frame.len() as u64;
+            while i < batch.len() && end + batch[i].framed <= self.inner.opts.segment_bytes {
+                end += batch[i].framed;
                 i += 1;
             }
             if i == start {
@@ -764,7 +769,7 @@ impl Writer {
                             segment: active.id,
                             offset,
                         });
-                        offset += p.frame.len() as u64;
+                        offset += p.framed;
                     }
                     active.end = offset;
                     if let Some(s) = shared.table().segments.get_mut(&active.id) {
@@ -910,15 +915,17 @@ async fn try_create(inner: &Inner, id: u64) -> Result<Active, SpoolError> {
 /// Updates `active.tail`; the caller advances `active.end`.
 async fn write_records(active: &mut Active, records: &[Pending]) -> Result<(), SpoolError> {
     let start = active.end - active.tail.len() as u64;
-    let new_end = active.end + records.iter().map(|p| p.frame.len() as u64).sum::<u64>();
+    let new_end = active.end + records.iter().map(|p| p.framed).sum::<u64>();
+    let tag = format::segment_tag(active.id);
     let len = (new_end.div_ceil(BLOCK) * BLOCK - start) as usize;
     let mut buf = active.file.alloc_dma_buffer(len);
     let b = buf.as_bytes_mut();
     let mut at = active.tail.len();
     b[..at].copy_from_slice(&active.tail);
     for p in records {
-        b[at..at + p.frame.len()].copy_from_slice(&p.frame);
-        at += p.frame.len();
+        let n = p.framed as usize;
+        format::encode_record_into(&mut b[at..at + n], &p.data, tag);
+        at += n;
     }
     b[at..].fill(0);
     let tail_from = ((new_end / BLOCK * BLOCK) - start) as usize;

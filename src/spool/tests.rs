@@ -310,7 +310,7 @@ fn segment_ids_never_repeat_after_deletion() {
     // A segment whose id is far ahead of the clock, as if the clock had stepped back since.
     let future = unix_micros() + 3_600_000_000_000;
     let mut seg = format::segment_header(future).to_vec();
-    seg.extend_from_slice(&format::encode_record(b"old"));
+    seg.extend_from_slice(&format::encode_record(b"old", format::segment_tag(future)));
     seg.resize(8192, 0);
     std::fs::write(dir.path().join(format!("{future:020}.seg")), seg).unwrap();
     run(async move {

@@ -16,9 +16,14 @@
 //!   torn block write can only damage records that were not yet acknowledged.
 //! - Segment files are written in full (header, then zeros) to `segment_bytes` when created,
 //!   so a commit overwrites allocated blocks and its `fdatasync` flushes data only (into an
-//!   fallocated file every commit would also journal the extent conversion). The next segment
-//!   is created in the background once the active one is half full, budget permitting. The
-//!   writer only ever appends to a segment it created in this run; [`Spool::open`] seals every segment found on disk. When
+//!   fallocated file every commit would also journal the extent conversion). A retired
+//!   segment (sealed, every record released) goes to a free pool of up to two files
+//!   (`{id}.free`) and becomes a later segment by rename and a header rewrite; its old records
+//!   carry another segment's tag and read as the end of the data. [`Spool::open`] fills the
+//!   pool before serving (adopting free files a previous run left), so zeros are written
+//!   while commits wait only when the spool grows past it. The next segment is prepared in
+//!   the background once the active one is half full, budget permitting (free files count
+//!   against the budget). The writer only ever appends to a segment it created in this run; [`Spool::open`] seals every segment found on disk. When
 //!   a record does not fit, the segment is sealed and a new one is created, if the budget
 //!   (`max_bytes`, the sum of live segment file sizes) allows, else the append fails with
 //!   [`SpoolError::Full`]. A failed write or `fdatasync` seals the segment too (its fate on
@@ -468,16 +473,69 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-/// Deletes free files left by an earlier run (the pool starts empty).
-fn remove_free_files(dir: &Path) {
+/// Free files left by an earlier run, kept for reuse if they have the current segment size
+/// (at most the pool's size; others are deleted).
+fn adopt_free_files(dir: &Path, size: u64) -> Vec<u64> {
+    let mut ids = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return ids;
     };
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().ends_with(".free") {
-            remove_segment(&e.path());
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(digits) = name.strip_suffix(".free") else {
+            continue;
+        };
+        let fits = e.metadata().is_ok_and(|m| m.len() == size);
+        match digits.parse::<u64>() {
+            Ok(id) if fits && ids.len() < FREE_POOL => ids.push(id),
+            _ => remove_segment(&e.path()),
         }
     }
+    ids
+}
+
+/// Creates `path` and writes `size` bytes to it: `first` then zeros, `pause` between 256 KiB
+/// writes; then syncs it.
+async fn write_zeros(
+    path: &Path,
+    size: u64,
+    first: &[u8],
+    pause: Duration,
+) -> Result<(), SpoolError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .dma_open(path)
+        .await?;
+    fill(&file, size, first, pause).await?;
+    file.fdatasync().await?;
+    file.close().await?;
+    Ok(())
+}
+
+/// Writes `size` bytes to `file`: `first`, then zeros, in paced chunks.
+async fn fill(file: &DmaFile, size: u64, first: &[u8], pause: Duration) -> Result<(), SpoolError> {
+    // Paced: a burst of megabytes of zeros in the device queue would hold up the active
+    // segment's commits (their flush waits for it).
+    let chunk = FILL_CHUNK.min(size);
+    let mut pos = 0;
+    while pos < size {
+        if pos > 0 && !pause.is_zero() {
+            glommio::timer::sleep(pause).await;
+        }
+        let len = chunk.min(size - pos) as usize;
+        let mut buf = file.alloc_dma_buffer(len);
+        let b = buf.as_bytes_mut();
+        b.fill(0);
+        if pos == 0 {
+            b[..first.len()].copy_from_slice(first);
+        }
+        if file.write_at(buf, pos).await? != len {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short segment write").into());
+        }
+        pos += len as u64;
+    }
+    Ok(())
 }
 
 /// The whole content of a file, read with O_DIRECT.
@@ -552,7 +610,7 @@ impl Spool {
             Err(e) => return Err(e.into()),
         };
 
-        remove_free_files(&opts.dir);
+        let adopted = adopt_free_files(&opts.dir, opts.segment_bytes);
         let ids = list_segments(&opts.dir)?;
         let mut report = RecoveryReport::default();
         let mut empty = Vec::new();
@@ -599,8 +657,50 @@ impl Spool {
         for id in empty {
             shared.seal(id);
         }
-        let next_id = meta.max(disk_max).map_or(1, |m| m.saturating_add(1));
-        tracing::info!(dir = %opts.dir.display(), segments = ids.len(),
+        let mut next_id = meta.max(disk_max).map_or(1, |m| m.saturating_add(1));
+        // The free pool: files left by the last run, then new ones written now, before any
+        // commit has to wait behind their zeros (budget permitting, with room left for the
+        // first segment).
+        // New free files are named past the adopted ones (their names are not in spool.meta).
+        if let Some(&m) = adopted.iter().max() {
+            next_id = next_id.max(m.saturating_add(1));
+        }
+        {
+            let mut t = shared.table();
+            for id in adopted {
+                t.free.push(id);
+                t.live_bytes += opts.segment_bytes;
+            }
+        }
+        let mut prepared = 0;
+        loop {
+            {
+                let t = shared.table();
+                if t.free.len() >= FREE_POOL
+                    || t.live_bytes + 2 * opts.segment_bytes > opts.max_bytes
+                {
+                    break;
+                }
+            }
+            let id = next_id.max(unix_micros());
+            next_id = id + 1;
+            write_zeros(
+                &shared.free_path(id),
+                opts.segment_bytes,
+                &[],
+                Duration::ZERO,
+            )
+            .await?;
+            let mut t = shared.table();
+            t.free.push(id);
+            t.live_bytes += opts.segment_bytes;
+            prepared += 1;
+        }
+        if prepared > 0 {
+            dir.sync().await?;
+            shared.synced();
+        }
+        tracing::info!(dir = %opts.dir.display(), segments = ids.len(), prepared,
             records = report.records.len(), torn = report.torn_tails.len(),
             corrupt = report.corrupt.len(), "spool opened");
 
@@ -950,29 +1050,8 @@ async fn try_create(inner: &Inner, id: u64) -> Result<Active, SpoolError> {
     if BLOCK % file.alignment() != 0 {
         return Err(io::Error::other("device alignment above 4096 bytes").into());
     }
-    let size = inner.opts.segment_bytes;
     let header = format::segment_header(id);
-    // Paced: a burst of megabytes of zeros in the device queue would hold up the active
-    // segment's commits (their flush waits for it): measured here, p99 52 ms at 8k req/s
-    // with unpaced 1 MiB writes against 3.7 ms without a segment change.
-    let chunk = FILL_CHUNK.min(size);
-    let mut pos = 0;
-    while pos < size {
-        if pos > 0 {
-            glommio::timer::sleep(FILL_PAUSE).await;
-        }
-        let len = chunk.min(size - pos) as usize;
-        let mut buf = file.alloc_dma_buffer(len);
-        let b = buf.as_bytes_mut();
-        b.fill(0);
-        if pos == 0 {
-            b[..header.len()].copy_from_slice(&header);
-        }
-        if file.write_at(buf, pos).await? != len {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "short segment write").into());
-        }
-        pos += len as u64;
-    }
+    fill(&file, inner.opts.segment_bytes, &header, FILL_PAUSE).await?;
     file.fdatasync().await?;
     shared.synced();
     inner.dir.sync().await?;

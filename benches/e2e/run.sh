@@ -52,7 +52,7 @@ COMPRESSION=zstd         # none | gzip | zstd
 C_QUEUE=100000           # corepost queue.max_payloads in (c) (raised to BATCH_PAYLOADS if lower)
 VERIFY_THREADS=8         # parallel downloads when counting the payloads in the bucket (c)
 # (d) corepost ack = "durable" vs "queued", both --sink discard
-COMMIT_WAIT_US=""        # spool.commit_wait_us; empty = corepost's built-in default (250)
+COMMIT_WAIT_US=""        # spool.commit_wait_us; empty = corepost's built-in default (50)
 SPOOL_BASE=""            # where each durable run gets a fresh spool dir; empty = $ROOT/target
 RATE_D=""                # fixed rate of the (d) latency runs; empty = half of each mode's median rate
 FSYNC_PROBES=200         # (d) raw disk check: this many 4 KiB O_DIRECT writes + fdatasync
@@ -84,7 +84,7 @@ usage: benches/e2e/run.sh [options]
   --batch-age-ms N     (c) corepost batch.max_age_ms                                  [1000]
   --compression C      (c) corepost batch.compression: none, gzip or zstd             [zstd]
   --verify-threads N   (c) parallel downloads when counting payloads in the bucket    [8]
-  --commit-wait-us N   (d) spool.commit_wait_us, group commit wait         [corepost default, 250]
+  --commit-wait-us N   (d) spool.commit_wait_us, group commit wait         [corepost default, 50]
   --spool-base DIR     (d) a fresh spool dir per durable run is made (and deleted) under DIR;
                        must be a real disk, not tmpfs                          [\$ROOT/target]
   --fsync-probes N     (d) 4 KiB O_DIRECT write + fdatasync samples of the raw disk     [200]

@@ -384,7 +384,9 @@ pub struct SpoolConfig {
     /// taken what they hold.
     pub max_bytes: u64,
     /// Group commit: the longest an accepted request waits for others before the one write
-    /// and fdatasync that make all of them durable (microseconds).
+    /// and fdatasync that make all of them durable (microseconds). Requests arriving while a
+    /// commit is on its way to the disk join the next one anyway; a long wait only adds
+    /// latency (p99 at 14k req/s per core here: 26 ms with 250 µs, 6–13 ms with 0–100 µs).
     pub commit_wait_us: u64,
 }
 
@@ -394,7 +396,7 @@ impl Default for SpoolConfig {
             dir: "corepost-spool".into(),
             segment_bytes: 64 << 20,
             max_bytes: 1 << 30,
-            commit_wait_us: 250,
+            commit_wait_us: 50,
         }
     }
 }

@@ -1016,23 +1016,8 @@ async fn reuse_file(inner: &Inner, old: u64, id: u64) -> Result<Active, SpoolErr
         .dma_open(shared.seg_path(id))
         .await?;
     let header = format::segment_header(id);
-    let mut buf = file.alloc_dma_buffer(BLOCK as usize);
-    let b = buf.as_bytes_mut();
-    b.fill(0);
-    b[..header.len()].copy_from_slice(&header);
-    if file.write_at(buf, 0).await? != BLOCK as usize {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short segment header").into());
-    }
-    file.fdatasync().await?;
-    shared.synced();
-    inner.dir.sync().await?;
-    shared.synced();
-    Ok(Active {
-        id,
-        file,
-        end: format::HEADER_LEN,
-        tail: header.to_vec(),
-    })
+    fill(&file, BLOCK, &header, Duration::ZERO).await?;
+    activate(inner, file, id, &header).await
 }
 
 /// Writes the whole segment file (header, then zeros) and syncs it and the directory.
@@ -1052,10 +1037,21 @@ async fn try_create(inner: &Inner, id: u64) -> Result<Active, SpoolError> {
     }
     let header = format::segment_header(id);
     fill(&file, inner.opts.segment_bytes, &header, FILL_PAUSE).await?;
+    activate(inner, file, id, &header).await
+}
+
+/// Syncs a freshly written segment file and its directory entry; the segment is then ready
+/// for records after its header.
+async fn activate(
+    inner: &Inner,
+    file: DmaFile,
+    id: u64,
+    header: &[u8],
+) -> Result<Active, SpoolError> {
     file.fdatasync().await?;
-    shared.synced();
+    inner.shared.synced();
     inner.dir.sync().await?;
-    shared.synced();
+    inner.shared.synced();
     Ok(Active {
         id,
         file,

@@ -200,7 +200,7 @@ async fn ingest(shard: &ShardCtx, req: Request<Incoming>) -> Result<usize, Inges
         let reservation = shard.reserve(n, len)?;
         let received_secs = crate::keys::unix_secs();
         let id = spool
-            .append(&crate::spool::request_record(received_secs, &body))
+            .append(crate::spool::request_record(received_secs, &body))
             .await
             .map_err(|e| match e {
                 crate::spool::SpoolError::Full => IngestError::SpoolFull,

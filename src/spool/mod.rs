@@ -730,7 +730,9 @@ impl Spool {
     /// Appends one record; resolves after the fdatasync that made it durable. Concurrent
     /// appends (tasks of this executor) are group-committed: one write + one fdatasync for
     /// all records pending, waiting at most `commit_wait_us` for more to join.
-    pub async fn append(&self, data: &[u8]) -> Result<RecordId, SpoolError> {
+    pub async fn append(&self, data: impl Into<Vec<u8>>) -> Result<RecordId, SpoolError> {
+        // Taken by value: a caller that owns the record hands it over without a copy.
+        let data: Vec<u8> = data.into();
         if data.len() > self.max_record {
             return Err(SpoolError::TooLarge {
                 len: data.len(),
@@ -744,9 +746,9 @@ impl Spool {
                 return Err(SpoolError::Closed);
             }
             q.pending.push_back(Pending {
-                data: data.to_vec(),
                 framed: format::framed_len(data.len()),
                 len: data.len(),
+                data,
                 at: Instant::now(),
                 slot: slot.clone(),
             });

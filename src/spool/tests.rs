@@ -45,7 +45,7 @@ async fn append_n(o: &SpoolOptions, n: usize) -> Vec<RecordId> {
     assert!(report.records.is_empty());
     let mut ids = Vec::new();
     for i in 0..n {
-        ids.push(spool.append(&payload(i)).await.unwrap());
+        ids.push(spool.append(payload(i)).await.unwrap());
     }
     ids
 }
@@ -93,7 +93,7 @@ fn concurrent_appends_are_group_committed() {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let spool = spool.clone();
-                glommio::spawn_local(async move { (spool.append(&payload(i)).await.unwrap(), i) })
+                glommio::spawn_local(async move { (spool.append(payload(i)).await.unwrap(), i) })
             })
             .collect();
         let mut done = Vec::new();
@@ -392,10 +392,10 @@ fn oversized_records_are_refused() {
         let (spool, _) = reopen(&o).await;
         let max = spool.max_record_len();
         assert_eq!(max as u64, 8192 - HEADER_LEN - 16);
-        let err = spool.append(&vec![1; max + 1]).await.unwrap_err();
+        let err = spool.append(vec![1; max + 1]).await.unwrap_err();
         assert!(matches!(err, SpoolError::TooLarge { len, .. } if len == max + 1));
-        assert!(spool.append(&vec![2; 1 << 20]).await.is_err());
-        let id = spool.append(&vec![3; max]).await.unwrap();
+        assert!(spool.append(vec![2; 1 << 20]).await.is_err());
+        let id = spool.append(vec![3; max]).await.unwrap();
         drop(spool);
         let (_spool, report) = reopen(&o).await;
         assert_eq!(report.records.len(), 1);

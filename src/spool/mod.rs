@@ -282,7 +282,7 @@ struct Table {
 
 /// Retired segment files kept for reuse: a new segment is then a rename and one header
 /// write, not a file of `segment_bytes` zeros written while commits wait on the same disk
-/// (measured here: p99 25–35 ms at 8k req/s with 64 MiB segments created fresh).
+/// (scenario (d): `benches/results/2026-11-28-d.md` before reuse, `-d-2.md` after).
 const FREE_POOL: usize = 2;
 
 /// What the shard and the releasers share.
@@ -1025,7 +1025,7 @@ async fn reuse_file(inner: &Inner, old: u64, id: u64) -> Result<Active, SpoolErr
 /// Writes the whole segment file (header, then zeros) and syncs it and the directory.
 /// Zero-filling instead of `fallocate` matters for latency: a commit into an fallocated
 /// file converts unwritten extents, a metadata change that makes every `fdatasync` a journal
-/// commit (measured here: p99 5–7 ms against 0.6–2.5 ms into a written file).
+/// commit.
 async fn try_create(inner: &Inner, id: u64) -> Result<Active, SpoolError> {
     let shared = &inner.shared;
     write_meta(shared, id).await?;

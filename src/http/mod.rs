@@ -199,16 +199,17 @@ async fn ingest(shard: &ShardCtx, req: Request<Incoming>) -> Result<usize, Inges
         // was written), then the spool; 200 only once the commit holding it is on disk.
         let reservation = shard.reserve(n, len)?;
         let received_secs = crate::keys::unix_secs();
-        let id = spool
-            .append(crate::spool::request_record(received_secs, &body))
-            .await
-            .map_err(|e| match e {
-                crate::spool::SpoolError::Full => IngestError::SpoolFull,
-                e => {
-                    tracing::error!(shard = shard.id, error = %e, "spool write failed");
-                    IngestError::SpoolFailed
-                }
-            })?;
+        // One buffer for both: the spool writes the record, the worker reads the body part of
+        // it (the spans are relative to the body).
+        let record = Bytes::from(crate::spool::request_record(received_secs, &body));
+        let body = record.slice(crate::spool::RECORD_HEADER..);
+        let id = spool.append(record).await.map_err(|e| match e {
+            crate::spool::SpoolError::Full => IngestError::SpoolFull,
+            e => {
+                tracing::error!(shard = shard.id, error = %e, "spool write failed");
+                IngestError::SpoolFailed
+            }
+        })?;
         let job = Job {
             body,
             spans,

@@ -401,7 +401,7 @@ type Slot = Rc<Cell<Option<Result<RecordId, SpoolError>>>>;
 /// A record waiting for the committer.
 struct Pending {
     /// The record's data (framed at commit time, with the segment's tag).
-    data: Vec<u8>,
+    data: bytes::Bytes,
     /// Its size on disk.
     framed: u64,
     len: usize,
@@ -730,9 +730,9 @@ impl Spool {
     /// Appends one record; resolves after the fdatasync that made it durable. Concurrent
     /// appends (tasks of this executor) are group-committed: one write + one fdatasync for
     /// all records pending, waiting at most `commit_wait_us` for more to join.
-    pub async fn append(&self, data: impl Into<Vec<u8>>) -> Result<RecordId, SpoolError> {
-        // Taken by value: a caller that owns the record hands it over without a copy.
-        let data: Vec<u8> = data.into();
+    pub async fn append(&self, data: impl Into<bytes::Bytes>) -> Result<RecordId, SpoolError> {
+        // Taken by value (shared, not copied): the shard queues the same bytes for upload.
+        let data: bytes::Bytes = data.into();
         if data.len() > self.max_record {
             return Err(SpoolError::TooLarge {
                 len: data.len(),
@@ -1101,14 +1101,17 @@ fn remove_segment(path: &Path) {
 /// Builds the record of one request: its arrival time (Unix seconds, for its keys' date
 /// path, so a replay names its objects as the first run did) and its body.
 pub fn request_record(received_secs: u64, body: &[u8]) -> Vec<u8> {
-    let mut rec = Vec::with_capacity(8 + body.len());
+    let mut rec = Vec::with_capacity(RECORD_HEADER + body.len());
     rec.extend_from_slice(&received_secs.to_le_bytes());
     rec.extend_from_slice(body);
     rec
 }
 
+/// Bytes before the body in a record made by [`request_record`].
+pub const RECORD_HEADER: usize = 8;
+
 /// Splits a record made by [`request_record`] into arrival time and body.
 pub fn split_record(rec: &[u8]) -> Option<(u64, &[u8])> {
-    let (secs, body) = rec.split_at_checked(8)?;
+    let (secs, body) = rec.split_at_checked(RECORD_HEADER)?;
     Some((u64::from_le_bytes(secs.try_into().ok()?), body))
 }

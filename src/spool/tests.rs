@@ -137,7 +137,7 @@ fn torn_tail_is_cut_and_reported() {
         assert_eq!(torn.reason, CorruptReason::BadCrc);
         assert!(torn.bytes > 0 && torn.bytes <= end - last.offset);
         // The spool goes on in a new segment.
-        let new = spool.append(b"after").await.unwrap();
+        let new = spool.append(b"after".to_vec()).await.unwrap();
         assert!(new.segment > last.segment);
         drop(spool);
         let (_spool, report) = reopen(&o).await;
@@ -213,7 +213,7 @@ fn released_sealed_segments_are_retired() {
         let (spool, _) = reopen(&o).await;
         let mut ids = Vec::new();
         for _ in 0..20 {
-            ids.push(spool.append(&[b'7'; 1000]).await.unwrap());
+            ids.push(spool.append(vec![b'7'; 1000]).await.unwrap());
         }
         let segs: Vec<u64> = ids.iter().map(|id| id.segment).collect();
         let (a, b, c) = (segs[0], segs[8], segs[16]);
@@ -268,7 +268,7 @@ fn recycled_files_hold_only_their_new_records_after_reopen() {
         // back as new segments, so a handful of files serve them all (same inodes).
         let mut inodes = std::collections::HashSet::new();
         for _ in 0..48 {
-            let id = spool.append(&[b'o'; 1000]).await.unwrap();
+            let id = spool.append(vec![b'o'; 1000]).await.unwrap();
             spool.releaser().release(id);
             for e in std::fs::read_dir(&o.dir).unwrap() {
                 let p = e.unwrap().path();
@@ -284,7 +284,7 @@ fn recycled_files_hold_only_their_new_records_after_reopen() {
         );
         let mut kept = Vec::new();
         for i in 0..24u8 {
-            kept.push(spool.append(&[b'a' + i % 26; 1000]).await.unwrap());
+            kept.push(spool.append(vec![b'a' + i % 26; 1000]).await.unwrap());
         }
         drop(spool);
         let (_spool, report) = reopen(&o).await;
@@ -309,19 +309,22 @@ fn full_spool_accepts_again_after_release() {
         let (spool, _) = reopen(&o).await;
         let mut ids = Vec::new();
         let full = loop {
-            match spool.append(&[b'1'; 1000]).await {
+            match spool.append(vec![b'1'; 1000]).await {
                 Ok(id) => ids.push(id),
                 Err(e) => break e,
             }
         };
         assert!(matches!(full, SpoolError::Full), "{full:?}");
         assert_eq!(ids.len(), 24);
-        assert!(matches!(spool.append(b"x").await, Err(SpoolError::Full)));
+        assert!(matches!(
+            spool.append(b"x".to_vec()).await,
+            Err(SpoolError::Full)
+        ));
         assert_eq!(spool.stats().live_bytes, 3 * 8192);
         for id in &ids[..8] {
             spool.releaser().release(*id);
         }
-        let id = spool.append(b"again").await.unwrap();
+        let id = spool.append(b"again".to_vec()).await.unwrap();
         assert!(id.segment > ids[23].segment);
     });
 }
@@ -335,17 +338,20 @@ fn recovered_records_must_be_released_and_full_budget_still_opens() {
         let mut ids = Vec::new();
         for _ in 0..16 {
             // Two full segments: the whole budget.
-            ids.push(spool.append(&[b'r'; 1000]).await.unwrap());
+            ids.push(spool.append(vec![b'r'; 1000]).await.unwrap());
         }
         drop(spool);
         let (spool, report) = reopen(&o).await;
         assert_eq!(report.records.len(), 16);
-        assert!(matches!(spool.append(b"x").await, Err(SpoolError::Full)));
+        assert!(matches!(
+            spool.append(b"x".to_vec()).await,
+            Err(SpoolError::Full)
+        ));
         for id in &ids[..8] {
             spool.releaser().release(*id);
         }
         assert_eq!(segment_files(&o.dir), [ids[8].segment]);
-        spool.append(b"x").await.unwrap();
+        spool.append(b"x".to_vec()).await.unwrap();
     });
 }
 
@@ -370,7 +376,7 @@ fn segment_ids_never_repeat_after_deletion() {
         drop(spool);
         // Nothing on disk names the old id any more; spool.meta does.
         let (spool, _) = reopen(&o).await;
-        let first = spool.append(b"new").await.unwrap();
+        let first = spool.append(b"new".to_vec()).await.unwrap();
         assert!(first.segment > future);
         spool.releaser().release(first);
         drop(spool);
@@ -379,7 +385,7 @@ fn segment_ids_never_repeat_after_deletion() {
         spool.releaser().release(report.records[0].id);
         drop(spool);
         let (spool, _) = reopen(&o).await;
-        let second = spool.append(b"newer").await.unwrap();
+        let second = spool.append(b"newer".to_vec()).await.unwrap();
         assert!(second.segment > first.segment);
     });
 }

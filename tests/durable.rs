@@ -286,3 +286,33 @@ fn a_full_spool_gives_503_and_recovers_when_the_store_drains_it() {
     }
     assert!(s.stop(30).success());
 }
+
+#[test]
+fn the_default_relative_spool_dir_resolves_against_the_working_directory() {
+    // `spool.dir` defaults to the relative "corepost-spool"; glommio cannot open a relative
+    // directory, so the server must resolve it itself (it once refused to start here).
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let work = spool_dir();
+    let c = conf("[server]\nack = \"durable\"\n");
+    let s = Server::start_in(
+        Some(work.path()),
+        &[
+            "--cores",
+            "1",
+            "--sink",
+            "fs",
+            "--fs-root",
+            "out",
+            "--config",
+            c.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    for _ in 0..5 {
+        assert_eq!(post(s.addr, BODY10).status, 200);
+    }
+    let seg = segment(&work.path().join("corepost-spool"));
+    assert!(seg.is_file(), "{}", seg.display());
+    wait_spool_empty(&s, 30);
+    assert_eq!(files_under(&work.path().join("out")).len(), 50);
+}

@@ -591,6 +591,10 @@ impl Spool {
         let max_record = (opts.segment_bytes - format::HEADER_LEN - format::FRAME_HEADER)
             .min(u32::MAX as u64) as usize;
         std::fs::create_dir_all(&opts.dir)?;
+        // glommio's Directory::open fails on a relative path (EBADF), and the default
+        // `spool.dir` is relative: resolve it against the working directory once, here.
+        let mut opts = opts;
+        opts.dir = std::path::absolute(&opts.dir)?;
         let dir = Directory::open(&opts.dir).await?;
         let shared = Arc::new(Shared {
             dir: opts.dir.clone(),

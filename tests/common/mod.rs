@@ -29,7 +29,16 @@ pub struct Server {
 impl Server {
     /// Starts the binary with `--listen 127.0.0.1:0` plus `args`, and waits for its ready line.
     pub fn start(args: &[&str], env: &[(String, String)]) -> Server {
+        Server::start_in(None, args, env)
+    }
+
+    /// As [`Server::start`], run from working directory `cwd` when given (relative paths in
+    /// the configuration resolve against it).
+    pub fn start_in(cwd: Option<&Path>, args: &[&str], env: &[(String, String)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_corepost"));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")

@@ -271,12 +271,12 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
     let spool_series: [(&str, &str, SpoolField); 5] = [
         (
             "corepost_spool_fsyncs_total",
-            "fdatasyncs issued by the durable spool.",
+            "Data syncs issued by the durable spool: one per commit (an O_DSYNC write) plus the fdatasyncs of segment creation.",
             |s| s.fsyncs,
         ),
         (
             "corepost_spool_commits_total",
-            "Group commits of the durable spool (one write and one fdatasync each).",
+            "Group commits of the durable spool (one O_DSYNC write each).",
             |s| s.commits,
         ),
         (

@@ -369,7 +369,7 @@ pub enum Compression {
 }
 
 /// The per-shard durable spool (`ack = "durable"`): segment files written with direct I/O,
-/// group-committed with one fdatasync per commit.
+/// group-committed with one synchronous (O_DSYNC) write per commit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpoolConfig {
@@ -384,7 +384,7 @@ pub struct SpoolConfig {
     /// taken what they hold.
     pub max_bytes: u64,
     /// Group commit: the longest an accepted request waits for others before the one write
-    /// and fdatasync that make all of them durable (microseconds). Requests arriving while a
+    /// synchronous (O_DSYNC) write that makes all of them durable (microseconds). Requests arriving while a
     /// commit is on its way to the disk join the next one anyway, so a short wait suffices;
     /// `benches/e2e/durable-probe.sh RATE SEGMENT_BYTES WAIT` measures a setting.
     pub commit_wait_us: u64,

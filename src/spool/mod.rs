@@ -1,5 +1,5 @@
 //! The per-shard durable write-ahead spool: requests acknowledged `durable` are appended here
-//! and answered only after the `fdatasync` that covers their record; the upload worker (on
+//! and answered only after the synchronous (`O_DSYNC`) write that covers their record; the upload worker (on
 //! another thread) releases records once they are stored, and a segment file is deleted when
 //! it is sealed and every record in it has been released.
 //!
@@ -7,7 +7,9 @@
 //! - One [`Spool`] per shard, `!Send`, on the shard's glommio executor. [`Spool::append`]
 //!   queues a framed record and waits. A committer task (spawned by [`Spool::open`], cancelled
 //!   when the `Spool` is dropped) takes everything queued once the oldest record has waited
-//!   `commit_wait_us`, and lands it with one `write_at` and one `fdatasync` (group commit).
+//!   `commit_wait_us`, and lands it with one `O_DSYNC` `write_at` (group commit): the write
+//!   completes once its data is on stable storage, like a `write` + `fdatasync` but as one
+//!   io_uring operation. Each appender is woken by the commit that holds its record, alone.
 //!   Record ids are assigned by the committer, so a cancelled `append` leaves no hole (its
 //!   record may still be written: delivery is at least once).
 //! - Writes are O_DIRECT ([`glommio::io::DmaFile`]). A commit writes from the 4096-aligned
@@ -15,7 +17,7 @@
 //!   durable prefix of that block is kept in memory and rewritten with identical bytes, so a
 //!   torn block write can only damage records that were not yet acknowledged.
 //! - Segment files are written in full (header, then zeros) to `segment_bytes` when created,
-//!   so a commit overwrites allocated blocks and its `fdatasync` flushes data only (into an
+//!   so a commit overwrites allocated blocks and its sync flushes data only (into an
 //!   fallocated file every commit would also journal the extent conversion). A retired
 //!   segment (sealed, every record released) goes to a free pool of up to two files
 //!   (`{id}.free`) and becomes a later segment by rename and a header rewrite; its old records
@@ -23,10 +25,11 @@
 //!   pool before serving (adopting free files a previous run left), so zeros are written
 //!   while commits wait only when the spool grows past it. The next segment is prepared in
 //!   the background once the active one is half full, budget permitting (free files count
-//!   against the budget). The writer only ever appends to a segment it created in this run; [`Spool::open`] seals every segment found on disk. When
+//!   against the budget). The writer only ever appends to a segment it created in this run;
+//!   [`Spool::open`] seals every segment found on disk. When
 //!   a record does not fit, the segment is sealed and a new one is created, if the budget
 //!   (`max_bytes`, the sum of live segment file sizes) allows, else the append fails with
-//!   [`SpoolError::Full`]. A failed write or `fdatasync` seals the segment too (its fate on
+//!   [`SpoolError::Full`]. A failed commit write seals the segment too (its fate on
 //!   disk is unknown) and fails the records of that commit.
 //! - Release bookkeeping is a table of live record offsets per segment behind a mutex shared
 //!   with every [`Releaser`] (touched once per commit by the shard, once per release by the
@@ -106,7 +109,7 @@ pub struct SpoolOptions {
     /// Disk budget: the sum of live segment files. An append needing a new segment beyond it
     /// fails with [`SpoolError::Full`].
     pub max_bytes: u64,
-    /// Group commit: the longest a record waits for others before the write + fdatasync
+    /// Group commit: the longest a record waits for others before the synchronous write
     /// (0 = commit at once).
     pub commit_wait_us: u64,
 }
@@ -245,9 +248,10 @@ impl SpoolError {
 /// Counters and gauges of a spool, readable from any thread through [`Releaser::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolStats {
-    /// fdatasyncs issued: commits, segment creation, meta file and directory.
+    /// Data syncs issued: commits (each an `O_DSYNC` write), and the fdatasyncs of segment
+    /// creation, the meta file and the directory.
     pub fsyncs: u64,
-    /// Group commits done (one write + one fdatasync each).
+    /// Group commits done (one `O_DSYNC` write each).
     pub commits: u64,
     /// Records made durable by `append`.
     pub records_appended: u64,
@@ -396,7 +400,24 @@ impl Releaser {
     }
 }
 
-type Slot = Rc<Cell<Option<Result<RecordId, SpoolError>>>>;
+/// Where the committer leaves one append's outcome, and the waker of the task awaiting it.
+#[derive(Default)]
+struct SlotState {
+    result: Cell<Option<Result<RecordId, SpoolError>>>,
+    waker: Cell<Option<std::task::Waker>>,
+}
+
+type Slot = Rc<SlotState>;
+
+impl SlotState {
+    /// Sets the outcome and wakes the appender (only it: a commit wakes its own records).
+    fn fill(&self, result: Result<RecordId, SpoolError>) {
+        self.result.set(Some(result));
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
 
 /// A record waiting for the committer.
 struct Pending {
@@ -423,8 +444,6 @@ struct Inner {
     queue: RefCell<Queue>,
     /// Wakes the committer when a record is queued.
     queued: Event,
-    /// Wakes appenders when a commit has filled slots.
-    committed: Event,
 }
 
 /// A shard's durable spool. Lives on one glommio executor (`!Send`); see the module doc.
@@ -714,7 +733,6 @@ impl Spool {
             shared,
             queue: RefCell::default(),
             queued: Event::new(),
-            committed: Event::new(),
         });
         let writer = Writer {
             inner: inner.clone(),
@@ -731,8 +749,8 @@ impl Spool {
         Ok((spool, report))
     }
 
-    /// Appends one record; resolves after the fdatasync that made it durable. Concurrent
-    /// appends (tasks of this executor) are group-committed: one write + one fdatasync for
+    /// Appends one record; resolves after the synchronous write that made it durable.
+    /// Concurrent appends (tasks of this executor) are group-committed: one `O_DSYNC` write for
     /// all records pending, waiting at most `commit_wait_us` for more to join.
     pub async fn append(&self, data: impl Into<bytes::Bytes>) -> Result<RecordId, SpoolError> {
         // Taken by value (shared, not copied): the shard queues the same bytes for upload.
@@ -758,16 +776,14 @@ impl Spool {
             });
         }
         self.inner.queued.notify(1);
-        loop {
-            if let Some(result) = slot.take() {
-                return result;
+        std::future::poll_fn(|cx| match slot.result.take() {
+            Some(result) => std::task::Poll::Ready(result),
+            None => {
+                slot.waker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
             }
-            let listener = self.inner.committed.listen();
-            if let Some(result) = slot.take() {
-                return result;
-            }
-            listener.await;
-        }
+        })
+        .await
     }
 
     /// A handle for the upload worker's thread to release stored records.
@@ -816,10 +832,8 @@ impl Drop for StopGuard {
         let mut q = self.0.queue.borrow_mut();
         q.stopped = true;
         for p in q.pending.drain(..) {
-            p.slot.set(Some(Err(SpoolError::Closed)));
+            p.slot.fill(Err(SpoolError::Closed));
         }
-        drop(q);
-        self.0.committed.notify(usize::MAX);
     }
 }
 
@@ -841,7 +855,6 @@ impl Writer {
             }
             let batch: Vec<Pending> = self.inner.queue.borrow_mut().pending.drain(..).collect();
             self.commit(&batch).await;
-            self.inner.committed.notify(usize::MAX);
         }
     }
 
@@ -862,7 +875,7 @@ impl Writer {
                     Ok(a) => self.active = Some(a),
                     Err(e) => {
                         for p in &batch[i..] {
-                            p.slot.set(Some(Err(e.again())));
+                            p.slot.fill(Err(e.again()));
                         }
                         return;
                     }
@@ -880,9 +893,7 @@ impl Writer {
                 if active.end == format::HEADER_LEN {
                     // Cannot happen (append checks the size), but never loop on it.
                     let (len, max) = (batch[i].len, 0);
-                    batch[i]
-                        .slot
-                        .set(Some(Err(SpoolError::TooLarge { len, max })));
+                    batch[i].slot.fill(Err(SpoolError::TooLarge { len, max }));
                     i += 1;
                 } else {
                     self.seal_active().await;
@@ -912,14 +923,14 @@ impl Writer {
                     shared.records.fetch_add(records.len() as u64, Relaxed);
                     shared.bytes.fetch_add(bytes as u64, Relaxed);
                     for (p, id) in records.iter().zip(ids) {
-                        p.slot.set(Some(Ok(id)));
+                        p.slot.fill(Ok(id));
                     }
                     self.prepare_next();
                 }
                 Err(e) => {
                     tracing::error!(segment = active.id, error = %e, "spool commit failed");
                     for p in records {
-                        p.slot.set(Some(Err(e.again())));
+                        p.slot.fill(Err(e.again()));
                     }
                     self.seal_active().await;
                 }
@@ -1046,8 +1057,9 @@ async fn try_create(inner: &Inner, id: u64) -> Result<Active, SpoolError> {
     activate(inner, file, id, &header).await
 }
 
-/// Syncs a freshly written segment file and its directory entry; the segment is then ready
-/// for records after its header.
+/// Syncs a freshly written segment file and its directory entry, then reopens it for the
+/// records with `O_DSYNC` (see [`write_records`]); the segment is then ready for records
+/// after its header. (The zero fill is written without `O_DSYNC`: one sync at the end.)
 async fn activate(
     inner: &Inner,
     file: DmaFile,
@@ -1058,6 +1070,14 @@ async fn activate(
     inner.shared.synced();
     inner.dir.sync().await?;
     inner.shared.synced();
+    if let Err(e) = file.close().await {
+        tracing::warn!(segment = id, error = %e, "spool: closing a segment's fill handle failed");
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_DSYNC.bits())
+        .dma_open(inner.shared.seg_path(id))
+        .await?;
     Ok(Active {
         id,
         file,
@@ -1066,8 +1086,12 @@ async fn activate(
     })
 }
 
-/// Writes `records` after `active.end` (rewriting the partial block before it) and syncs.
-/// Updates `active.tail`; the caller advances `active.end`.
+/// Writes `records` after `active.end` (rewriting the partial block before it), durably: the
+/// segment is open with `O_DSYNC`, so the write completes only once its data is on stable
+/// storage, as a `write` followed by `fdatasync` would (the kernel flushes the device's
+/// cache, or writes with FUA), but as one io_uring operation: no second round trip through
+/// the executor between the write and the sync. Updates `active.tail`; the caller advances
+/// `active.end`.
 async fn write_records(active: &mut Active, records: &[Pending]) -> Result<(), SpoolError> {
     let start = active.end - active.tail.len() as u64;
     let new_end = active.end + records.iter().map(|p| p.framed).sum::<u64>();
@@ -1088,7 +1112,6 @@ async fn write_records(active: &mut Active, records: &[Pending]) -> Result<(), S
     if active.file.write_at(buf, start).await? != len {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short spool write").into());
     }
-    active.file.fdatasync().await?;
     active.tail = tail;
     Ok(())
 }

@@ -533,6 +533,9 @@ start_server() {
     [[ -n $MAX_QUEUE ]] && envs+=("MAX_QUEUE=$MAX_QUEUE")
     envs+=("S3_PREFIX=$prefix")
     SRV_SPOOL=""
+    # Dirty pages of the previous run (a deleted spool, logs, a build) are written back now,
+    # not during this run: durable latency is the disk's, and writeback would stall it.
+    sync
     case "$sys" in
         queued|durable)
             # (d) corepost with ack = queued / durable, no store: front end (+ spool) only.

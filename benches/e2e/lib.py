@@ -626,8 +626,8 @@ def compute_rate_d(records, mode):
 # ---------------------------------------------------------------- raw disk (d)
 def fsync_latency(directory, n, block=4096):
     """n x (one block written with O_DIRECT into a preallocated file + os.fdatasync), the
-    durable spool's commit in miniature (it preallocates its segments and writes them with
-    O_DIRECT, one write + one fdatasync per commit). Falls back to buffered writes (and says so)
+    durable spool's commit in miniature (it zero-fills its segments and writes them with
+    O_DIRECT|O_DSYNC, one synchronous write per commit: the same data sync as write + fdatasync). Falls back to buffered writes (and says so)
     when the filesystem refuses O_DIRECT."""
     import mmap
     import time
@@ -1001,7 +1001,7 @@ def report_d(g, mode, meta):
                  "shard in durable mode); the load generator runs on the same cores as the server.\n")
     L.append("Both modes store nothing (`--sink discard`): queued is the front end alone, durable adds the "
              "spool (every request appended to the shard's O_DIRECT segment, answered after the group "
-             "commit's fdatasync). Each durable run gets a fresh spool directory, deleted after the run.\n")
+             "commit's O_DSYNC write). Each durable run gets a fresh spool directory, deleted after the run.\n")
     systems = systems_in(g)
     q, du = g.get("queued"), g.get("durable")
     both = q is not None and du is not None
@@ -1016,7 +1016,7 @@ def report_d(g, mode, meta):
     rows = [
         row("**requests/s accepted (2xx)**, saturating", "req_s"),
         row("payloads/s accepted", "payloads_s"),
-        row("**fdatasyncs per second**, saturating (corepost_spool_fsyncs_total)", "fsyncs_s"),
+        row("**data syncs per second**, saturating (corepost_spool_fsyncs_total)", "fsyncs_s"),
         row("spool commits per second, saturating", "commits_s"),
         row("**requests per commit**, saturating (spool records ÷ commits)", "req_per_commit", digits=1),
         row("**CPU-s per million payloads**", "cpu_per_mpayload", digits=2),
@@ -1035,7 +1035,7 @@ def report_d(g, mode, meta):
             row(f"**latency p99** {at}, ms", f"p99_{k}", digits=2),
             row(f"latency p99.9 {at}, ms", f"p999_{k}", digits=2),
             row(f"achieved rate {at}", f"lat_rps_{k}"),
-            row(f"fdatasyncs per second {at}", f"fsyncs_s_{k}"),
+            row(f"data syncs per second {at}", f"fsyncs_s_{k}"),
             row(f"requests per commit {at}", f"req_per_commit_{k}", digits=1),
         ]
     L.append(table(hdr, rows))
@@ -1048,7 +1048,7 @@ def report_d(g, mode, meta):
     if fs:
         notes.append(f"Raw disk under the spool ({d.get('fstype') or '?'} on {d.get('source') or '?'}), once per run: "
                      + fsync_text(fs) + ". A durable request waits for up to commit_wait_us, then for one such "
-                     "write + fdatasync (longer for a larger commit), so the disk's fdatasync latency is the floor "
+                     "synchronous write (an O_DSYNC write; longer for a larger commit), so the disk's fdatasync latency is the floor "
                      "of durable latency, and the disk's tail shows in durable's p99.")
     for s in systems:
         f = g[s]
@@ -1303,10 +1303,11 @@ def report(rundir, out_md, out_svg):
         L.append(
             "- **(d) requests/s, CPU, RSS**: as in (a), per ack mode; both with `--sink discard`, so the durable "
             "figures are front end + spool, and the queued ones front end alone.\n"
-            "- **(d) fdatasyncs per second, commits per second**: the delta of corepost_spool_fsyncs_total and "
+            "- **(d) data syncs per second, commits per second**: the delta of corepost_spool_fsyncs_total and "
             "corepost_spool_commits_total (summed over shards) between a /metrics scrape just before the load and "
-            "one just after it, ÷ the time between the start and the end of the load. fsyncs include the few of "
-            "segment creation (the segment header, spool.meta and the directory), commits only the group commits.\n"
+            "one just after it, ÷ the time between the start and the end of the load. A commit is one O_DSYNC write "
+            "(a write that returns once its data is on stable storage); data syncs are the commits plus the few "
+            "fdatasyncs of segment creation (the segment header, spool.meta and the directory).\n"
             "- **(d) requests per commit**: the delta of corepost_spool_records_total ÷ the delta of "
             "corepost_spool_commits_total over the same window: how many requests one write + fdatasync made "
             "durable.\n"

@@ -451,34 +451,21 @@ fn a_second_server_on_a_port_in_use_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let first = fs_server(dir.path(), &[]);
     let other = tempfile::tempdir().unwrap();
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_corepost"))
-        .args(["serve", "--cores", "1", "--listen", &first.addr.to_string()])
-        .arg("--fs-root")
-        .arg(other.path().join("out"))
-        .arg("--spill-dir")
-        .arg(other.path().join("spill"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = second.try_wait().unwrap() {
-            break st;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = second.kill();
-            panic!("a second server started on {} (port in use)", first.addr);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    second
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (out, spill) = (other.path().join("out"), other.path().join("spill"));
+    let listen = first.addr.to_string();
+    let (status, err) = serve_refused(
+        &[
+            "--cores",
+            "1",
+            "--listen",
+            &listen,
+            "--fs-root",
+            out.to_str().unwrap(),
+            "--spill-dir",
+            spill.to_str().unwrap(),
+        ],
+        20,
+    );
     assert!(!status.success(), "{status:?}");
     assert!(
         err.contains(&format!("cannot listen on {}", first.addr)) && err.contains("in use"),

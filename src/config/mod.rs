@@ -383,9 +383,10 @@ pub struct SpoolConfig {
     /// Disk budget per shard: live segments beyond it turn into `503` until the store has
     /// taken what they hold.
     pub max_bytes: u64,
-    /// Group commit: the longest an accepted request waits for others before the one write
-    /// synchronous (O_DSYNC) write that makes all of them durable (microseconds). Requests arriving while a
-    /// commit is on its way to the disk join the next one anyway, so a short wait suffices;
+    /// Group commit: the longest an accepted request waits for others before the one
+    /// synchronous (O_DSYNC) write that makes all of them durable (microseconds). Requests
+    /// arriving while a commit is on its way to the disk join the next one anyway, so a short
+    /// wait suffices;
     /// `benches/e2e/durable-probe.sh RATE SEGMENT_BYTES WAIT` measures a setting.
     pub commit_wait_us: u64,
 }

@@ -1,7 +1,7 @@
 //! The per-shard durable write-ahead spool: requests acknowledged `durable` are appended here
-//! and answered only after the synchronous (`O_DSYNC`) write that covers their record; the upload worker (on
-//! another thread) releases records once they are stored, and a segment file is deleted when
-//! it is sealed and every record in it has been released.
+//! and answered only after the synchronous (`O_DSYNC`) write that covers their record; the
+//! upload worker (on another thread) releases records once they are stored, and a segment file
+//! is deleted when it is sealed and every record in it has been released.
 //!
 //! # How it works
 //! - One [`Spool`] per shard, `!Send`, on the shard's glommio executor. [`Spool::append`]
@@ -26,11 +26,11 @@
 //!   while commits wait only when the spool grows past it. The next segment is prepared in
 //!   the background once the active one is half full, budget permitting (free files count
 //!   against the budget). The writer only ever appends to a segment it created in this run;
-//!   [`Spool::open`] seals every segment found on disk. When
-//!   a record does not fit, the segment is sealed and a new one is created, if the budget
-//!   (`max_bytes`, the sum of live segment file sizes) allows, else the append fails with
-//!   [`SpoolError::Full`]. A failed commit write seals the segment too (its fate on
-//!   disk is unknown) and fails the records of that commit.
+//!   [`Spool::open`] seals every segment found on disk. When a record does not fit, the
+//!   segment is sealed and a new one is created, if the budget (`max_bytes`, the sum of live
+//!   segment file sizes) allows, else the append fails with [`SpoolError::Full`]. A failed
+//!   commit write seals the segment too (its fate on disk is unknown) and fails the records
+//!   of that commit.
 //! - Release bookkeeping is a table of live record offsets per segment behind a mutex shared
 //!   with every [`Releaser`] (touched once per commit by the shard, once per release by the
 //!   worker). Releasing an unknown or already released id is ignored. A release that empties

@@ -57,9 +57,17 @@ SCENARIO_LABEL = {
 }
 # (d) fixed-rate kinds: the rate of the target, the one at durable's own half load, or given.
 D_RATE_KINDS = ["halfq", "halfd", "given"]
-D_RATE_LABEL = {"halfq": "half of queued's median sustained rate (the target's load)",
-                "halfd": "half of durable's own median sustained rate",
+D_RATE_LABEL = {"halfq": "half of queued's median sustained rate",
+                "halfd": "half of durable's own median sustained rate (half of the load it keeps)",
                 "given": "the rate given with --rate-d / --rate"}
+# The two readings of the target's load, both reported: half of the load durable keeps (its own
+# median sustained rate: latency at half of peak, the usual practice, and the reading under which
+# the target can hold whenever durable keeps exactly half of queued), and half of queued's median
+# rate (the harness's only reading until 2026-11-29: at durable = 0.5x queued that is 100% of
+# durable's capacity, where no queue keeps a bounded p99).
+D_P99_READINGS = {"halfd": "half of durable's own median rate (half of the load it keeps)",
+                  "halfq": "half of queued's median rate",
+                  "given": "the given rate"}
 D_RATE_SHORT = {"halfq": "½ queued rate", "halfd": "½ durable rate", "given": "given rate"}
 
 MODE_LABEL = {
@@ -478,6 +486,14 @@ def derive(r):
         r["commits_s"] = r["spool_commits"] / w
         if r["spool_commits"]:
             r["req_per_commit"] = r["spool_records"] / r["spool_commits"]
+    if "steal_ticks_before" in r and "steal_ticks_after" in r:
+        # Time the hypervisor gave this VM's vCPUs to something else during the load (all vCPUs).
+        r["steal_ms"] = (r["steal_ticks_after"] - r["steal_ticks_before"]) / r["clk_tck"] * 1e3
+    if r.get("kind") == "lat" and "cpu_ticks_load_end" in r and r.get("lat_ok"):
+        # Server CPU per request at a fixed rate: the cost of a request when the server is not
+        # saturated (every request then wakes it), not only at saturation.
+        cpu = (r["cpu_ticks_load_end"] - r["cpu_ticks_before"]) / r["clk_tck"]
+        r["lat_cpu_per_mreq"] = cpu / r["lat_ok"] * 1e6
     if "wrk_requests" not in r:
         return r
     ppb = r["payloads_per_body"]
@@ -784,6 +800,9 @@ def summarize(records):
                 "inv_by_kind": merge_kinds([r.get("inv_by_kind") for r in t]),
                 "drain_ends": sorted({r["drain_end"] for r in t if r.get("drain_end")}),
                 # (d) the spool's counters over the saturating load (durable only)
+                "steal_ms": spread([r.get("steal_ms") for r in t]),
+                "steal_ms_lat": spread([r.get("steal_ms") for r in l]),
+                "lat_cpu_per_mreq": spread([r.get("lat_cpu_per_mreq") for r in l]),
                 "fsyncs_s": spread([r.get("fsyncs_s") for r in t]),
                 "commits_s": spread([r.get("commits_s") for r in t]),
                 "req_per_commit": spread([r.get("req_per_commit") for r in t]),
@@ -795,7 +814,8 @@ def summarize(records):
                 f[f"lat_rounds_{kind}"] = len(lk)
                 for name, src in (("p50", "lat_p50_ms"), ("p99", "lat_p99_ms"), ("p999", "lat_p999_ms"),
                                   ("lat_rps", "lat_rps"), ("fsyncs_s", "fsyncs_s"),
-                                  ("req_per_commit", "req_per_commit")):
+                                  ("req_per_commit", "req_per_commit"), ("steal_ms", "steal_ms"),
+                                  ("lat_cpu_per_mreq", "lat_cpu_per_mreq")):
                     f[f"{name}_{kind}"] = spread([r.get(src) for r in lk])
                 f[f"lat_non2xx_{kind}"] = sum((r.get("lat_non2xx") or 0) for r in lk)
                 f[f"lat_errors_{kind}"] = sum((r.get("lat_errors") or 0) for r in lk)
@@ -874,18 +894,23 @@ def target_lines(summ):
         r = ratio(med_of(du, "req_s") if du else None, med_of(q, "req_s") if q else None)
         lines.append((f"(d) {label}: durable req/s >= 0.5x queued req/s, same run", fmt_ratio(r),
                       verdict(None if r is None else r >= 0.5)))
-        kind = "halfq" if du and du.get("p99_halfq") else "given"
-        p99 = med_of(du, f"p99_{kind}") if du else None
-        rate = du.get(f"lat_rate_{kind}") if du else None
-        bad = du and (du.get(f"lat_non2xx_{kind}") or du.get(f"lat_errors_{kind}"))
-        achieved = med_of(du, f"lat_rps_{kind}") if du else None
-        short = achieved is not None and rate and achieved < 0.95 * rate
-        where = "half of queued's median rate" if kind == "halfq" else "the given rate"
-        measured = "n/a" if p99 is None else f"{fmt(p99, ' ms', 2)} at {fmt(rate, digits=0)} req/s"
-        if short:
-            measured += f" (only {fmt(achieved, digits=0)} req/s achieved)"
-        ok = None if p99 is None else (p99 < 10 and not bad and not short)
-        lines.append((f"(d) {label}: durable p99 < 10 ms at {where}", measured, verdict(ok)))
+        # "p99 under 10 ms at half of that load": reported at half of the load durable keeps (its
+        # own median sustained rate) and at half of queued's median rate (see D_P99_READINGS).
+        kinds = ["given"] if du and du.get("p99_given") else ["halfd", "halfq"]
+        for kind in kinds:
+            p99 = med_of(du, f"p99_{kind}") if du else None
+            rate = du.get(f"lat_rate_{kind}") if du else None
+            bad = du and (du.get(f"lat_non2xx_{kind}") or du.get(f"lat_errors_{kind}"))
+            achieved = med_of(du, f"lat_rps_{kind}") if du else None
+            short = achieved is not None and rate and achieved < 0.95 * rate
+            measured = "n/a" if p99 is None else f"{fmt(p99, ' ms', 2)} at {fmt(rate, digits=0)} req/s"
+            if short:
+                measured += f" (only {fmt(achieved, digits=0)} req/s achieved)"
+            steal = med_of(du, f"steal_ms_{kind}") if du else None
+            if p99 is not None and steal is not None:
+                measured += f"; host steal {fmt(steal, ' ms', 0)} per run (median)"
+            ok = None if p99 is None else (p99 < 10 and not bad and not short)
+            lines.append((f"(d) {label}: durable p99 < 10 ms at {D_P99_READINGS[kind]}", measured, verdict(ok)))
     return lines
 
 
@@ -1007,10 +1032,10 @@ def report_d(g, mode, meta):
     both = q is not None and du is not None
     hdr = ["figure"] + [SYSTEM_LABEL[s] for s in systems] + (["durable / queued"] if both else [])
 
-    def row(label, name, unit="", digits=None):
+    def row(label, name, unit="", digits=None, compare=True):
         cells = [label] + [fmt_spread(g[s].get(name), unit, digits) for s in systems]
         if both:
-            cells.append(fmt_ratio(ratio(med_of(du, name), med_of(q, name))))
+            cells.append(fmt_ratio(ratio(med_of(du, name), med_of(q, name))) if compare else "n/a")
         return cells
 
     rows = [
@@ -1025,6 +1050,7 @@ def report_d(g, mode, meta):
         row("wrk p99 under saturation (closed loop), ms", "wrk_p99_ms", digits=2),
         row("non-2xx responses per run", "non2xx", digits=0),
         row("socket errors per run", "sock_errors", digits=0),
+        row("host steal during the saturating run, ms (all vCPUs)", "steal_ms", digits=0, compare=False),
     ]
     kinds = [k for k in D_RATE_KINDS if any(g[s].get(f"lat_rate_{k}") for s in systems)]
     for k in kinds:
@@ -1037,6 +1063,8 @@ def report_d(g, mode, meta):
             row(f"achieved rate {at}", f"lat_rps_{k}"),
             row(f"data syncs per second {at}", f"fsyncs_s_{k}"),
             row(f"requests per commit {at}", f"req_per_commit_{k}", digits=1),
+            row(f"server CPU-s per million requests {at}", f"lat_cpu_per_mreq_{k}", digits=2),
+            row(f"host steal during the run {at}, ms (all vCPUs)", f"steal_ms_{k}", digits=0, compare=False),
         ]
     L.append(table(hdr, rows))
     L.append("")
@@ -1064,6 +1092,11 @@ def report_d(g, mode, meta):
         if f.get("metrics_accepted"):
             notes.append(f"{SYSTEM_LABEL[s]}: corepost_payloads_accepted_total {fmt_spread(f['metrics_accepted'])} per "
                          f"run incl. the probe POST (wrk-derived: {fmt_spread(f['accepted_payloads'])}).")
+    if any(g[s].get("steal_ms") or g[s].get("steal_ms_lat") for s in systems):
+        notes.append("Host steal: time the hypervisor gave this VM's vCPUs to something else during the load "
+                     "(the steal column of /proc/stat, all vCPUs). While a vCPU is stolen nothing on it runs: "
+                     "requests arriving then wait, and at a fixed rate the backlog drains only at the "
+                     "server's spare capacity, so a run with tens of ms of steal has its p99 set by the host.")
     if q is not None and not q.get("fsyncs_s"):
         notes.append("queued mode has no spool: no fdatasync at all (its /metrics have no corepost_spool_* series).")
     notes.append("Not in (d): nginx and the Go baseline have no durable mode. The Go design's `200` means "
@@ -1136,7 +1169,9 @@ def report(rundir, out_md, out_svg):
              + (" The (c) targets compare the medians of corepost and Go in the same run and mode."
                 if any(sc == "c" for sc, _ in summ) else "")
              + (" The (d) targets compare corepost's ack=durable with its ack=queued in the same run and mode "
-                "(medians); the p99 target is met only if durable also sustained the rate (>= 95%, all 2xx)."
+                "(medians); the p99 target is met only if durable also sustained the rate (>= 95%, all 2xx). "
+                "Its load, \"half of that load\", is reported under both readings: half of the load durable "
+                "keeps (its own median sustained rate) and half of queued's median rate."
                 if any(sc == "d" for sc, _ in summ) else "") + "\n")
 
     for scenario in ("a", "b", "c", "d"):
@@ -1391,8 +1426,8 @@ def write_svg(summ, meta, path):
             vmax = max([v[2] for v in present], default=0) or 1
             vmin = min([v[1] for v in present if v[1] > 0], default=vmax)
             is_p99 = mname == "p99" or mname.startswith("p99_")
-            # (d) the p99 target (< 10 ms at half of queued's rate) drawn as a line
-            target = 10.0 if key[0] == "d" and mname in ("p99_halfq", "p99_given") else None
+            # (d) the p99 target (< 10 ms) drawn as a line on every fixed-rate panel
+            target = 10.0 if key[0] == "d" and mname in ("p99_halfq", "p99_halfd", "p99_given") else None
             if target:
                 vmax = max(vmax, target)
             log_scale = (is_p99 or mname in ("puts_per_mpayload", "stored_s", "bytes_per_payload")) \

@@ -464,6 +464,10 @@ pick_port() {
     die "could not find a free port"
 }
 
+host_steal() {  # steal ticks of all vCPUs so far (/proc/stat): time the hypervisor ran something else
+    awk '/^cpu /{print $9; exit}' /proc/stat
+}
+
 cpu_ticks() {  # utime+stime of a process tree, in clock ticks
     local total=0 p s f
     for p in $(tree_pids "$1"); do
@@ -882,7 +886,7 @@ common_fields() {  # common_fields KIND SYSTEM SCENARIO MODE ROUND
 probe_adjust() { local s=$1; s=$((s - PPB)); ((s < 0)) && s=0; echo "$s"; }
 
 run_tput() {  # run_tput SYSTEM SCENARIO MODE ROUND
-    local sys=$1 sc=$2 mode=$3 r=$4 label prefix c0 c1 c2 t_end hwm extra=()
+    local sys=$1 sc=$2 mode=$3 r=$4 label prefix c0 c1 c2 st0 t_end hwm extra=()
     label="$sc-$mode-$sys-tput-r$(printf %03d "$r")"
     prefix="e2e-$RUN_ID/$label"
     log "[$sc/$mode round $r/$ROUNDS] $sys: saturating load ${DURATION}s"
@@ -892,10 +896,12 @@ run_tput() {  # run_tput SYSTEM SCENARIO MODE ROUND
     local sp0="" sp1="" t_start
     [[ $sc == d ]] && sp0="$(spool_counts "$SRV_URL")"
     c0="$(cpu_ticks "$SRV_PID")"
+    st0="$(host_steal)"
     t_start="$(now)"
     run_wrk "$RUN_DIR/out/$label.wrk" "$DURATION"
     t_end="$(now)"
     c1="$(cpu_ticks "$SRV_PID")"
+    extra+=("steal_ticks_before=$st0" "steal_ticks_after=$(host_steal)")
     if [[ $sc == d ]]; then
         sp1="$(spool_counts "$SRV_URL")"
         # shellcheck disable=SC2207
@@ -997,13 +1003,15 @@ run_kill() {  # run_kill SYSTEM SCENARIO MODE ROUND  (b only)
 }
 
 run_lat() {  # run_lat SYSTEM SCENARIO MODE ROUND RATE [RATE_KIND]
-    local sys=$1 sc=$2 mode=$3 r=$4 rate=$5 kind=${6:-} label prefix out hwm extra=() sp0="" sp1="" t0 t1
+    local sys=$1 sc=$2 mode=$3 r=$4 rate=$5 kind=${6:-} label prefix out hwm extra=() sp0="" sp1="" t0 t1 c0 st0
     label="$sc-$mode-$sys-lat${kind:+-$kind}-r$(printf %03d "$r")"
     prefix="e2e-$RUN_ID/$label"
     out="$RUN_DIR/out/$label.json"
     log "[$sc/$mode latency round $r/$ROUNDS] $sys: fixed rate $rate req/s${kind:+ ($kind)} for ${DURATION}s"
     start_server "$sys" "$sc" "$mode" "$prefix" "$label"
     [[ $sc == d ]] && sp0="$(spool_counts "$SRV_URL")"
+    c0="$(cpu_ticks "$SRV_PID")"
+    st0="$(host_steal)"
     t0="$(now)"
     if [[ -n $OHA_BIN ]]; then
         bg_wait "$out" "$RUN_DIR/out/$label.stderr" timeout $((DURATION + 60)) "${LG_PIN[@]}" "$OHA_BIN" -z "${DURATION}s" -q "$rate" -c "$CONNS" -m POST \
@@ -1013,6 +1021,8 @@ run_lat() {  # run_lat SYSTEM SCENARIO MODE ROUND RATE [RATE_KIND]
             "$rate" "$DURATION" "$CONNS" || { cat "$RUN_DIR/out/$label.stderr" >&2; die "fixed_rate.py failed"; }
     fi
     t1="$(now)"
+    extra+=("cpu_ticks_before=$c0" "cpu_ticks_load_end=$(cpu_ticks "$SRV_PID")"
+        "steal_ticks_before=$st0" "steal_ticks_after=$(host_steal)")
     if [[ $sc == d ]]; then
         sp1="$(spool_counts "$SRV_URL")"
         # shellcheck disable=SC2207

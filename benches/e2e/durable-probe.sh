@@ -13,23 +13,12 @@ SEG=${2:-67108864}
 WAIT=${3:-50}
 PORT=${PORT:-18181}
 D=$(mktemp -d -p "$PWD/target" durable-probe.XXXXXX)
-P=
-trap '[ -n "$P" ] && { kill "$P" 2>/dev/null; wait "$P" 2>/dev/null; }; rm -rf "$D"' EXIT
+# shellcheck source=benches/e2e/pinned-server.sh
+. benches/e2e/pinned-server.sh
+trap 'stop_pinned; rm -rf "$D"' EXIT
 printf '[server]\nack = "durable"\n[spool]\ndir = "%s"\nsegment_bytes = %s\nmax_bytes = %s\ncommit_wait_us = %s\n' \
     "$D/spool" "$SEG" "$((SEG * 8))" "$WAIT" > "$D/c.toml"
-sync  # write back earlier dirty pages (a build, a deleted spool) before, not during, the run
-taskset -c 1 target/release/corepost serve --listen "127.0.0.1:$PORT" --cores 1 --sink discard \
-    --config "$D/c.toml" --spill-dir "$D/spill" > "$D/out" 2>&1 &
-P=$!
-# Wait for the ready line (creating the spool's first segments takes a while): a run must not
-# start against a server that is still starting, nor leave one behind on the port.
-for _ in $(seq 1 300); do
-    grep -q "corepost ready" "$D/out" && break
-    kill -0 "$P" 2>/dev/null || { cat "$D/out" >&2; exit 1; }
-    sleep 0.1
-done
-grep -q "corepost ready" "$D/out" || { echo "server not ready after 30 s" >&2; cat "$D/out" >&2; exit 1; }
-curl -sf -XPOST --data-binary @benches/workload/body10.json "http://127.0.0.1:$PORT/" > /dev/null
+start_pinned target/release/corepost "$D/c.toml" "$D/out" "$PORT" "$D/spill"
 sleep 2
 echo "rate=$RATE segment_bytes=$SEG commit_wait_us=$WAIT"
 taskset -c 0 oha -z 10s -q "$RATE" -c 64 -m POST -D benches/workload/body10.json \

@@ -73,48 +73,38 @@ COOP=$ROOT/target/coop/release/corepost
 RUN=$(mktemp -d -p "$ROOT/target" coop-ab.XXXXXX)
 RES=$RUN/results.tsv
 PORT=18231
-SRV=
-cleanup() { [[ -n $SRV ]] && { kill "$SRV" 2>/dev/null; wait "$SRV" 2>/dev/null; }; rm -rf "$RUN/spool" "$RUN/spill"; }
+# shellcheck source=benches/e2e/pinned-server.sh
+. benches/e2e/pinned-server.sh
+cleanup() { stop_pinned; rm -rf "$RUN/spool" "$RUN/spill"; }
 trap cleanup EXIT
 steal() { awk '/^cpu /{print $9; exit}' /proc/stat; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-start() {  # start BINARY ACK
+start() {  # start BINARY ACK: a fresh spool and spill dir per run
     rm -rf "$RUN/spool" "$RUN/spill"
     printf '[server]\nack = "%s"\n[spool]\ndir = "%s"\n' "$2" "$RUN/spool" >"$RUN/c.toml"
-    sync
-    taskset -c 1 "$1" serve --listen "127.0.0.1:$PORT" --cores 1 --sink discard \
-        --config "$RUN/c.toml" --spill-dir "$RUN/spill" >"$RUN/server.log" 2>&1 &
-    SRV=$!
-    for _ in $(seq 1 300); do
-        grep -q "corepost ready" "$RUN/server.log" && break
-        kill -0 "$SRV" 2>/dev/null || { cat "$RUN/server.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    grep -q "corepost ready" "$RUN/server.log" || { echo "server not ready" >&2; exit 1; }
-    curl -sf -XPOST --data-binary @benches/workload/body10.json "http://127.0.0.1:$PORT/" >/dev/null
+    start_pinned "$1" "$RUN/c.toml" "$RUN/server.log" "$PORT" "$RUN/spill"
     sleep 1
 }
-stop() { kill "$SRV"; wait "$SRV" 2>/dev/null || true; SRV=; }
 
 one() {  # one BUILD_LABEL BINARY ACK ROUND
     local c0 c1 s0 s1 out rps p50 p99
     start "$2" "$3"
-    c0=$(ticks "$SRV"); s0=$(steal)
+    c0=$(ticks "$PINNED_PID"); s0=$(steal)
     out=$(cd benches/workload && BODY=body10.json taskset -c 0 wrk -t1 -c64 -d"${DURATION}s" -s post.lua \
         "http://127.0.0.1:$PORT/")
-    c1=$(ticks "$SRV"); s1=$(steal)
+    c1=$(ticks "$PINNED_PID"); s1=$(steal)
     rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
     printf '%s\t%s\tsat\t%s\t%s\t\t\t%s\t%s\n' "$1" "$3" "$4" "$rps" "$((c1 - c0))" "$((s1 - s0))" >>"$RES"
-    stop
+    stop_pinned
     start "$2" "$3"
-    c0=$(ticks "$SRV"); s0=$(steal)
+    c0=$(ticks "$PINNED_PID"); s0=$(steal)
     out=$(taskset -c 0 "$OHA" -z "${DURATION}s" -q "$RATE" -c 64 -m POST -D benches/workload/body10.json \
         -T application/json --latency-correction --no-tui --output-format json "http://127.0.0.1:$PORT/")
-    c1=$(ticks "$SRV"); s1=$(steal)
+    c1=$(ticks "$PINNED_PID"); s1=$(steal)
     read -r rps p50 p99 < <(python3 -c 'import json,sys; d=json.load(sys.stdin); p=d["latencyPercentiles"]; print(d["summary"]["requestsPerSec"], p["p50"]*1e3, p["p99"]*1e3)' <<<"$out")
     printf '%s\t%s\trate\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$3" "$4" "$rps" "$p50" "$p99" "$((c1 - c0))" "$((s1 - s0))" >>"$RES"
-    stop
+    stop_pinned
     log "round $4 $1 $3: done"
 }
 

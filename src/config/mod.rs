@@ -386,8 +386,7 @@ pub struct SpoolConfig {
     /// Group commit: the longest an accepted request waits for others before the one
     /// synchronous (O_DSYNC) write that makes all of them durable (microseconds). Requests
     /// arriving while a commit is on its way to the disk join the next one anyway, so a short
-    /// wait suffices;
-    /// `benches/e2e/durable-probe.sh RATE SEGMENT_BYTES WAIT` measures a setting.
+    /// wait suffices; `benches/e2e/durable-probe.sh RATE SEGMENT_BYTES WAIT` measures a setting.
     pub commit_wait_us: u64,
 }
 

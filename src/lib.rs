@@ -14,6 +14,25 @@
 //! - [`shard`]: executors pinned per core, listeners, start-up and graceful shutdown.
 #![warn(missing_docs)]
 
+/// A named crash point in a durability protocol. Compiled only with the `failpoints` feature
+/// (which only the crash tests enable): there, `FAILPOINTS="name=return"` (the `fail` crate's
+/// syntax, e.g. `name=3*off->return` for the fourth pass) makes the process abort at that
+/// point, as a power cut or `kill -9` would stop it. Without the feature it is nothing.
+#[macro_export]
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        {
+            if let Some(never) = fail::eval($name, |_| -> std::convert::Infallible {
+                eprintln!("corepost: failpoint {} reached: aborting", $name);
+                std::process::abort()
+            }) {
+                match never {}
+            }
+        }
+    };
+}
+
 pub mod config;
 pub mod http;
 pub mod ingest;

@@ -96,6 +96,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Crash tests only: arms the crash points named in `FAILPOINTS`.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let (serve, opts) = match cli.cmd {
         Cmd::Serve(o) => (true, o),
@@ -112,7 +115,7 @@ fn main() -> ExitCode {
         print!("{}", cfg.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
-    let (sig_tx, sig_rx) = flume::bounded::<i32>(1);
+    let (sig_tx, sig_rx) = flume::unbounded::<i32>();
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -123,11 +126,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Every signal is passed on: the first starts the graceful drain, a second ends it.
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            let _ = sig_tx.send(sig);
+        for sig in signals.forever() {
+            if sig_tx.send(sig).is_err() {
+                break;
+            }
         }
     });
+    let sig_rx2 = sig_rx.clone();
     let sink = cfg.sink.kind;
     let result = corepost::shard::run(
         cfg,
@@ -144,8 +151,14 @@ fn main() -> ExitCode {
         },
         async move {
             if let Ok(sig) = sig_rx.recv_async().await {
-                tracing::info!(signal = sig, "shutting down: draining queues");
+                tracing::info!(
+                    signal = sig,
+                    "shutting down: draining queues (a second signal ends the drain at once)"
+                );
             }
+        },
+        async move {
+            let _ = sig_rx2.recv_async().await;
         },
     );
     match result {

@@ -62,12 +62,16 @@ pub struct ShardStats {
     pub spool_corrupt: AtomicU64,
     /// Torn tails cut off spool segments at start-up (a crash mid-write).
     pub spool_torn_tails: AtomicU64,
+    /// Spool records that can never be delivered, moved to the dead-letter directory.
+    pub spool_dead_letters: AtomicU64,
     /// Upload attempts that failed and were retried.
     pub upload_retries: AtomicU64,
     /// Bytes written to the sink (objects as stored, after compression).
     pub bytes_out: AtomicU64,
     /// Objects stored in the sink.
     pub objects_uploaded: AtomicU64,
+    /// Group syncs of the fs sink's file system (`ack = "durable"`).
+    pub sink_syncs: AtomicU64,
     /// Write requests sent to the store (single PUTs, and multipart start, parts and
     /// completion), retries included.
     pub put_requests: AtomicU64,
@@ -148,7 +152,7 @@ type SpoolField = fn(&crate::spool::SpoolStats) -> u64;
 /// Renders all shards in Prometheus text format.
 pub fn render(shards: &[ShardView], ready: bool) -> String {
     let mut out = String::with_capacity(8192);
-    let counters: [(&str, &str, Field); 16] = [
+    let counters: [(&str, &str, Field); 18] = [
         (
             "corepost_payloads_accepted_total",
             "Payloads answered 200 for.",
@@ -205,9 +209,19 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             |s| &s.spool_torn_tails,
         ),
         (
+            "corepost_spool_dead_letters_total",
+            "Spool records that can never be delivered (logged), moved to spool.dir/dead-letter/.",
+            |s| &s.spool_dead_letters,
+        ),
+        (
             "corepost_objects_uploaded_total",
             "Objects stored in the sink.",
             |s| &s.objects_uploaded,
+        ),
+        (
+            "corepost_sink_syncs_total",
+            "Group syncs of the fs sink's file system before spool records are released (ack = durable).",
+            |s| &s.sink_syncs,
         ),
         (
             "corepost_put_requests_total",

@@ -34,6 +34,23 @@ pub struct Spooled {
     pub id: RecordId,
     /// Tells the spool the record is stored.
     pub releaser: Releaser,
+    /// How the run that wrote the record builds and names its objects, when that was another
+    /// run (a replay); `None`: as this run's configuration says.
+    pub naming: Option<Arc<Naming>>,
+}
+
+/// What decides the objects and keys of a spooled request. Recorded (as JSON) in each spool
+/// segment, so a replay after a configuration change builds the same objects under the same
+/// keys as the run that accepted the request: a payload already stored is overwritten in
+/// place, never stored a second time under another key.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Naming {
+    /// `keys.prefix`.
+    pub prefix: String,
+    /// The instance name in the keys.
+    pub instance: String,
+    /// How payloads are grouped and encoded into objects.
+    pub batch: crate::config::BatchConfig,
 }
 
 /// What became of a request's payloads, reported back to the shard that accepted it.
@@ -76,17 +93,48 @@ impl Budget {
             && self.bytes.load(Relaxed) + bytes <= self.max_bytes
     }
 
-    /// Reserves room for a whole request. Only the owning shard reserves, and the worker only
-    /// ever frees, so a check followed by an add cannot overshoot.
-    fn try_reserve(&self, payloads: usize, bytes: usize) -> bool {
-        if self.payloads.load(Relaxed) + payloads > self.max_payloads
-            || self.bytes.load(Relaxed) + bytes > self.max_bytes
+    /// Reserves room for a whole request, or nothing. The shard reserves for its requests and
+    /// the worker for spill files it replays, so the check and the add are one atomic step
+    /// per counter (a payload reservation that then finds no byte room is given back).
+    pub fn try_reserve(&self, payloads: usize, bytes: usize) -> bool {
+        if self
+            .payloads
+            .fetch_update(Relaxed, Relaxed, |cur| {
+                (cur + payloads <= self.max_payloads).then_some(cur + payloads)
+            })
+            .is_err()
         {
             return false;
         }
-        self.payloads.fetch_add(payloads, Relaxed);
-        self.bytes.fetch_add(bytes, Relaxed);
+        if self
+            .bytes
+            .fetch_update(Relaxed, Relaxed, |cur| {
+                (cur + bytes <= self.max_bytes).then_some(cur + bytes)
+            })
+            .is_err()
+        {
+            self.payloads.fetch_sub(payloads, Relaxed);
+            return false;
+        }
         true
+    }
+
+    /// Refuses, for good, a request larger than the whole budget: no amount of waiting would
+    /// make room for it.
+    pub fn fits_at_all(&self, payloads: usize, bytes: usize) -> Result<(), IngestError> {
+        if payloads > self.max_payloads {
+            return Err(IngestError::TooManyPayloads {
+                n: payloads,
+                max: self.max_payloads,
+            });
+        }
+        if bytes > self.max_bytes {
+            return Err(IngestError::OverQueue {
+                len: bytes,
+                max: self.max_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Returns the room a finished request held.
@@ -141,6 +189,7 @@ impl JobSender {
     /// written to the durable spool before they are queued); the room is returned if the
     /// reservation is dropped unused.
     pub fn reserve(&self, payloads: usize, bytes: usize) -> Result<Reservation, IngestError> {
+        self.budget.fits_at_all(payloads, bytes)?;
         if self.budget.try_reserve(payloads, bytes) {
             Ok(Reservation {
                 budget: self.budget.clone(),
@@ -171,6 +220,7 @@ impl JobSender {
     /// Queues a whole request or refuses it; never waits.
     pub fn send(&self, job: Job) -> Result<(), IngestError> {
         let (n, bytes) = (job.spans.len(), job.body.len());
+        self.budget.fits_at_all(n, bytes)?;
         if !self.budget.try_reserve(n, bytes) {
             return Err(IngestError::Overloaded);
         }

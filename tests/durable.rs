@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -49,25 +48,6 @@ fn start(
         ],
         env,
     )
-}
-
-/// Copies of each `(c, n)` payload across every object under `prefix`.
-fn copies(g: &Garage, prefix: &str) -> HashMap<(u64, u64), u32> {
-    let mut out = HashMap::new();
-    for o in fetch(g, prefix) {
-        for v in lines(&o) {
-            *out.entry((v["c"].as_u64().unwrap(), v["n"].as_u64().unwrap()))
-                .or_default() += 1;
-        }
-    }
-    out
-}
-
-fn wait_spool_empty(s: &Server, secs: u64) {
-    wait_until(secs, "spool emptied into the store", || {
-        let m = s.metrics();
-        m.sum("corepost_spool_live_records") == 0 && m.sum("corepost_queue_payloads") == 0
-    });
 }
 
 const NDJSON_PER_REQUEST: &str =
@@ -315,4 +295,117 @@ fn the_default_relative_spool_dir_resolves_against_the_working_directory() {
     assert!(seg.is_file(), "{}", seg.display());
     wait_spool_empty(&s, 30);
     assert_eq!(files_under(&work.path().join("out")).len(), 50);
+}
+
+/// Item "client disconnects fill the durable spool": 400 clients each send one whole request
+/// and reset the connection at once, while their records wait for the group commit. Every
+/// record the spool takes must still be queued and stored (its delivery no longer depends on
+/// the connection), so the spool empties and a normal client is served afterwards.
+#[test]
+fn clients_that_reset_after_sending_leave_nothing_stuck_in_the_spool() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let g = garage();
+    let p = prefix("reset");
+    let spool = spool_dir();
+    let c = conf(
+        "[server]\nack = \"durable\"\n[spool]\nsegment_bytes = 131072\nmax_bytes = 524288\ncommit_wait_us = 20000\n",
+    );
+    let s = start("1", spool.path(), &c, &g.server_env(&p));
+    let clients = 400;
+    let barrier = Arc::new(std::sync::Barrier::new(clients));
+    let addr = s.addr;
+    let storm: Vec<_> = (0..clients)
+        .map(|i| {
+            let b = barrier.clone();
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let body = padded_body(i, 4, 2000);
+                    let (mut w, _r) = connect(addr);
+                    b.wait();
+                    let sent = w
+                        .write_all(&raw_request("POST", "/v1/payloads", &[], &body))
+                        .is_ok();
+                    // SO_LINGER 0: close() sends a reset instead of a FIN.
+                    let sock = socket2::SockRef::from(&w);
+                    let _ = sock.set_linger(Some(Duration::ZERO));
+                    sent
+                })
+                .unwrap()
+        })
+        .collect();
+    let sent = storm
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(sent, clients, "every client sent its whole request");
+    wait_until(60, "the storm's records reached the spool", || {
+        s.metrics().sum("corepost_spool_records_total") > 0
+    });
+    wait_spool_empty(&s, 60);
+    let m = s.metrics();
+    let appended = m.sum("corepost_spool_records_total");
+    // Every record the spool took was queued and stored: none is waiting for a restart.
+    assert_eq!(
+        m.sum("corepost_payloads_uploaded_total"),
+        4 * appended,
+        "each spooled request's four payloads stored ({appended} records)"
+    );
+    let r = post(s.addr, &numbered_body(9999, 0, 3));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    wait_until(30, "the normal request stored", || {
+        copies(g, &p).contains_key(&(9999, 2))
+    });
+    assert!(s.stop(30).success());
+}
+
+/// `{"data": [...]}` with `count` payloads `{"c": c, "n": n, "pad": "xxx..."}`.
+fn padded_body(c: usize, count: usize, pad: usize) -> Vec<u8> {
+    let data: Vec<String> = (0..count)
+        .map(|n| format!(r#"{{"c":{c},"n":{n},"pad":"{}"}}"#, "x".repeat(pad)))
+        .collect();
+    format!(r#"{{"data":[{}]}}"#, data.join(",")).into_bytes()
+}
+
+/// A spooled request the restarted server can never deliver (here: more payloads than its
+/// whole queue holds, after `MAX_QUEUE` was lowered) goes to the dead-letter directory with a
+/// metric, and does not block the request recorded after it.
+#[test]
+fn an_undeliverable_record_goes_to_the_dead_letter_directory_and_blocks_nothing() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let g = garage();
+    let p = prefix("dead-letter");
+    let spool = spool_dir();
+    let c = conf(NDJSON_PER_REQUEST);
+    let mut dead = g.server_env(&p);
+    dead.retain(|(k, _)| k != "S3_ENDPOINT");
+    dead.push(("S3_ENDPOINT".into(), "http://127.0.0.1:9".into()));
+    let s = start("1", spool.path(), &c, &dead);
+    assert_eq!(post(s.addr, &numbered_body(1, 0, 50)).status, 200);
+    assert_eq!(post(s.addr, &numbered_body(2, 0, 2)).status, 200);
+    s.signal("KILL");
+    drop(s);
+
+    let mut env = g.server_env(&p);
+    env.push(("MAX_QUEUE".into(), "10".into()));
+    let s = start("1", spool.path(), &c, &env);
+    wait_spool_empty(&s, 60);
+    let m = s.metrics();
+    assert_eq!(m.sum("corepost_spool_dead_letters_total"), 1);
+    let got = copies(g, &p);
+    assert_eq!(got.get(&(2, 0)), Some(&1), "the next request is delivered");
+    assert_eq!(got.get(&(2, 1)), Some(&1));
+    assert!(
+        !got.contains_key(&(1, 0)),
+        "the oversized request is not stored"
+    );
+    let letters = files_under(&spool.path().join("dead-letter").join("shard-0"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        payloads_of(&std::fs::read(&letters[0]).unwrap()).len(),
+        50,
+        "the dead letter is the request as received"
+    );
+    assert!(s.stop(30).success());
 }

@@ -102,7 +102,7 @@ fn refuse(shard: &ShardCtx, e: &IngestError) -> Resp {
     r
 }
 
-async fn handle(shard: &ShardCtx, req: Request<Incoming>) -> Resp {
+async fn handle(shard: &Rc<ShardCtx>, req: Request<Incoming>) -> Resp {
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     let (route, resp) = match req.uri().path() {
         "/v1/payloads" | "/" => (
@@ -163,7 +163,7 @@ fn accepted(n: usize) -> Resp {
 }
 
 /// Reads, validates and queues one collection; returns how many payloads were accepted.
-async fn ingest(shard: &ShardCtx, req: Request<Incoming>) -> Result<usize, IngestError> {
+async fn ingest(shard: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<usize, IngestError> {
     let cfg = &shard.config.server;
     let limit = cfg.max_body_bytes;
     let declared = req
@@ -177,6 +177,9 @@ async fn ingest(shard: &ShardCtx, req: Request<Incoming>) -> Result<usize, Inges
     }
     if shard.shutdown.is_triggered() {
         return Err(IngestError::ShuttingDown);
+    }
+    if let Some(len) = declared {
+        shard.budget.fits_at_all(0, len)?;
     }
     if !shard.budget.has_room(declared.unwrap_or(0)) {
         return Err(IngestError::Overloaded);
@@ -194,39 +197,17 @@ async fn ingest(shard: &ShardCtx, req: Request<Incoming>) -> Result<usize, Inges
         return Ok(0);
     }
     let len = body.len();
-    if let Some((spool, releaser)) = &shard.spool {
+    if shard.spool.is_some() {
         // Durable: room in the queue first (so a spooled request is never refused after it
         // was written), then the spool; 200 only once the commit holding it is on disk.
         let reservation = shard.reserve(n, len)?;
-        let received_secs = crate::keys::unix_secs();
-        // One buffer for both: the spool writes the record, the worker reads the body part of
-        // it (the spans are relative to the body).
-        let record = Bytes::from(crate::spool::request_record(received_secs, &body));
-        let body = record.slice(crate::spool::RECORD_HEADER..);
-        let id = spool.append(record).await.map_err(|e| match e {
-            crate::spool::SpoolError::Full => IngestError::SpoolFull,
-            e => {
-                tracing::error!(shard = shard.id, error = %e, "spool write failed");
-                IngestError::SpoolFailed
-            }
-        })?;
-        let job = Job {
-            body,
-            spans,
-            first_seq: 0,
-            received_secs,
-            ack: None,
-            spooled: Some(Spooled {
-                id,
-                releaser: releaser.clone(),
-            }),
-        };
-        // If the worker is gone (shutdown) the request stays in the spool for the next
-        // start: it is durable, so the answer is still 200.
-        let _ = shard.send_reserved(job, reservation);
-        inc(&shard.stats.payloads_accepted, n as u64);
-        inc(&shard.stats.bytes_in, len as u64);
-        return Ok(n);
+        // The append and the hand-off to the worker run in a task of their own, not in this
+        // request's future: hyper drops that future when the client goes away, and a record
+        // the committer writes must then still be queued (else it sits live in the spool,
+        // undelivered, until a restart). The request only waits for the task's outcome.
+        let delivery =
+            glommio::spawn_local(spool_and_queue(shard.clone(), body, spans, reservation)).detach();
+        return delivery.await.unwrap_or(Err(IngestError::SpoolFailed));
     }
     let (ack, stored) = match cfg.ack {
         Ack::Uploaded => {
@@ -259,6 +240,55 @@ async fn ingest(shard: &ShardCtx, req: Request<Incoming>) -> Result<usize, Inges
             None => return Err(IngestError::AckTimeout(timeout)),
         }
     }
+    inc(&shard.stats.payloads_accepted, n as u64);
+    inc(&shard.stats.bytes_in, len as u64);
+    Ok(n)
+}
+
+/// Appends one request to the shard's spool and, once its commit is on disk, queues it for
+/// upload. Runs detached from the connection (see `ingest`): once the record is in the spool,
+/// its delivery does not depend on the client.
+async fn spool_and_queue(
+    shard: Rc<ShardCtx>,
+    body: Bytes,
+    spans: Vec<crate::ingest::Span>,
+    reservation: crate::queue::Reservation,
+) -> Result<usize, IngestError> {
+    let Some((spool, releaser)) = shard.spool.clone() else {
+        return Err(IngestError::SpoolFailed);
+    };
+    let (n, len) = (spans.len(), body.len());
+    let received_secs = crate::keys::unix_secs();
+    // One buffer for both: the spool writes the record, the worker reads the body part of it
+    // (the spans are relative to the body).
+    let record = Bytes::from(crate::spool::request_record(received_secs, &body));
+    drop(body);
+    let body = record.slice(crate::spool::RECORD_HEADER..);
+    let id = spool.append(record).await.map_err(|e| match e {
+        crate::spool::SpoolError::Full => IngestError::SpoolFull,
+        crate::spool::SpoolError::TooLarge { max, .. } => {
+            IngestError::TooLarge(max.saturating_sub(crate::spool::RECORD_HEADER))
+        }
+        e => {
+            tracing::error!(shard = shard.id, error = %e, "spool write failed");
+            IngestError::SpoolFailed
+        }
+    })?;
+    let job = Job {
+        body,
+        spans,
+        first_seq: 0,
+        received_secs,
+        ack: None,
+        spooled: Some(Spooled {
+            id,
+            releaser,
+            naming: None,
+        }),
+    };
+    // If the worker is gone (shutdown) the request stays in the spool for the next start: it
+    // is durable, so the answer is still 200.
+    let _ = shard.send_reserved(job, reservation);
     inc(&shard.stats.payloads_accepted, n as u64);
     inc(&shard.stats.bytes_in, len as u64);
     Ok(n)

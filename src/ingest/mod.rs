@@ -35,6 +35,23 @@ pub enum IngestError {
     /// The body is larger than `server.max_body_bytes`.
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
+    /// More payloads than the shard's whole queue holds (`queue.max_payloads`): it could
+    /// never be accepted, so a retry cannot help.
+    #[error("{n} payloads in one request; at most {max} per request (queue.max_payloads)")]
+    TooManyPayloads {
+        /// Payloads in the request.
+        n: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A body larger than the shard's whole queue (`queue.max_bytes`).
+    #[error("body of {len} bytes; at most {max} per request (queue.max_bytes)")]
+    OverQueue {
+        /// The body's length (declared or read).
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The body could not be read (connection error, bad chunked encoding).
     #[error("could not read the body: {0}")]
     Body(String),
@@ -73,7 +90,9 @@ impl IngestError {
             | IngestError::Shape(_)
             | IngestError::Body(_)
             | IngestError::TooDeep(_) => StatusCode::BAD_REQUEST,
-            IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::TooLarge(_)
+            | IngestError::TooManyPayloads { .. }
+            | IngestError::OverQueue { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::Overloaded
             | IngestError::ShuttingDown

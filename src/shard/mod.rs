@@ -3,12 +3,12 @@
 //! server.
 #![forbid(unsafe_code)]
 
-use crate::config::{allowed_cpus, resolve_placement, Ack, Config};
+use crate::config::{allowed_cpus, resolve_placement, Ack, Config, SinkKind};
 use crate::http::{serve_connection, Scratch};
 use crate::ingest::{BodyParser, IngestError};
 use crate::keys::{host_name, unix_micros, KeySpace};
 use crate::metrics::{dec, inc, ShardStats, ShardView};
-use crate::queue::{channel, Budget, Job, JobSender, Reservation};
+use crate::queue::{channel, Budget, Job, JobSender, Naming, Reservation};
 use crate::spool::{RecoveryReport, Releaser, Spool, SpoolOptions};
 use crate::upload::{self, WorkerSetup};
 use anyhow::{anyhow, Context as _};
@@ -140,6 +140,8 @@ pub struct Server {
     workers: Vec<std::thread::JoinHandle<()>>,
     drains: Vec<flume::Sender<Instant>>,
     drain_timeout: Duration,
+    /// Set by a second signal: the shards stop waiting for requests in progress.
+    hurry: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
 }
 
@@ -151,6 +153,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
     let instance = config.keys.instance.clone().unwrap_or_else(host_name);
     let start_micros = unix_micros();
     let stopping = Arc::new(AtomicBool::new(false));
+    let hurry = Arc::new(AtomicBool::new(false));
 
     if config.server.ack == Ack::Durable {
         check_spool_dirs(&config.spool.dir, placement.len())?;
@@ -160,7 +163,8 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
     let mut workers = Vec::new();
     let mut drains = Vec::new();
     for p in &placement {
-        let (drain_tx, drain_rx) = flume::bounded::<Instant>(1);
+        // Two deadlines at most: the first signal's, and an earlier one from a second signal.
+        let (drain_tx, drain_rx) = flume::bounded::<Instant>(2);
         drains.push(drain_tx);
         let stats = Arc::new(ShardStats::default());
         let budget = Arc::new(Budget::new(
@@ -206,6 +210,8 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
         let (cfg, views, stopping) = (config.clone(), views.clone(), stopping.clone());
+        let hurry = hurry.clone();
+        let instance = instance.clone();
         let shard = p.shard;
         let g = &config.glommio;
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(p.cpu))
@@ -218,7 +224,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         let handle = builder
             .spawn(move || async move {
                 let spool = if cfg.server.ack == Ack::Durable {
-                    match open_spool(&cfg, shard, &views[shard]).await {
+                    match open_spool(&cfg, &instance, shard, &views[shard]).await {
                         Ok(opened) => Some(opened),
                         Err(e) => {
                             let _ = bound_tx.send(Err(e));
@@ -254,9 +260,17 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
                     config: cfg,
                 });
                 if let Some((_, _, report)) = spool {
-                    glommio::spawn_local(replay_spool(ctx.clone(), report)).detach();
+                    if ctx.config.sink.kind == SinkKind::Discard {
+                        // Nothing would be stored, yet the records would be released: keep
+                        // an earlier run's requests for a run with a real sink.
+                        if !report.records.is_empty() {
+                            tracing::warn!(shard, records = report.records.len(), "sink discard: requests an earlier run left in the spool are kept for a run with a real sink");
+                        }
+                    } else {
+                        glommio::spawn_local(replay_spool(ctx.clone(), report)).detach();
+                    }
                 }
-                shard_main(ctx, listener, stop_rx).await;
+                shard_main(ctx, listener, stop_rx, hurry).await;
             })
             .map_err(|e| anyhow!("starting shard {shard} on CPU {}: {e}", p.cpu))?;
         let bound = bound_rx
@@ -275,6 +289,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         workers,
         drains,
         drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
+        hurry,
         stopping,
     })
 }
@@ -331,15 +346,23 @@ fn check_spool_dirs(dir: &str, shards: usize) -> anyhow::Result<()> {
 /// Opens (and recovers) shard `shard`'s spool, reporting what recovery found.
 async fn open_spool(
     cfg: &Config,
+    instance: &str,
     shard: usize,
     view: &ShardView,
 ) -> Result<(Rc<Spool>, Releaser, RecoveryReport), String> {
     let dir = std::path::Path::new(&cfg.spool.dir).join(format!("shard-{shard}"));
+    // Recorded in every segment: how this run builds and names the objects of its records.
+    let naming = Naming {
+        prefix: cfg.keys.prefix.clone(),
+        instance: instance.to_string(),
+        batch: cfg.batch.clone(),
+    };
     let opts = SpoolOptions {
         dir: dir.clone(),
         segment_bytes: cfg.spool.segment_bytes,
         max_bytes: cfg.spool.max_bytes,
         commit_wait_us: cfg.spool.commit_wait_us,
+        context: serde_json::to_vec(&naming).map_err(|e| e.to_string())?,
     };
     let (spool, report) = Spool::open(opts).await.map_err(|e| {
         format!(
@@ -365,32 +388,61 @@ async fn open_spool(
     Ok((Rc::new(spool), releaser, report))
 }
 
-/// Hands every recovered spool record to the upload worker again, waiting for queue room.
+/// Hands every recovered spool record to the upload worker again, waiting for queue room,
+/// with the naming its segment recorded. A record that can never be delivered (it no longer
+/// parses, or it is larger than the whole queue) goes to the dead-letter directory instead of
+/// blocking the records after it.
 async fn replay_spool(ctx: Rc<ShardCtx>, report: RecoveryReport) {
     let Some((_, releaser)) = ctx.spool.clone() else {
         return;
     };
+    let mut namings: std::collections::HashMap<u64, Option<Arc<Naming>>> = Default::default();
+    let (max_payloads, max_bytes) = (ctx.config.queue.max_payloads, ctx.config.queue.max_bytes);
     for rec in report.records {
+        let id = rec.id;
+        let naming = namings
+            .entry(id.segment)
+            .or_insert_with(|| {
+                let raw = report.contexts.get(&id.segment)?;
+                match serde_json::from_slice::<Naming>(raw) {
+                    Ok(n) => Some(Arc::new(n)),
+                    Err(e) => {
+                        tracing::warn!(shard = ctx.id, segment = id.segment, error = %e, "spool: unreadable naming context; replaying with the current configuration");
+                        None
+                    }
+                }
+            })
+            .clone();
         let Some((secs, body)) = crate::spool::split_record(&rec.data) else {
-            tracing::error!(
-                shard = ctx.id,
-                segment = rec.id.segment,
-                offset = rec.id.offset,
-                "spool: record too short to hold a request; kept in the spool"
+            dead_letter(
+                &ctx,
+                &releaser,
+                id,
+                &rec.data,
+                "record too short to hold a request",
             );
-            inc(&ctx.stats.spool_corrupt, 1);
             continue;
         };
         let body = bytes::Bytes::copy_from_slice(body);
         let mut spans = Vec::new();
         if let Err(e) = ctx.parser.borrow_mut().parse(&body, &mut spans) {
-            tracing::error!(shard = ctx.id, segment = rec.id.segment, offset = rec.id.offset, error = %e, "spool: recorded request no longer parses; kept in the spool");
-            inc(&ctx.stats.spool_corrupt, 1);
+            dead_letter(
+                &ctx,
+                &releaser,
+                id,
+                &body,
+                &format!("no longer parses: {e}"),
+            );
             continue;
         }
         let n = spans.len();
         if n == 0 {
-            releaser.release(rec.id);
+            releaser.release(id);
+            continue;
+        }
+        if n > max_payloads || body.len() > max_bytes {
+            let why = format!("{n} payloads, {} bytes: more than the whole queue holds (queue.max_payloads {max_payloads}, queue.max_bytes {max_bytes})", body.len());
+            dead_letter(&ctx, &releaser, id, &body, &why);
             continue;
         }
         let reservation = loop {
@@ -410,8 +462,9 @@ async fn replay_spool(ctx: Rc<ShardCtx>, report: RecoveryReport) {
             received_secs: secs,
             ack: None,
             spooled: Some(crate::queue::Spooled {
-                id: rec.id,
+                id,
                 releaser: releaser.clone(),
+                naming,
             }),
         };
         if ctx.send_reserved(job, reservation).is_err() {
@@ -421,7 +474,44 @@ async fn replay_spool(ctx: Rc<ShardCtx>, report: RecoveryReport) {
     }
 }
 
-async fn shard_main(ctx: Rc<ShardCtx>, listener: TcpListener, stop: flume::Receiver<()>) {
+/// Moves a spool record that can never be delivered to `{spool.dir}/dead-letter/shard-{k}/`
+/// (as `{segment}-{offset}.json`, the request body as received), then releases it. If that
+/// write fails the record stays in the spool (retried at the next start).
+fn dead_letter(
+    ctx: &ShardCtx,
+    releaser: &Releaser,
+    id: crate::spool::RecordId,
+    body: &[u8],
+    why: &str,
+) {
+    let dir = std::path::Path::new(&ctx.config.spool.dir)
+        .join("dead-letter")
+        .join(format!("shard-{}", ctx.id));
+    let path = dir.join(format!("{:020}-{}.json", id.segment, id.offset));
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        let mut f = std::fs::File::create(&path)?;
+        std::io::Write::write_all(&mut f, body)?;
+        f.sync_all()?;
+        std::fs::File::open(&dir)?.sync_all()
+    });
+    match written {
+        Ok(()) => {
+            tracing::error!(shard = ctx.id, segment = id.segment, offset = id.offset, file = %path.display(), reason = why, "spool: undeliverable request moved to the dead-letter directory");
+            inc(&ctx.stats.spool_dead_letters, 1);
+            releaser.release(id);
+        }
+        Err(e) => {
+            tracing::error!(shard = ctx.id, segment = id.segment, offset = id.offset, reason = why, error = %e, "spool: undeliverable request, and the dead-letter directory cannot take it; kept in the spool");
+        }
+    }
+}
+
+async fn shard_main(
+    ctx: Rc<ShardCtx>,
+    listener: TcpListener,
+    stop: flume::Receiver<()>,
+    hurry: Arc<AtomicBool>,
+) {
     let stopper = ctx.clone();
     glommio::spawn_local(async move {
         let _ = stop.recv_async().await;
@@ -463,7 +553,7 @@ async fn shard_main(ctx: Rc<ShardCtx>, listener: TcpListener, stop: flume::Recei
     drop(listener);
     // Requests in progress get the grace period; connections still open after it are dropped.
     let deadline = Instant::now() + Duration::from_millis(ctx.config.server.shutdown_grace_ms);
-    while ctx.open.get() > 0 && Instant::now() < deadline {
+    while ctx.open.get() > 0 && Instant::now() < deadline && !hurry.load(Relaxed) {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     // Closing the queue lets the upload worker finish once it has drained it.
@@ -482,16 +572,33 @@ impl Server {
     }
 
     /// Stops accepting, lets requests in progress finish, drains every queue to the sink
-    /// (what the drain deadline leaves is spilled), and returns when all threads have ended.
-    pub fn shutdown(self) -> anyhow::Result<()> {
+    /// (what the drain deadline leaves is spilled, or left in the durable spool), and returns
+    /// when all threads have ended. If `hurry` resolves first (a second signal), the drain
+    /// ends at once: connections are dropped and what is undelivered is spilled now.
+    pub fn shutdown(
+        self,
+        hurry: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         self.stopping.store(true, Relaxed);
         let deadline = Instant::now() + self.drain_timeout;
         for d in &self.drains {
-            let _ = d.send(deadline);
+            let _ = d.try_send(deadline);
         }
         for s in &self.stops {
             let _ = s.send(());
         }
+        let (drains, flag) = (self.drains.clone(), self.hurry.clone());
+        // Detached: if no second signal comes, the process exits with it still waiting.
+        let _ = std::thread::Builder::new()
+            .name("hurry".into())
+            .spawn(move || {
+                futures_lite::future::block_on(hurry);
+                tracing::warn!("second signal: ending the drain now");
+                flag.store(true, Relaxed);
+                for d in &drains {
+                    let _ = d.try_send(Instant::now());
+                }
+            });
         let mut result = Ok(());
         for (i, h) in self.executors.into_iter().enumerate() {
             if let Err(e) = h.join() {
@@ -513,9 +620,10 @@ pub fn run(
     config: Config,
     ready: impl FnOnce(&Server),
     shutdown: impl std::future::Future<Output = ()>,
+    hurry: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let server = start(config)?;
     ready(&server);
     futures_lite::future::block_on(shutdown);
-    server.shutdown()
+    server.shutdown(hurry)
 }

@@ -6,8 +6,13 @@ use super::{Corrupt, CorruptReason, RecordId, Recovered, TornTail};
 
 /// First bytes of every segment file.
 pub(super) const SEGMENT_MAGIC: [u8; 8] = *b"CPSPOOL\0";
-/// Format version written in the segment header.
-pub(super) const VERSION: u32 = 1;
+/// Format version written in the segment header: 2 carries the spool's context after the
+/// header (see [`segment_prefix`]); 1 (no context, records from offset 32) is still read.
+pub(super) const VERSION: u32 = 2;
+/// The version without a context.
+const VERSION_1: u32 = 1;
+/// Largest context a segment carries (it must fit in the first block with the header).
+pub(super) const MAX_CONTEXT: usize = 1024;
 /// Segment header length; the first record starts here.
 pub(super) const HEADER_LEN: u64 = 32;
 /// First bytes of every record. 0xC1 and 0xFF never occur in UTF-8, so a JSON payload can
@@ -33,15 +38,61 @@ fn le64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// The 32-byte header of segment `id`.
-pub(super) fn segment_header(id: u64) -> [u8; HEADER_LEN as usize] {
+/// Where the records of a segment with a context of `len` bytes start.
+pub(super) fn data_start(context_len: usize) -> u64 {
+    (HEADER_LEN + 8 + context_len as u64).div_ceil(8) * 8
+}
+
+/// Everything before the first record of segment `id` (version 2): the header, then the
+/// context's length (u32), its CRC32C (u32) and the context, zero-padded to a multiple of 8.
+/// The caller has checked that the context is at most [`MAX_CONTEXT`] bytes.
+pub(super) fn segment_prefix(id: u64, size: u64, context: &[u8]) -> Vec<u8> {
+    let mut p = header(VERSION, id, size).to_vec();
+    p.extend_from_slice(&(context.len() as u32).to_le_bytes());
+    p.extend_from_slice(&crc32c::crc32c(context).to_le_bytes());
+    p.extend_from_slice(context);
+    p.resize(data_start(context.len()) as usize, 0);
+    p
+}
+
+/// The 32-byte header of a version 1 segment (no context; records from offset 32), as
+/// earlier versions wrote it.
+#[cfg(test)]
+pub(super) fn segment_header(id: u64, size: u64) -> [u8; HEADER_LEN as usize] {
+    header(VERSION_1, id, size)
+}
+
+/// The 32-byte header of segment `id`, whose file is `size` bytes long (a multiple of 4096;
+/// recorded in 4096-byte blocks so that recovery can tell a truncated file from a torn tail;
+/// 0 in files of earlier versions: size unknown).
+fn header(version: u32, id: u64, size: u64) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
-    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
+    let blocks = u32::try_from(size / 4096).unwrap_or(0);
+    h[12..16].copy_from_slice(&blocks.to_le_bytes());
     h[16..24].copy_from_slice(&id.to_le_bytes());
     let crc = crc32c::crc32c(&h[0..24]);
     h[24..28].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// The context of a version 2 segment and where its records start; `None` if the context
+/// cannot be read (its records are then found by the resync scan).
+fn read_context(buf: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let len = le32(buf, HEADER_LEN as usize)? as usize;
+    if len > MAX_CONTEXT {
+        return None;
+    }
+    let at = HEADER_LEN as usize + 8;
+    let context = buf.get(at..at + len)?;
+    (le32(buf, HEADER_LEN as usize + 4)? == crc32c::crc32c(context))
+        .then(|| (context.to_vec(), data_start(len) as usize))
+}
+
+/// The file size a valid header records (0: not recorded).
+fn recorded_size(buf: &[u8]) -> u64 {
+    le32(buf, 12).map_or(0, |b| u64::from(b) * 4096)
 }
 
 fn check_header(buf: &[u8], id: u64) -> Result<(), CorruptReason> {
@@ -49,7 +100,7 @@ fn check_header(buf: &[u8], id: u64) -> Result<(), CorruptReason> {
         .get(..HEADER_LEN as usize)
         .ok_or(CorruptReason::BadHeader)?;
     if h[0..8] != SEGMENT_MAGIC
-        || le32(h, 8) != Some(VERSION)
+        || !matches!(le32(h, 8), Some(VERSION | VERSION_1))
         || le32(h, 24) != Some(crc32c::crc32c(&h[0..24]))
     {
         return Err(CorruptReason::BadHeader);
@@ -128,6 +179,11 @@ pub(super) struct Scan {
     pub records: Vec<Recovered>,
     pub torn: Option<TornTail>,
     pub corrupt: Vec<Corrupt>,
+    /// Set when the file holds the header of another segment: a recycled file whose new
+    /// header never reached the disk, so it holds none of this segment's records.
+    pub stale: Option<CorruptReason>,
+    /// The context the segment was written with (version 2).
+    pub context: Option<Vec<u8>>,
 }
 
 /// Scans the content of segment `id`: every valid record, the torn tail (invalid bytes after
@@ -137,26 +193,60 @@ pub(super) struct Scan {
 /// file's earlier use (a recycled segment), after nothing but zeros.
 pub(super) fn scan(id: u64, buf: &[u8]) -> Scan {
     let mut out = Scan::default();
-    // Records carry the tag of the id in the header; only a header that cannot be read
-    // leaves the file name's id to go by.
-    let tag = match check_header(buf, id) {
-        Err(CorruptReason::HeaderId { found }) => segment_tag(found),
-        _ => segment_tag(id),
-    };
     if buf.iter().all(|&b| b == 0) {
         // Created but never written (a crash before its header was synced): nothing to report.
         return out;
     }
-    if let Err(reason) = check_header(buf, id) {
-        let length = HEADER_LEN.min(buf.len() as u64);
-        out.corrupt.push(Corrupt {
-            segment: id,
-            offset: 0,
-            length,
-            reason,
-        });
-    }
+    let tag = segment_tag(id);
     let mut pos = HEADER_LEN as usize;
+    match check_header(buf, id) {
+        Ok(()) => {
+            if le32(buf, 8) == Some(VERSION) {
+                match read_context(buf) {
+                    Some((context, start)) => {
+                        out.context = Some(context);
+                        pos = start;
+                    }
+                    None => out.corrupt.push(Corrupt {
+                        segment: id,
+                        offset: HEADER_LEN,
+                        length: 8,
+                        reason: CorruptReason::BadHeader,
+                    }),
+                }
+            }
+            let size = recorded_size(buf);
+            if (buf.len() as u64) < size {
+                // Shorter than it was created: whatever lay past the end (acknowledged
+                // records among it) is gone. Not a crash of ours: every segment is written
+                // to its full size before it takes a record.
+                out.corrupt.push(Corrupt {
+                    segment: id,
+                    offset: buf.len() as u64,
+                    length: size - buf.len() as u64,
+                    reason: CorruptReason::Truncated { size },
+                });
+            }
+        }
+        Err(reason @ CorruptReason::HeaderId { .. }) => {
+            // A recycled file that took this segment's name before its new header reached the
+            // disk (the order of earlier versions): records are written only after the header
+            // is synced, so none of this segment's are here, and the records of the file's
+            // earlier use were all stored before it was recycled. Replaying them would store
+            // them again under new keys.
+            out.stale = Some(reason);
+            return out;
+        }
+        Err(reason) => {
+            let length = HEADER_LEN.min(buf.len() as u64);
+            out.corrupt.push(Corrupt {
+                segment: id,
+                offset: 0,
+                length,
+                reason,
+            });
+        }
+    }
     while pos < buf.len() {
         let reason = match parse_record(buf, pos, tag) {
             Ok(data) => {
@@ -243,7 +333,7 @@ mod tests {
     use super::*;
 
     fn segment(id: u64, records: &[&[u8]], size: usize) -> Vec<u8> {
-        let mut buf = segment_header(id).to_vec();
+        let mut buf = segment_header(id, size as u64).to_vec();
         for r in records {
             buf.extend_from_slice(&encode_record(r, segment_tag(id)));
         }
@@ -262,11 +352,33 @@ mod tests {
     }
 
     #[test]
-    fn wrong_header_is_reported_and_records_still_read() {
+    fn a_file_with_another_segments_header_holds_none_of_its_records() {
+        // Segment 7's file named as segment 8: a recycled file whose new header never
+        // reached the disk. Its records (segment 7's, stored before it was recycled) must not
+        // be replayed as segment 8's.
         let buf = segment(7, &[b"x"], 4096);
         let s = scan(8, &buf);
-        assert_eq!(s.corrupt[0].reason, CorruptReason::HeaderId { found: 7 });
-        assert_eq!(s.records.len(), 1);
+        assert_eq!(s.stale, Some(CorruptReason::HeaderId { found: 7 }));
+        assert!(s.records.is_empty() && s.corrupt.is_empty() && s.torn.is_none());
+    }
+
+    #[test]
+    fn a_truncated_file_is_reported_as_corruption_not_as_a_torn_tail() {
+        let mut buf = segment(7, &[b"a", b"b"], 8192);
+        buf.truncate(4096);
+        let s = scan(7, &buf);
+        assert_eq!(s.records.len(), 2);
+        assert_eq!(
+            s.corrupt,
+            [Corrupt {
+                segment: 7,
+                offset: 4096,
+                length: 4096,
+                reason: CorruptReason::Truncated { size: 8192 },
+            }]
+        );
+        // A file of the size it was created with: no report.
+        assert!(scan(7, &segment(7, &[b"a"], 8192)).corrupt.is_empty());
     }
 
     #[test]

@@ -112,6 +112,11 @@ pub struct SpoolOptions {
     /// Group commit: the longest a record waits for others before the synchronous write
     /// (0 = commit at once).
     pub commit_wait_us: u64,
+    /// Opaque bytes (at most 1024) written at the head of every segment and handed back per
+    /// segment by recovery: the caller records there what decides how the records are
+    /// processed (corepost: how their objects are built and named), so a replay after a
+    /// configuration change processes them as the run that wrote them would have.
+    pub context: Vec<u8>,
 }
 
 /// The stable name of a record: its segment and the byte offset of its frame in it.
@@ -185,6 +190,12 @@ pub enum CorruptReason {
     /// A valid record of the segment file's earlier use (recycled): the end of the data.
     #[error("record of an earlier use of the file")]
     Stale,
+    /// The file is shorter than the size its header records: data past its end is lost.
+    #[error("segment file truncated (created with {size} bytes)")]
+    Truncated {
+        /// The size the segment was created with.
+        size: u64,
+    },
 }
 
 /// What [`Spool::open`] found on disk.
@@ -196,6 +207,9 @@ pub struct RecoveryReport {
     pub torn_tails: Vec<TornTail>,
     /// Invalid ranges that are not at a tail (also logged as errors).
     pub corrupt: Vec<Corrupt>,
+    /// The context each segment holding records was written with ([`SpoolOptions::context`];
+    /// absent for segments of format version 1 or with an unreadable context).
+    pub contexts: BTreeMap<u64, Vec<u8>>,
 }
 
 /// Why the spool could not open or append.
@@ -333,9 +347,11 @@ impl Shared {
             _ => return,
         };
         t.segments.remove(&id);
+        crate::crash_point!("spool::retire::before");
         if t.free.len() < FREE_POOL && bytes == self.segment_bytes {
             match std::fs::rename(self.seg_path(id), self.free_path(id)) {
                 Ok(()) => {
+                    crate::crash_point!("spool::retire::after_rename");
                     t.free.push(id);
                     return;
                 }
@@ -607,8 +623,12 @@ impl Spool {
         if opts.max_bytes < opts.segment_bytes {
             return Err(invalid("max_bytes must hold at least one segment"));
         }
-        let max_record = (opts.segment_bytes - format::HEADER_LEN - format::FRAME_HEADER)
-            .min(u32::MAX as u64) as usize;
+        if opts.context.len() > format::MAX_CONTEXT {
+            return Err(invalid("context longer than 1024 bytes"));
+        }
+        let max_record =
+            (opts.segment_bytes - format::data_start(opts.context.len()) - format::FRAME_HEADER)
+                .min(u32::MAX as u64) as usize;
         std::fs::create_dir_all(&opts.dir)?;
         // glommio's Directory::open fails on a relative path (EBADF), and the default
         // `spool.dir` is relative: resolve it against the working directory once, here.
@@ -648,8 +668,13 @@ impl Spool {
                 tracing::error!(segment = id, offset = c.offset, length = c.length,
                     reason = %c.reason, "spool: corrupt range skipped");
             }
+            if let Some(reason) = &scan.stale {
+                tracing::warn!(segment = id, %reason,
+                    "spool: a recycled file without its new header; it holds no records of this segment");
+            }
             let live: BTreeSet<u64> = scan.records.iter().map(|r| r.id.offset).collect();
-            if live.is_empty() {
+            let has_records = !live.is_empty();
+            if !has_records {
                 empty.push(id);
             }
             let bytes = buf.len() as u64;
@@ -668,6 +693,11 @@ impl Spool {
             report.records.extend(scan.records);
             report.torn_tails.extend(scan.torn);
             report.corrupt.extend(scan.corrupt);
+            if let Some(context) = scan.context {
+                if has_records {
+                    report.contexts.insert(id, context);
+                }
+            }
         }
 
         let disk_max = ids.last().copied();
@@ -890,7 +920,7 @@ impl Writer {
                 i += 1;
             }
             if i == start {
-                if active.end == format::HEADER_LEN {
+                if active.end == format::data_start(self.inner.opts.context.len()) {
                     // Cannot happen (append checks the size), but never loop on it.
                     let (len, max) = (batch[i].len, 0);
                     batch[i].slot.fill(Err(SpoolError::TooLarge { len, max }));
@@ -903,6 +933,7 @@ impl Writer {
             let records = &batch[start..i];
             match write_records(active, records).await {
                 Ok(()) => {
+                    crate::crash_point!("spool::commit::after_write");
                     let shared = &self.inner.shared;
                     shared.synced();
                     shared.commits.fetch_add(1, Relaxed);
@@ -1022,18 +1053,29 @@ async fn create(inner: Rc<Inner>, new: NewSegment) -> Result<Active, SpoolError>
     }
 }
 
-/// Makes free file `old` segment `id`: renamed, its first block rewritten (header, zeros),
-/// synced. Records of its earlier use further on carry the old tag and end the data.
+/// Makes free file `old` segment `id`. Order matters for a crash at any step: the meta file
+/// first (the id is never handed out again), then the new header written and synced while the
+/// file still has its free name, then the rename, then (in [`activate`]) the directory sync.
+/// So a file named as a segment always carries that segment's header: a crash before the
+/// rename leaves a free file (adopted again at the next start), one after it an empty
+/// segment, and never a segment file holding the records of the file's earlier use (stored
+/// already, they would be replayed under new keys). Records of the earlier use further on
+/// carry the old tag and end the data.
 async fn reuse_file(inner: &Inner, old: u64, id: u64) -> Result<Active, SpoolError> {
     let shared = &inner.shared;
     write_meta(shared, id).await?;
-    std::fs::rename(shared.free_path(old), shared.seg_path(id))?;
+    crate::crash_point!("spool::reuse::after_meta");
     let file = OpenOptions::new()
         .write(true)
-        .dma_open(shared.seg_path(id))
+        .dma_open(shared.free_path(old))
         .await?;
-    let header = format::segment_header(id);
+    let header = format::segment_prefix(id, inner.opts.segment_bytes, &inner.opts.context);
     fill(&file, BLOCK, &header, Duration::ZERO).await?;
+    file.fdatasync().await?;
+    shared.synced();
+    crate::crash_point!("spool::reuse::after_header");
+    std::fs::rename(shared.free_path(old), shared.seg_path(id))?;
+    crate::crash_point!("spool::reuse::after_rename");
     activate(inner, file, id, &header).await
 }
 
@@ -1044,6 +1086,7 @@ async fn reuse_file(inner: &Inner, old: u64, id: u64) -> Result<Active, SpoolErr
 async fn try_create(inner: &Inner, id: u64) -> Result<Active, SpoolError> {
     let shared = &inner.shared;
     write_meta(shared, id).await?;
+    crate::crash_point!("spool::create::after_meta");
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -1052,8 +1095,9 @@ async fn try_create(inner: &Inner, id: u64) -> Result<Active, SpoolError> {
     if BLOCK % file.alignment() != 0 {
         return Err(io::Error::other("device alignment above 4096 bytes").into());
     }
-    let header = format::segment_header(id);
+    let header = format::segment_prefix(id, inner.opts.segment_bytes, &inner.opts.context);
     fill(&file, inner.opts.segment_bytes, &header, FILL_PAUSE).await?;
+    crate::crash_point!("spool::create::after_fill");
     activate(inner, file, id, &header).await
 }
 
@@ -1070,6 +1114,7 @@ async fn activate(
     inner.shared.synced();
     inner.dir.sync().await?;
     inner.shared.synced();
+    crate::crash_point!("spool::activate::after_dir_sync");
     if let Err(e) = file.close().await {
         tracing::warn!(segment = id, error = %e, "spool: closing a segment's fill handle failed");
     }
@@ -1081,7 +1126,7 @@ async fn activate(
     Ok(Active {
         id,
         file,
-        end: format::HEADER_LEN,
+        end: header.len() as u64,
         tail: header.to_vec(),
     })
 }

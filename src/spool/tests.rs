@@ -1,6 +1,6 @@
 //! Spool tests on a real executor and a real disk (O_DIRECT, so not tmpfs).
 
-use super::format::{framed_len, HEADER_LEN};
+use super::format::framed_len;
 use super::*;
 use glommio::LocalExecutorBuilder;
 use std::future::Future;
@@ -23,6 +23,7 @@ fn opts(dir: &Path, segment_bytes: u64, max_bytes: u64, commit_wait_us: u64) -> 
         segment_bytes,
         max_bytes,
         commit_wait_us,
+        context: b"ctx".to_vec(),
     }
 }
 
@@ -148,7 +149,7 @@ fn torn_tail_is_cut_and_reported() {
 }
 
 #[test]
-fn truncated_segment_is_a_torn_tail() {
+fn truncated_segment_is_reported_as_corruption_not_only_a_torn_tail() {
     let dir = tempdir();
     let o = opts(dir.path(), 16 * 4096, 1 << 30, 0);
     run(async move {
@@ -161,7 +162,13 @@ fn truncated_segment_is_a_torn_tail() {
         assert_eq!(report.records.len(), 4);
         assert_eq!(report.torn_tails[0].offset, ids[4].offset);
         assert_eq!(report.torn_tails[0].reason, CorruptReason::BadLength);
-        assert!(report.corrupt.is_empty());
+        // Acknowledged records were lost with the file's end: that is corruption, reported
+        // as such (a crash of ours never shortens a segment file).
+        assert_eq!(report.corrupt.len(), 1, "{:?}", report.corrupt);
+        assert_eq!(
+            report.corrupt[0].reason,
+            CorruptReason::Truncated { size: 16 * 4096 }
+        );
     });
 }
 
@@ -361,7 +368,7 @@ fn segment_ids_never_repeat_after_deletion() {
     let o = opts(dir.path(), 8192, 1 << 20, 0);
     // A segment whose id is far ahead of the clock, as if the clock had stepped back since.
     let future = unix_micros() + 3_600_000_000_000;
-    let mut seg = format::segment_header(future).to_vec();
+    let mut seg = format::segment_header(future, 8192).to_vec();
     seg.extend_from_slice(&format::encode_record(b"old", format::segment_tag(future)));
     seg.resize(8192, 0);
     std::fs::write(dir.path().join(format!("{future:020}.seg")), seg).unwrap();
@@ -397,7 +404,7 @@ fn oversized_records_are_refused() {
     run(async move {
         let (spool, _) = reopen(&o).await;
         let max = spool.max_record_len();
-        assert_eq!(max as u64, 8192 - HEADER_LEN - 16);
+        assert_eq!(max as u64, 8192 - super::format::data_start(3) - 16);
         let err = spool.append(vec![1; max + 1]).await.unwrap_err();
         assert!(matches!(err, SpoolError::TooLarge { len, .. } if len == max + 1));
         assert!(spool.append(vec![2; 1 << 20]).await.is_err());
@@ -428,4 +435,33 @@ fn releaser_and_stats_cross_threads() {
     fn check<T: Send + Sync + Clone + 'static>() {}
     check::<Releaser>();
     check::<SpoolStats>();
+}
+
+#[test]
+fn each_segment_hands_back_the_context_it_was_written_with() {
+    let dir = tempdir();
+    let mut o = opts(dir.path(), 8192, 1 << 20, 0);
+    run(async move {
+        let first = append_n(&o, 3).await;
+        // The next run writes with another context; the old segment keeps its own.
+        o.context = b"second run".to_vec();
+        let (spool, report) = reopen(&o).await;
+        assert_eq!(report.records.len(), 3);
+        assert_eq!(
+            report.contexts.get(&first[0].segment).map(Vec::as_slice),
+            Some(&b"ctx"[..])
+        );
+        let new = spool.append(b"x".to_vec()).await.unwrap();
+        drop(spool);
+        let (_spool, report) = reopen(&o).await;
+        assert_eq!(
+            report.contexts.get(&new.segment).map(Vec::as_slice),
+            Some(&b"second run"[..])
+        );
+        o.context = vec![0; 1025];
+        assert!(
+            Spool::open(o.clone()).await.is_err(),
+            "a context over 1 KiB is refused"
+        );
+    });
 }

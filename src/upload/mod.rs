@@ -10,10 +10,11 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod group_sync;
 mod sink;
 
 pub use batch::{payloads_in, ObjectBuilder, ObjectFormat};
-pub use sink::{FsSink, Sink, UploadError};
+pub use sink::{FsSink, Sink, UploadError, SPILL_SUFFIX};
 
 use crate::config::Config;
 use crate::keys::KeySpace;
@@ -107,7 +108,7 @@ struct Request {
 }
 
 /// How an object's key is made.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Name {
     /// From the sequence number of its first payload (memory-queued requests).
     Seq(u64),
@@ -117,6 +118,8 @@ enum Name {
         segment: u64,
         offset: u64,
         index: usize,
+        /// The key space of the run that wrote the record, if not this one's.
+        keys: Option<Rc<KeySpace>>,
     },
 }
 
@@ -131,6 +134,9 @@ struct Open {
 
 struct Ctx {
     sink: Sink,
+    /// The fs sink under `ack = "durable"`: objects are synced (grouped) before they count as
+    /// stored, since storing one releases its spool record.
+    fs_sync: Option<group_sync::GroupSync>,
     spill: FsSink,
     stats: Arc<ShardStats>,
     budget: Arc<Budget>,
@@ -158,11 +164,18 @@ async fn run(s: WorkerSetup) {
     }
     let max = s.config.upload.max_in_flight;
     let permits = Arc::new(Semaphore::new(max));
+    let fs_sync = match &sink {
+        Sink::Fs(fs) if s.config.server.ack == crate::config::Ack::Durable => {
+            Some(group_sync::GroupSync::new(fs.root()))
+        }
+        _ => None,
+    };
     let ctx = Rc::new(Ctx {
         sink,
+        fs_sync,
         // Spill files are written without a per-file fsync (thousands of fsyncs would outlast
         // any drain deadline); one syncfs at the end of the drain makes them all durable.
-        spill: FsSink::new(&s.config.upload.spill_dir, false),
+        spill: FsSink::spill(&s.config.upload.spill_dir),
         stats: s.stats,
         budget: s.budget,
         keys: s.keys,
@@ -172,9 +185,22 @@ async fn run(s: WorkerSetup) {
         deadline: Notify::new(),
     });
     let drain_ctx = ctx.clone();
+    let drain_rx = s.drain.clone();
     tokio::task::spawn_local(async move {
-        if let Ok(at) = s.drain.recv_async().await {
-            tokio::time::sleep_until(at.into()).await;
+        if let Ok(mut at) = drain_rx.recv_async().await {
+            // An earlier deadline (a second signal) may follow the first.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => break,
+                    next = drain_rx.recv_async() => match next {
+                        Ok(sooner) => at = at.min(sooner),
+                        Err(_) => {
+                            tokio::time::sleep_until(at.into()).await;
+                            break;
+                        }
+                    },
+                }
+            }
             drain_ctx.spilling.set(true);
             drain_ctx.deadline.notify_waiters();
             tracing::warn!(
@@ -184,7 +210,15 @@ async fn run(s: WorkerSetup) {
         }
     });
     if s.replay_spill {
-        replay(&ctx, &permits).await;
+        if let Sink::Discard = ctx.sink {
+            // Nothing is stored: replaying would delete the files and lose their payloads.
+            if !spilled_files(ctx.spill.root()).is_empty() {
+                tracing::warn!(dir = %ctx.spill.root().display(), "sink discard: payloads spilled by an earlier run are left for a run with a real sink");
+            }
+        } else {
+            // Beside the queue, not before it: the shard's own requests are served meanwhile.
+            tokio::task::spawn_local(replay(ctx.clone(), permits.clone()));
+        }
     }
     // Wake for the first job, take every job queued since, then let the queue fill for
     // `queue_poll_us` before looking again: a busy shard wakes its worker about a thousand
@@ -272,7 +306,12 @@ async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>, j
         }
         return;
     }
-    let batch = &ctx.config.batch;
+    // A replayed request is built into objects as the run that accepted it built them.
+    let naming = job.spooled.as_ref().and_then(|s| s.naming.clone());
+    let batch = naming.as_ref().map_or(&ctx.config.batch, |n| &n.batch);
+    let keys = naming
+        .as_ref()
+        .map(|n| Rc::new(KeySpace::new(&n.prefix, &n.instance, ctx.shard, 0)));
     let req = Rc::new(Request {
         payloads: job.spans.len(),
         bytes: job.body.len(),
@@ -298,6 +337,7 @@ async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>, j
                             segment: sp.id.segment,
                             offset: sp.id.offset,
                             index: i,
+                            keys: keys.clone(),
                         },
                         None => Name::Seq(job.first_seq + i as u64),
                     };
@@ -351,15 +391,20 @@ async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>)
             return;
         }
     };
-    let key = match o.name {
-        Name::Seq(seq) => ctx.keys.key(o.received_secs, seq, format.ext),
+    let key = match &o.name {
+        Name::Seq(seq) => ctx.keys.key(o.received_secs, *seq, format.ext),
         Name::Spooled {
             segment,
             offset,
             index,
-        } => ctx
-            .keys
-            .spooled_key(o.received_secs, segment, offset, index, format.ext),
+            keys,
+        } => keys.as_deref().unwrap_or(&ctx.keys).spooled_key(
+            o.received_secs,
+            *segment,
+            *offset,
+            *index,
+            format.ext,
+        ),
     };
     let spooled = matches!(o.name, Name::Spooled { .. });
     let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -375,8 +420,10 @@ async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>)
     });
 }
 
-/// Uploads every file of the spill directory (named by key) and deletes it once stored.
-async fn replay(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>) {
+/// Uploads every file corepost spilled in an earlier run (`{key}.spill`) and deletes it once
+/// stored. Each file's bytes are reserved in the shard's queue budget before it is read, so
+/// replay holds no more memory than the queue may.
+async fn replay(ctx: Rc<Ctx>, permits: Arc<Semaphore>) {
     let root = ctx.spill.root().to_path_buf();
     let files = spilled_files(&root);
     if files.is_empty() {
@@ -384,16 +431,33 @@ async fn replay(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>) {
     }
     tracing::info!(files = files.len(), dir = %root.display(), "uploading payloads spilled by an earlier run");
     for path in files {
+        let Some(key) = path
+            .strip_prefix(&root)
+            .ok()
+            .and_then(|k| k.to_str())
+            .and_then(|k| k.strip_suffix(SPILL_SUFFIX))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len() as usize,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot read spilled payload");
+                continue;
+            }
+        };
+        // A file larger than the whole budget is read alone (the budget is then empty).
+        let want = size.min(ctx.config.queue.max_bytes);
+        while !ctx.budget.try_reserve(0, want) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let Ok(permit) = permits.clone().acquire_owned().await else {
+            ctx.budget.release(0, want);
             break;
         };
         let ctx = ctx.clone();
-        let root = root.clone();
         tokio::task::spawn_local(async move {
-            let key = path
-                .strip_prefix(&root)
-                .map(|k| k.to_string_lossy().into_owned())
-                .unwrap_or_default();
             match std::fs::read(&path) {
                 Ok(data) => {
                     let format = ObjectFormat::from_key(&key);
@@ -409,12 +473,14 @@ async fn replay(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>) {
                     tracing::error!(file = %path.display(), error = %e, "cannot read spilled payload")
                 }
             }
+            ctx.budget.release(0, want);
             drop(permit);
         });
     }
 }
 
-/// Every regular file under `root` except in-progress dot-files, in key order.
+/// Every file corepost spilled under `root` (`*.spill`, not in-progress dot-files), in key
+/// order. Anything else there is not corepost's and is left alone.
 pub fn spilled_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -427,7 +493,11 @@ pub fn spilled_files(root: &Path) -> Vec<PathBuf> {
             let hidden = entry.file_name().to_string_lossy().starts_with('.');
             match entry.file_type() {
                 Ok(t) if t.is_dir() => stack.push(path),
-                Ok(t) if t.is_file() && !hidden => out.push(path),
+                Ok(t)
+                    if t.is_file() && !hidden && path.to_string_lossy().ends_with(SPILL_SUFFIX) =>
+                {
+                    out.push(path)
+                }
                 _ => {}
             }
         }
@@ -452,6 +522,7 @@ impl Ctx {
             self.budget.release(req.payloads, req.bytes);
             if let Some(sp) = &req.spooled {
                 if req.outcome.get() == Delivery::Stored {
+                    crate::crash_point!("upload::stored::before_release");
                     sp.releaser.release(sp.id);
                 }
             }
@@ -505,6 +576,26 @@ impl Ctx {
         outcome
     }
 
+    /// Stores one object; with the fs sink under `ack = "durable"`, also waits for the group
+    /// sync that makes it survive a power cut.
+    async fn put_synced(
+        &self,
+        key: &str,
+        data: &[u8],
+        format: ObjectFormat,
+    ) -> Result<(), UploadError> {
+        self.sink
+            .put(key, data, format, &self.stats.put_requests)
+            .await?;
+        if let Some(g) = &self.fs_sync {
+            g.sync()
+                .await
+                .map_err(|e| UploadError::Transient(e.to_string()))?;
+            self.stats.sink_syncs.store(g.syncs.get(), Relaxed);
+        }
+        Ok(())
+    }
+
     /// Tries the store until it succeeds, a permanent error, `max_attempts`, or the drain
     /// deadline.
     async fn store(&self, key: &str, data: &[u8], format: ObjectFormat) -> Result<(), UploadError> {
@@ -517,7 +608,7 @@ impl Ctx {
             attempt += 1;
             let t0 = Instant::now();
             let result = tokio::select! {
-                r = self.sink.put(key, data, format, &self.stats.put_requests) => r,
+                r = self.put_synced(key, data, format) => r,
                 _ = self.deadline.notified() => Err(UploadError::Transient("drain deadline reached".into())),
             };
             match result {

@@ -66,7 +66,13 @@ pub struct FsSink {
     /// fsync each file before renaming it into place (the spill directory needs this; the fs
     /// sink with `ack = "queued"` does not).
     durable: bool,
+    /// Appended to every file name: the spill directory's files end in [`SPILL_SUFFIX`], so
+    /// its replay takes only what corepost wrote there.
+    suffix: &'static str,
 }
+
+/// Ending of every file corepost writes to the spill directory (`{key}.spill`).
+pub const SPILL_SUFFIX: &str = ".spill";
 
 /// Classifies an HTTP status from the store.
 fn classify_status(status: u16, body: &[u8]) -> Result<(), UploadError> {
@@ -302,6 +308,16 @@ impl FsSink {
             root: root.into(),
             made: RefCell::new(HashSet::new()),
             durable,
+            suffix: "",
+        }
+    }
+
+    /// The spill directory's writer: files named `{key}.spill`, synced together at the end
+    /// of a drain (see the worker).
+    pub fn spill(root: impl Into<PathBuf>) -> Self {
+        Self {
+            suffix: SPILL_SUFFIX,
+            ..Self::new(root, false)
         }
     }
 
@@ -312,7 +328,11 @@ impl FsSink {
 
     /// Writes one file atomically (temporary dot-file, then rename).
     pub fn put(&self, key: &str, data: &[u8]) -> Result<(), UploadError> {
-        let path = self.root.join(key);
+        let path = if self.suffix.is_empty() {
+            self.root.join(key)
+        } else {
+            self.root.join(format!("{key}{}", self.suffix))
+        };
         let io = |what: &str, p: &Path, e: std::io::Error| {
             let msg = format!("{what} {}: {e}", p.display());
             if e.kind() == std::io::ErrorKind::PermissionDenied {

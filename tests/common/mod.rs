@@ -668,3 +668,87 @@ pub fn lines(o: &Object) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_slice(l).expect("each line is one JSON payload"))
         .collect()
 }
+
+/// Copies of each numbered payload `(c, n)` (see [`numbered_body`]) across every object under
+/// `prefix`, read back by value.
+pub fn copies(g: &Garage, prefix: &str) -> HashMap<(u64, u64), u32> {
+    let mut out = HashMap::new();
+    for o in fetch(g, prefix) {
+        for v in lines(&o) {
+            let (Some(c), Some(n)) = (v["c"].as_u64(), v["n"].as_u64()) else {
+                panic!("{}: not a numbered payload: {v}", o.key);
+            };
+            *out.entry((c, n)).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Polls `/metrics` until the durable spool and the queues are empty (every spooled request
+/// stored and released).
+pub fn wait_spool_empty(s: &Server, secs: u64) {
+    wait_until(secs, "spool emptied into the store", || {
+        let m = s.metrics();
+        m.sum("corepost_spool_live_records") == 0 && m.sum("corepost_queue_payloads") == 0
+    });
+}
+
+/// A small ext4 file system on a loop device, mounted in a temp dir (tests run as root);
+/// unmounted and deleted on drop.
+pub struct LoopFs {
+    pub image: PathBuf,
+    pub mount: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn run_ok(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl LoopFs {
+    /// A fresh file system of `mib` MiB, mounted with `opts` (`mount -o`).
+    pub fn new(mib: u64, opts: &str) -> LoopFs {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let image = dir.path().join("fs.img");
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(mib << 20).unwrap();
+        drop(f);
+        run_ok("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
+        LoopFs::mount(dir, image, opts)
+    }
+
+    fn mount(dir: tempfile::TempDir, image: PathBuf, opts: &str) -> LoopFs {
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        let o = format!("loop,{opts}");
+        run_ok(
+            "mount",
+            &["-o", &o, image.to_str().unwrap(), mount.to_str().unwrap()],
+        );
+        LoopFs {
+            image,
+            mount,
+            _dir: dir,
+        }
+    }
+
+    /// What a power cut now would leave: a copy of the device's blocks as written so far
+    /// (data only in the page cache is not there), mounted (its journal replayed).
+    pub fn power_cut_copy(&self) -> LoopFs {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let image = dir.path().join("copy.img");
+        std::fs::copy(&self.image, &image).unwrap();
+        LoopFs::mount(dir, image, "rw")
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+    }
+}

@@ -1,0 +1,149 @@
+//! The spill directory and earlier runs' data: replay takes only what corepost wrote there,
+//! and `--sink discard` never throws away what an earlier run left (spill files, spooled
+//! requests). Against a real Garage.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+fn prefix(name: &str) -> String {
+    format!("spill-{name}-{}", std::process::id())
+}
+
+fn put_file(path: &Path, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn replay_uploads_only_corepost_spill_files_and_leaves_the_rest() {
+    let g = garage();
+    let p = prefix("own");
+    let spill = tempfile::tempdir().unwrap();
+    let key = format!("{p}/2026/11/30/06/host-0-1-7.json");
+    let ours = spill.path().join(format!("{key}.spill"));
+    put_file(&ours, br#"{"spilled":1}"#);
+    // Not corepost's: an operator's file, and an object-like file without the suffix (as in
+    // an fs sink root mistaken for the spill directory).
+    let foreign = spill.path().join(format!("{p}/notes.json"));
+    put_file(&foreign, br#"{"mine":true}"#);
+    let s = Server::start(
+        &[
+            "--cores",
+            "1",
+            "--sink",
+            "s3",
+            "--spill-dir",
+            spill.path().to_str().unwrap(),
+        ],
+        &g.server_env(&p),
+    );
+    wait_until(30, "the spill file uploaded and deleted", || !ours.exists());
+    assert_eq!(
+        g.keys(&p),
+        std::slice::from_ref(&key),
+        "only the spill file was uploaded"
+    );
+    let objects = g.objects(&p);
+    assert_eq!(objects[0].2, br#"{"spilled":1}"#);
+    assert!(
+        foreign.exists(),
+        "a file corepost did not write is left alone"
+    );
+    // The shard's own requests are served while (and after) replay runs.
+    assert_eq!(post(s.addr, &numbered_body(1, 0, 2)).status, 200);
+    s.wait_drained(Duration::from_secs(30));
+    assert!(s.stop(30).success());
+}
+
+#[test]
+fn sink_discard_keeps_an_earlier_runs_spill_files_and_spooled_requests() {
+    let g = garage();
+    let p = prefix("discard");
+    let spill = tempfile::tempdir().unwrap();
+    let ours = spill
+        .path()
+        .join(format!("{p}/2026/11/30/06/host-0-1-9.json.spill"));
+    put_file(&ours, br#"{"spilled":2}"#);
+    let spool = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut conf = tempfile::NamedTempFile::new().unwrap();
+    conf.write_all(b"[server]\nack = \"durable\"\n").unwrap();
+    let args = |sink: &'static str| {
+        vec![
+            "--cores".to_string(),
+            "1".into(),
+            "--sink".into(),
+            sink.into(),
+            "--config".into(),
+            conf.path().to_str().unwrap().into(),
+            "--spool-dir".into(),
+            spool.path().to_str().unwrap().into(),
+            "--spill-dir".into(),
+            spill.path().to_str().unwrap().into(),
+        ]
+    };
+    // A first run whose store is unreachable: three requests stay in the spool.
+    let mut dead = g.server_env(&p);
+    dead.retain(|(k, _)| k != "S3_ENDPOINT");
+    dead.push(("S3_ENDPOINT".into(), "http://127.0.0.1:9".into()));
+    let a = args("s3");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let s = Server::start(&a, &dead);
+    for c in 0..3 {
+        assert_eq!(post(s.addr, &numbered_body(c, 0, 4)).status, 200);
+    }
+    s.signal("KILL");
+    drop(s);
+
+    // A benchmark run with the discard sink on the same directories.
+    let d = args("discard");
+    let d: Vec<&str> = d.iter().map(String::as_str).collect();
+    let s = Server::start(&d, &[]);
+    assert_eq!(post(s.addr, &numbered_body(7, 0, 4)).status, 200);
+    s.wait_drained(Duration::from_secs(30));
+    let m = s.metrics();
+    assert_eq!(
+        m.sum("corepost_spool_live_records"),
+        3,
+        "the earlier run's requests are kept"
+    );
+    assert!(ours.exists(), "the earlier run's spill file is kept");
+    assert!(s.stop(30).success());
+
+    // A run with the real store delivers both.
+    let s = Server::start(&a, &g.server_env(&p));
+    wait_spool_empty(&s, 60);
+    wait_until(30, "the spill file uploaded", || !ours.exists());
+    let got = copies_or_spilled(g, &p);
+    for c in 0..3u64 {
+        for n in 0..4u64 {
+            assert_eq!(got.get(&(c, n)), Some(&1), "payload {c}/{n}");
+        }
+    }
+    assert!(s.stop(30).success());
+}
+
+/// Copies of each numbered payload under `prefix`; the spill file's payload (not numbered)
+/// is counted as `(u64::MAX, 2)`.
+fn copies_or_spilled(g: &Garage, prefix: &str) -> std::collections::HashMap<(u64, u64), u32> {
+    let mut out = std::collections::HashMap::new();
+    for o in fetch(g, prefix) {
+        for v in lines(&o) {
+            let id = match (v["c"].as_u64(), v["n"].as_u64(), v["spilled"].as_u64()) {
+                (Some(c), Some(n), _) => (c, n),
+                (_, _, Some(k)) => (u64::MAX, k),
+                _ => panic!("{}: unexpected payload {v}", o.key),
+            };
+            *out.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        out.get(&(u64::MAX, 2)),
+        Some(&1),
+        "the spill file's payload"
+    );
+    out
+}

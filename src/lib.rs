@@ -11,6 +11,8 @@
 //! - [`upload`]: upload workers, sinks (s3, fs, discard), retries with backoff.
 //! - [`metrics`]: per-shard counters and the Prometheus text rendering.
 //! - [`http`]: hyper http1 on glommio streams, routing, the API's answers.
+//! - [`listen`]: the start-up probe for a port in use and the shards' listening sockets
+//!   (`SO_REUSEADDR`, so a restart is not held up by the last run's TIME_WAIT connections).
 //! - [`shard`]: executors pinned per core, listeners, start-up and graceful shutdown.
 #![warn(missing_docs)]
 
@@ -18,6 +20,7 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod keys;
+pub mod listen;
 pub mod metrics;
 pub mod queue;
 pub mod shard;

@@ -198,7 +198,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
             config.server.listen
         )
     })?;
-    check_port_free(addr)?;
+    crate::listen::check_port_free(addr)?;
     let mut stops = Vec::new();
     let mut executors = Vec::new();
     // Shard 0 binds first so that port 0 resolves to one port that the others then share.
@@ -228,7 +228,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
                 } else {
                     None
                 };
-                let listener = match TcpListener::bind(addr) {
+                let listener = match crate::listen::shard_listener(addr) {
                     Ok(l) => l,
                     Err(e) => {
                         let _ = bound_tx
@@ -277,26 +277,6 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
         stopping,
     })
-}
-
-/// Refuses to start when another process listens on `addr`. Each shard binds with
-/// SO_REUSEPORT (the kernel spreads connections over the shards), which would also let a
-/// second server (of the same user) bind the port and silently take a share of the traffic.
-/// A plain bind, without SO_REUSEPORT, fails if anything listens there. Port 0 picks a free
-/// port, so there is nothing to check.
-fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    match std::net::TcpListener::bind(addr) {
-        Ok(probe) => {
-            drop(probe);
-            Ok(())
-        }
-        Err(e) => Err(anyhow!(
-            "cannot listen on {addr}: {e} (is another server running on this port?)"
-        )),
-    }
 }
 
 /// Refuses to start when the spool directory holds a shard's spool that no shard of this

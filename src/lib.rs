@@ -8,6 +8,8 @@
 //! - [`queue`]: the per-shard queue to the upload worker, bounded by payloads and bytes.
 //! - [`spool`]: the per-shard durable write-ahead spool (group-committed, O_DIRECT) behind
 //!   `ack = "durable"`; records are released once stored.
+//! - [`dirlock`]: exclusive locks on the data directories (spool, spill, fs sink root), held
+//!   for the process's life, so two processes never share one.
 //! - [`upload`]: upload workers, sinks (s3, fs, discard), retries with backoff.
 //! - [`metrics`]: per-shard counters and the Prometheus text rendering.
 //! - [`http`]: hyper http1 on glommio streams, routing, the API's answers.
@@ -17,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod dirlock;
 pub mod http;
 pub mod ingest;
 pub mod keys;

@@ -1,11 +1,14 @@
 //! Restarts and second instances: a restart on the same port right after traffic starts at
-//! once, a second server on a live server's port is refused.
+//! once; a second server on a live server's port, or on one of its data directories (spool,
+//! spill directory, fs sink root), is refused until the first has gone, however it ended;
+//! overlapping data directories are refused.
 
 mod common;
 
 use common::*;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 /// `127.0.0.1:{free port}`.
@@ -96,4 +99,147 @@ fn a_second_server_on_a_live_servers_port_is_refused_even_after_traffic() {
     // The first server still has the port and answers.
     assert_eq!(post(addr, BODY10).status, 200);
     assert!(first.stop(30).success());
+}
+
+/// A directory on the disk the build is on (the spool's direct I/O does not work on tmpfs).
+fn disk_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn conf(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+/// `ack = "durable"` with small spool segments (quick to create).
+const DURABLE: &str = "[server]\nack = \"durable\"\nmax_body_bytes = 65536\n[spool]\nsegment_bytes = 131072\nmax_bytes = 262144\n";
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The pid recorded in `dir`'s lock file.
+fn lock_holder(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join(".corepost.lock")).unwrap()
+}
+
+/// `serve --listen 127.0.0.1:0 args` must refuse to start because `holder` uses `dir` (`key`).
+fn assert_locked_out(args: &[&str], key: &str, dir: &Path, holder: &Server) {
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let (status, err) = serve_refused(&all, 15);
+    assert!(!status.success(), "{status:?}");
+    let want = format!(
+        "{key} {} is in use by another corepost process (pid {})",
+        dir.display(),
+        holder.child.id()
+    );
+    assert!(err.contains(&want), "wanted {want:?} in:\n{err}");
+}
+
+#[test]
+fn a_second_server_on_the_same_spool_dir_is_refused_until_the_first_is_killed() {
+    let spool = disk_dir();
+    let c = conf(DURABLE);
+    let (first_spill, second_spill) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |spill: &Path| {
+        vec![
+            "--cores".to_string(),
+            "1".into(),
+            "--sink".into(),
+            "discard".into(),
+            "--config".into(),
+            s(c.path()).into(),
+            "--spool-dir".into(),
+            s(spool.path()).into(),
+            "--spill-dir".into(),
+            s(spill).into(),
+        ]
+    };
+    let first_args = args(first_spill.path());
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let mut first = Server::start(&first_args, &[]);
+    assert_eq!(post(first.addr, BODY10).status, 200);
+
+    // Different port, different spill directory, same spool: refused.
+    let second_args = args(second_spill.path());
+    let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
+    assert_locked_out(&second_args, "spool.dir", spool.path(), &first);
+    assert_eq!(lock_holder(spool.path()), format!("{}\n", first.child.id()));
+
+    // The kernel releases the lock of a process killed outright.
+    first.signal("KILL");
+    assert!(!first.wait_exit(30).success());
+    let second = Server::start(&second_args, &[]);
+    assert_eq!(
+        lock_holder(spool.path()),
+        format!("{}\n", second.child.id())
+    );
+    assert_eq!(post(second.addr, BODY10).status, 200);
+    assert!(second.stop(30).success());
+}
+
+#[test]
+fn a_second_server_on_the_same_spill_dir_is_refused_until_the_first_stops() {
+    let spill = tempfile::tempdir().unwrap();
+    let args = [
+        "--cores",
+        "1",
+        "--sink",
+        "discard",
+        "--spill-dir",
+        s(spill.path()),
+    ];
+    let first = Server::start(&args, &[]);
+    assert_eq!(post(first.addr, BODY10).status, 200);
+    assert_locked_out(&args, "upload.spill_dir", spill.path(), &first);
+    assert!(first.stop(30).success());
+
+    let second = Server::start(&args, &[]);
+    assert_eq!(post(second.addr, BODY10).status, 200);
+    second.wait_drained(Duration::from_secs(30));
+    // The lock file is not a spilled payload: the spill replay left it alone.
+    assert_eq!(
+        lock_holder(spill.path()),
+        format!("{}\n", second.child.id())
+    );
+    assert!(second.stop(30).success());
+}
+
+#[test]
+fn a_second_server_on_the_same_fs_root_is_refused_until_the_first_is_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let (first_spill, second_spill) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |spill: &Path| {
+        vec![
+            "--cores".to_string(),
+            "1".into(),
+            "--sink".into(),
+            "fs".into(),
+            "--fs-root".into(),
+            s(root.path()).into(),
+            "--spill-dir".into(),
+            s(spill).into(),
+        ]
+    };
+    let first_args = args(first_spill.path());
+    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let mut first = Server::start(&first_args, &[]);
+    assert_eq!(post(first.addr, BODY10).status, 200);
+    first.wait_drained(Duration::from_secs(30));
+
+    let second_args = args(second_spill.path());
+    let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
+    assert_locked_out(&second_args, "sink.fs.root", root.path(), &first);
+
+    first.signal("KILL");
+    assert!(!first.wait_exit(30).success());
+    let second = Server::start(&second_args, &[]);
+    assert_eq!(request(second.addr, "GET", "/readyz", &[], b"").status, 200);
+    assert_eq!(post(second.addr, BODY10).status, 200);
+    second.wait_drained(Duration::from_secs(30));
+    assert_eq!(files_under(&root.path().join("corepost")).len(), 20);
+    assert_eq!(lock_holder(root.path()), format!("{}\n", second.child.id()));
+    assert!(second.stop(30).success());
 }

@@ -617,7 +617,7 @@ impl Config {
         if sp.dir.is_empty() {
             bad("spool.dir", "must not be empty".into());
         }
-        if sp.segment_bytes % 4096 != 0
+        if !sp.segment_bytes.is_multiple_of(4096)
             || sp.segment_bytes < self.server.max_body_bytes as u64 + 4096
         {
             bad(

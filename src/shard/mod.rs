@@ -3,7 +3,8 @@
 //! server.
 #![forbid(unsafe_code)]
 
-use crate::config::{allowed_cpus, resolve_placement, Ack, Config};
+use crate::config::{allowed_cpus, resolve_placement, Ack, Config, SinkKind};
+use crate::dirlock::DirLock;
 use crate::http::{serve_connection, Scratch};
 use crate::ingest::{BodyParser, IngestError};
 use crate::keys::{host_name, unix_micros, KeySpace};
@@ -17,6 +18,7 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -141,6 +143,8 @@ pub struct Server {
     drains: Vec<flume::Sender<Instant>>,
     drain_timeout: Duration,
     stopping: Arc<AtomicBool>,
+    /// Locks on the data directories, held until the server has stopped (dropped last).
+    _locks: Vec<DirLock>,
 }
 
 /// Starts every shard and upload worker; returns once all listeners are bound.
@@ -152,6 +156,8 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
     let start_micros = unix_micros();
     let stopping = Arc::new(AtomicBool::new(false));
 
+    // Before anything reads or writes a data directory: no other process may be using it.
+    let locks = lock_data_dirs(&config)?;
     if config.server.ack == Ack::Durable {
         check_spool_dirs(&config.spool.dir, placement.len())?;
     }
@@ -276,7 +282,26 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         drains,
         drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
         stopping,
+        _locks: locks,
     })
+}
+
+/// Locks every data directory this configuration uses (creating it if missing): the spool
+/// (`ack = "durable"`), the spill directory, the fs sink's root (`sink.kind = "fs"`).
+fn lock_data_dirs(config: &Config) -> anyhow::Result<Vec<DirLock>> {
+    let mut dirs = Vec::new();
+    if config.server.ack == Ack::Durable {
+        dirs.push(("spool.dir", &config.spool.dir));
+    }
+    dirs.push(("upload.spill_dir", &config.upload.spill_dir));
+    if config.sink.kind == SinkKind::Fs {
+        dirs.push(("sink.fs.root", &config.sink.fs.root));
+    }
+    let mut locks = Vec::new();
+    for (key, dir) in dirs {
+        locks.push(DirLock::acquire(key, Path::new(dir))?);
+    }
+    Ok(locks)
 }
 
 /// Refuses to start when the spool directory holds a shard's spool that no shard of this
@@ -314,7 +339,7 @@ async fn open_spool(
     shard: usize,
     view: &ShardView,
 ) -> Result<(Rc<Spool>, Releaser, RecoveryReport), String> {
-    let dir = std::path::Path::new(&cfg.spool.dir).join(format!("shard-{shard}"));
+    let dir = Path::new(&cfg.spool.dir).join(format!("shard-{shard}"));
     let opts = SpoolOptions {
         dir: dir.clone(),
         segment_bytes: cfg.spool.segment_bytes,

@@ -316,7 +316,8 @@ pub fn payloads_of(body: &[u8]) -> Vec<serde_json::Value> {
     v["data"].as_array().unwrap().clone()
 }
 
-/// All files under `dir`, recursively.
+/// All files under `dir`, recursively, except dot-files: the data directories' lock file
+/// (`.corepost.lock`) and files still being written are not data.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -328,7 +329,10 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else {
+            } else if !p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
                 out.push(p);
             }
         }

@@ -243,3 +243,53 @@ fn a_second_server_on_the_same_fs_root_is_refused_until_the_first_is_killed() {
     assert_eq!(lock_holder(root.path()), format!("{}\n", second.child.id()));
     assert!(second.stop(30).success());
 }
+
+#[test]
+fn overlapping_data_directories_are_refused_before_anything_starts() {
+    let d = tempfile::tempdir().unwrap();
+    let spill = d.path().join("spill");
+    // The fs root inside the spill directory (spelled with `..`): the spill replay would
+    // upload (and delete) every stored object. `check-config` reports it.
+    let objects = d.path().join("other/../spill/objects");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corepost"))
+        .args([
+            "check-config",
+            "--spill-dir",
+            s(&spill),
+            "--fs-root",
+            s(&objects),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sink.fs.root") && err.contains("upload.spill_dir"),
+        "{err}"
+    );
+    // The spool and the spill directory in one directory: `serve` refuses too, with the
+    // configuration's exit code.
+    let c = conf(DURABLE);
+    let (status, err) = serve_refused(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--sink",
+            "discard",
+            "--config",
+            s(c.path()),
+            "--spool-dir",
+            s(&spill),
+            "--spill-dir",
+            &format!("{}/", spill.display()),
+        ],
+        15,
+    );
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("spool.dir") && err.contains("upload.spill_dir"),
+        "{err}"
+    );
+    // Nothing was created: the configuration was refused before any directory was touched.
+    assert!(!spill.exists());
+}

@@ -3,7 +3,7 @@
 //! server.
 #![forbid(unsafe_code)]
 
-use crate::config::{allowed_cpus, resolve_placement, Ack, Config, SinkKind};
+use crate::config::{allowed_cpus, resolve_placement, Ack, Config};
 use crate::dirlock::DirLock;
 use crate::http::{serve_connection, Scratch};
 use crate::ingest::{BodyParser, IngestError};
@@ -289,16 +289,8 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
 /// Locks every data directory this configuration uses (creating it if missing): the spool
 /// (`ack = "durable"`), the spill directory, the fs sink's root (`sink.kind = "fs"`).
 fn lock_data_dirs(config: &Config) -> anyhow::Result<Vec<DirLock>> {
-    let mut dirs = Vec::new();
-    if config.server.ack == Ack::Durable {
-        dirs.push(("spool.dir", &config.spool.dir));
-    }
-    dirs.push(("upload.spill_dir", &config.upload.spill_dir));
-    if config.sink.kind == SinkKind::Fs {
-        dirs.push(("sink.fs.root", &config.sink.fs.root));
-    }
     let mut locks = Vec::new();
-    for (key, dir) in dirs {
+    for (key, dir) in config.data_dirs() {
         locks.push(DirLock::acquire(key, Path::new(dir))?);
     }
     Ok(locks)

@@ -8,9 +8,13 @@
 //! - [`queue`]: the per-shard queue to the upload worker, bounded by payloads and bytes.
 //! - [`spool`]: the per-shard durable write-ahead spool (group-committed, O_DIRECT) behind
 //!   `ack = "durable"`; records are released once stored.
+//! - [`dirlock`]: exclusive locks on the data directories (spool, spill, fs sink root), held
+//!   for the process's life, so two processes never share one.
 //! - [`upload`]: upload workers, sinks (s3, fs, discard), retries with backoff.
 //! - [`metrics`]: per-shard counters and the Prometheus text rendering.
 //! - [`http`]: hyper http1 on glommio streams, routing, the API's answers.
+//! - [`listen`]: the start-up probe for a port in use and the shards' listening sockets
+//!   (`SO_REUSEADDR`, so a restart is not held up by the last run's TIME_WAIT connections).
 //! - [`shard`]: executors pinned per core, listeners, start-up and graceful shutdown.
 #![warn(missing_docs)]
 
@@ -34,9 +38,11 @@ macro_rules! crash_point {
 }
 
 pub mod config;
+pub mod dirlock;
 pub mod http;
 pub mod ingest;
 pub mod keys;
+pub mod listen;
 pub mod metrics;
 pub mod queue;
 pub mod shard;

@@ -14,6 +14,7 @@ pub use placement::{allowed_cpus, resolve_placement, ShardPlacement};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::path::{Component, PathBuf};
 
 /// The whole server configuration, as merged from all layers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -585,6 +586,7 @@ impl Config {
         if self.sink.kind == SinkKind::Fs && self.sink.fs.root.is_empty() {
             bad("sink.fs.root", "must not be empty".into());
         }
+        self.validate_data_dirs(&mut bad);
         if self.keys.prefix.starts_with('/') || self.keys.prefix.contains("..") {
             bad(
                 "keys.prefix",
@@ -612,12 +614,63 @@ impl Config {
         }
     }
 
+    /// The data directories this configuration uses, with their keys: the spool (`ack =
+    /// "durable"`), the spill directory, the fs sink's root (`sink.kind = "fs"`). Each is
+    /// locked by the running server.
+    pub fn data_dirs(&self) -> Vec<(&'static str, &str)> {
+        let mut dirs = Vec::new();
+        if self.server.ack == Ack::Durable {
+            dirs.push(("spool.dir", self.spool.dir.as_str()));
+        }
+        dirs.push(("upload.spill_dir", self.upload.spill_dir.as_str()));
+        if self.sink.kind == SinkKind::Fs {
+            dirs.push(("sink.fs.root", self.sink.fs.root.as_str()));
+        }
+        dirs
+    }
+
+    /// No data directory may be another, or lie inside another: the spill replay would upload
+    /// (and delete) the fs sink's objects or the spool's segments, the fs sink would write
+    /// objects among the spool's or the spill directory's files.
+    fn validate_data_dirs(&self, bad: &mut impl FnMut(&str, String)) {
+        let dirs: Vec<_> = self
+            .data_dirs()
+            .into_iter()
+            .filter(|(_, d)| !d.is_empty())
+            .map(|(key, d)| (key, d, resolve_dir(d)))
+            .collect();
+        for (i, (key_a, a, abs_a)) in dirs.iter().enumerate() {
+            for (key_b, b, abs_b) in &dirs[i + 1..] {
+                if abs_a == abs_b {
+                    bad(
+                        key_b,
+                        format!("{b:?} is the same directory as {key_a} ({a:?}); data directories must not overlap"),
+                    );
+                } else if abs_b.starts_with(abs_a) {
+                    bad(
+                        key_b,
+                        format!(
+                            "{b:?} is inside {key_a} ({a:?}); data directories must not overlap"
+                        ),
+                    );
+                } else if abs_a.starts_with(abs_b) {
+                    bad(
+                        key_a,
+                        format!(
+                            "{a:?} is inside {key_b} ({b:?}); data directories must not overlap"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     fn validate_spool(&self, bad: &mut impl FnMut(&str, String)) {
         let sp = &self.spool;
         if sp.dir.is_empty() {
             bad("spool.dir", "must not be empty".into());
         }
-        if sp.segment_bytes % 4096 != 0
+        if !sp.segment_bytes.is_multiple_of(4096)
             || sp.segment_bytes < self.server.max_body_bytes as u64 + 4096
         {
             bad(
@@ -700,6 +753,31 @@ impl Config {
     }
 }
 
+/// `dir` as an absolute path with `.` and `..` resolved, for comparing directories: symlinks
+/// are resolved in the longest part that exists (`canonicalize`), the rest, not created yet,
+/// is taken as written.
+fn resolve_dir(dir: &str) -> PathBuf {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| PathBuf::from(dir));
+    let parts: Vec<Component<'_>> = abs.components().collect();
+    let (mut out, rest) = (1..=parts.len())
+        .rev()
+        .find_map(|n| {
+            let head: PathBuf = parts[..n].iter().collect();
+            head.canonicalize().ok().map(|real| (real, &parts[n..]))
+        })
+        .unwrap_or((PathBuf::new(), &parts[..]));
+    for part in rest {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -772,6 +850,98 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         assert!(c.batch.ndjson());
         assert!(!Config::default().batch.ndjson());
+    }
+
+    /// The keys named by the errors of `c` that are about overlapping data directories.
+    fn overlaps(c: &Config) -> Vec<String> {
+        match c.validate() {
+            Ok(()) => Vec::new(),
+            Err(errs) => errs
+                .0
+                .iter()
+                .map(|e| e.0.clone())
+                .filter(|e| e.contains("same directory as") || e.contains("is inside"))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn data_directories_must_not_overlap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = |p: &str| format!("{}/{p}", tmp.path().display());
+        let mut c = Config::default();
+        c.upload.spill_dir = t("a/b");
+        c.sink.fs.root = t("a/./c/../b/");
+        assert_eq!(
+            overlaps(&c),
+            [format!(
+                "sink.fs.root: {:?} is the same directory as upload.spill_dir ({:?}); data directories must not overlap",
+                t("a/./c/../b/"),
+                t("a/b")
+            )]
+        );
+        // One inside the other, either way round; the error names both keys.
+        c.sink.fs.root = t("a");
+        let errs = overlaps(&c);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("upload.spill_dir: ") && errs[0].contains("is inside sink.fs.root"),
+            "{errs:?}"
+        );
+        c.sink.fs.root = t("a/b/objects");
+        let errs = overlaps(&c);
+        assert!(
+            errs.len() == 1
+                && errs[0].starts_with("sink.fs.root: ")
+                && errs[0].contains("is inside upload.spill_dir"),
+            "{errs:?}"
+        );
+        // A sibling whose name merely starts the same is not inside.
+        c.sink.fs.root = t("a/b2");
+        assert_eq!(overlaps(&c), Vec::<String>::new());
+        // The fs root counts only with the fs sink.
+        c.sink.fs.root = t("a/b");
+        c.sink.kind = SinkKind::Discard;
+        assert_eq!(overlaps(&c), Vec::<String>::new());
+        // The spool counts only with ack = "durable".
+        c.spool.dir = t("a/b/spool");
+        assert_eq!(overlaps(&c), Vec::<String>::new());
+        c.server.ack = Ack::Durable;
+        let errs = overlaps(&c);
+        assert!(
+            errs.len() == 1
+                && errs[0].starts_with("spool.dir: ")
+                && errs[0].contains("upload.spill_dir"),
+            "{errs:?}"
+        );
+        // Relative paths resolve against the working directory.
+        let mut c = Config::default();
+        c.upload.spill_dir = "data".into();
+        c.sink.fs.root = std::env::current_dir()
+            .unwrap()
+            .join("data/objects")
+            .display()
+            .to_string();
+        assert_eq!(overlaps(&c).len(), 1);
+    }
+
+    #[test]
+    fn overlap_is_seen_through_symlinks_even_below_directories_not_created_yet() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut c = Config::default();
+        c.sink.fs.root = real.display().to_string();
+        c.upload.spill_dir = link.join("spill/not-yet").display().to_string();
+        let errs = overlaps(&c);
+        assert!(
+            errs.len() == 1
+                && errs[0].starts_with("upload.spill_dir: ")
+                && errs[0].contains("is inside sink.fs.root"),
+            "{errs:?}"
+        );
     }
 
     #[test]

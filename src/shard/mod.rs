@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use crate::config::{allowed_cpus, resolve_placement, Ack, Config, SinkKind};
+use crate::dirlock::DirLock;
 use crate::http::{serve_connection, Scratch};
 use crate::ingest::{BodyParser, IngestError};
 use crate::keys::{host_name, unix_micros, KeySpace};
@@ -17,6 +18,7 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -143,6 +145,8 @@ pub struct Server {
     /// Set by a second signal: the shards stop waiting for requests in progress.
     hurry: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
+    /// Locks on the data directories, held until the server has stopped (dropped last).
+    _locks: Vec<DirLock>,
 }
 
 /// Starts every shard and upload worker; returns once all listeners are bound.
@@ -155,6 +159,8 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
     let stopping = Arc::new(AtomicBool::new(false));
     let hurry = Arc::new(AtomicBool::new(false));
 
+    // Before anything reads or writes a data directory: no other process may be using it.
+    let locks = lock_data_dirs(&config)?;
     if config.server.ack == Ack::Durable {
         check_spool_dirs(&config.spool.dir, placement.len())?;
     }
@@ -202,7 +208,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
             config.server.listen
         )
     })?;
-    check_port_free(addr)?;
+    crate::listen::check_port_free(addr)?;
     let mut stops = Vec::new();
     let mut executors = Vec::new();
     // Shard 0 binds first so that port 0 resolves to one port that the others then share.
@@ -234,7 +240,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
                 } else {
                     None
                 };
-                let listener = match TcpListener::bind(addr) {
+                let listener = match crate::listen::shard_listener(addr) {
                     Ok(l) => l,
                     Err(e) => {
                         let _ = bound_tx
@@ -291,27 +297,18 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
         drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
         hurry,
         stopping,
+        _locks: locks,
     })
 }
 
-/// Refuses to start when another process listens on `addr`. Each shard binds with
-/// SO_REUSEPORT (the kernel spreads connections over the shards), which would also let a
-/// second server (of the same user) bind the port and silently take a share of the traffic.
-/// A plain bind, without SO_REUSEPORT, fails if anything listens there. Port 0 picks a free
-/// port, so there is nothing to check.
-fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
-    if addr.port() == 0 {
-        return Ok(());
+/// Locks every data directory this configuration uses (creating it if missing): the spool
+/// (`ack = "durable"`), the spill directory, the fs sink's root (`sink.kind = "fs"`).
+fn lock_data_dirs(config: &Config) -> anyhow::Result<Vec<DirLock>> {
+    let mut locks = Vec::new();
+    for (key, dir) in config.data_dirs() {
+        locks.push(DirLock::acquire(key, Path::new(dir))?);
     }
-    match std::net::TcpListener::bind(addr) {
-        Ok(probe) => {
-            drop(probe);
-            Ok(())
-        }
-        Err(e) => Err(anyhow!(
-            "cannot listen on {addr}: {e} (is another server running on this port?)"
-        )),
-    }
+    Ok(locks)
 }
 
 /// Refuses to start when the spool directory holds a shard's spool that no shard of this
@@ -350,7 +347,7 @@ async fn open_spool(
     shard: usize,
     view: &ShardView,
 ) -> Result<(Rc<Spool>, Releaser, RecoveryReport), String> {
-    let dir = std::path::Path::new(&cfg.spool.dir).join(format!("shard-{shard}"));
+    let dir = Path::new(&cfg.spool.dir).join(format!("shard-{shard}"));
     // Recorded in every segment: how this run builds and names the objects of its records.
     let naming = Naming {
         prefix: cfg.keys.prefix.clone(),

@@ -615,7 +615,7 @@ impl Spool {
     /// Opens (or creates) the spool in `opts.dir`: recovers every segment on disk (see the
     /// module doc), seals them, and starts the committer. Must run on a glommio executor.
     pub async fn open(opts: SpoolOptions) -> Result<(Spool, RecoveryReport), SpoolError> {
-        if opts.segment_bytes % BLOCK != 0 || opts.segment_bytes < 2 * BLOCK {
+        if !opts.segment_bytes.is_multiple_of(BLOCK) || opts.segment_bytes < 2 * BLOCK {
             return Err(invalid(
                 "segment_bytes must be a multiple of 4096, at least 8192",
             ));
@@ -1092,7 +1092,7 @@ async fn try_create(inner: &Inner, id: u64) -> Result<Active, SpoolError> {
         .create_new(true)
         .dma_open(shared.seg_path(id))
         .await?;
-    if BLOCK % file.alignment() != 0 {
+    if !BLOCK.is_multiple_of(file.alignment()) {
         return Err(io::Error::other("device alignment above 4096 bytes").into());
     }
     let header = format::segment_prefix(id, inner.opts.segment_bytes, &inner.opts.context);

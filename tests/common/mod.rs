@@ -27,7 +27,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the binary with `--listen 127.0.0.1:0` plus `args`, and waits for its ready line.
+    /// Starts the binary with `--listen 127.0.0.1:0` (unless `args` has a `--listen` of its
+    /// own) plus `args`, and waits for its ready line.
     pub fn start(args: &[&str], env: &[(String, String)]) -> Server {
         Server::start_in(None, args, env)
     }
@@ -39,10 +40,11 @@ impl Server {
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(args);
+        cmd.arg("serve");
+        if !args.contains(&"--listen") {
+            cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        cmd.args(args);
         let (spill, spill_tmp) = match args.iter().position(|a| *a == "--spill-dir") {
             Some(i) => (PathBuf::from(args[i + 1]), None),
             None => {
@@ -314,7 +316,8 @@ pub fn payloads_of(body: &[u8]) -> Vec<serde_json::Value> {
     v["data"].as_array().unwrap().clone()
 }
 
-/// All files under `dir`, recursively.
+/// All files under `dir`, recursively, except dot-files: the data directories' lock file
+/// (`.corepost.lock`) and files still being written are not data.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -326,7 +329,10 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
-            } else {
+            } else if !p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
                 out.push(p);
             }
         }
@@ -751,4 +757,55 @@ impl Drop for LoopFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mount).status();
     }
+}
+
+impl Server {
+    /// As [`Server::start`], listening on `addr` (a fixed port) instead of port 0.
+    pub fn start_on(addr: SocketAddr, args: &[&str], env: &[(String, String)]) -> Server {
+        let listen = addr.to_string();
+        let mut all = vec!["--listen", listen.as_str()];
+        all.extend_from_slice(args);
+        Server::start(&all, env)
+    }
+
+    /// Waits for the process to exit (at most `secs`) without signalling it.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "corepost did not exit within {secs} s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A port that was free a moment ago (bound on 127.0.0.1 and released again).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Sockets in TIME_WAIT whose local port is `port` (from /proc/net/tcp and tcp6).
+pub fn time_wait_on(port: u16) -> usize {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && f[1].ends_with(&suffix) && f[3] == "06"
+                })
+                .count()
+        })
+        .sum()
 }

@@ -15,6 +15,7 @@
 //! - [`http`]: hyper http1 on glommio streams, routing, the API's answers.
 //! - [`listen`]: the start-up probe for a port in use and the shards' listening sockets
 //!   (`SO_REUSEADDR`, so a restart is not held up by the last run's TIME_WAIT connections).
+//! - [`fd_limit`]: the file descriptor limit raised at start, connections fitted to it.
 //! - [`shard`]: executors pinned per core, listeners, start-up and graceful shutdown.
 #![warn(missing_docs)]
 
@@ -39,6 +40,7 @@ macro_rules! crash_point {
 
 pub mod config;
 pub mod dirlock;
+pub mod fd_limit;
 pub mod http;
 pub mod ingest;
 pub mod keys;

@@ -128,6 +128,8 @@ pub struct ShardView {
     pub budget: Arc<Budget>,
     /// The shard's durable spool, once opened (`ack = "durable"`), for its counters.
     pub spool: Arc<std::sync::OnceLock<Releaser>>,
+    /// The shard's connection limit in force.
+    pub max_connections: usize,
 }
 
 /// Picks one counter out of a shard's stats.
@@ -272,6 +274,12 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
     }
     series(
         &mut out,
+        "corepost_connections_max",
+        "Connections a shard holds at most (shards.max_connections, fitted to the file descriptor limit).",
+        shards.iter().map(|sh| sh.max_connections as u64),
+    );
+    series(
+        &mut out,
         "corepost_queue_payloads",
         "Payloads queued or uploading.",
         shards.iter().map(|sh| sh.budget.depth().0 as u64),
@@ -353,6 +361,7 @@ mod tests {
                 spool: Default::default(),
                 stats: Arc::new(ShardStats::default()),
                 budget: Arc::new(Budget::new(10, 100)),
+                max_connections: 5,
             })
             .collect();
         views[1].stats.request(Route::Payloads, 200);

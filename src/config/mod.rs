@@ -68,6 +68,10 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// A request body must arrive completely within this time, or the request gets `408`.
     pub body_read_timeout_ms: u64,
+    /// A write to a client (an answer) must make progress within this time, or the
+    /// connection is closed: a client that pipelines requests and never reads the answers
+    /// would otherwise hold its connection slot forever.
+    pub write_timeout_ms: u64,
     /// Largest request head (request line plus headers) accepted.
     pub max_header_bytes: usize,
     /// On shutdown, requests in progress get this long to finish before their connections are
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
             ack_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
             max_header_bytes: 16 * 1024,
             shutdown_grace_ms: 10_000,
             retry_after_secs: 1,
@@ -504,6 +509,7 @@ impl Config {
                 "server.body_read_timeout_ms",
                 self.server.body_read_timeout_ms,
             ),
+            ("server.write_timeout_ms", self.server.write_timeout_ms),
             ("upload.request_timeout_ms", self.upload.request_timeout_ms),
             ("upload.backoff_base_ms", self.upload.backoff_base_ms),
             ("upload.drain_timeout_ms", self.upload.drain_timeout_ms),

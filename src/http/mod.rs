@@ -34,6 +34,10 @@ pub type Resp = Response<Full<Bytes>>;
 /// finish (the request in progress completes, keep-alive stops).
 pub async fn serve_connection(stream: glommio::net::TcpStream, shard: Rc<ShardCtx>) {
     let cfg = &shard.config.server;
+    if let Err(e) = stream.set_write_timeout(Some(Duration::from_millis(cfg.write_timeout_ms))) {
+        tracing::debug!(error = %e, "cannot set the write timeout; closing the connection");
+        return;
+    }
     let io = HyperIo::new(stream, shard.scratch.clone());
     let svc_shard = shard.clone();
     let svc = service_fn(move |req| {

@@ -150,9 +150,15 @@ pub struct Server {
 }
 
 /// Starts every shard and upload worker; returns once all listeners are bound.
-pub fn start(config: Config) -> anyhow::Result<Server> {
+pub fn start(mut config: Config) -> anyhow::Result<Server> {
     let placement =
         resolve_placement(&config.shards, &allowed_cpus()).map_err(|e| anyhow!("{e}"))?;
+    let fds = crate::fd_limit::fit_connections(
+        placement.len(),
+        config.shards.max_connections,
+        config.upload.max_in_flight,
+    );
+    config.shards.max_connections = fds.max_connections;
     let config = Arc::new(config);
     let instance = config.keys.instance.clone().unwrap_or_else(host_name);
     let start_micros = unix_micros();
@@ -197,6 +203,7 @@ pub fn start(config: Config) -> anyhow::Result<Server> {
             stats,
             budget,
             spool: Arc::new(std::sync::OnceLock::new()),
+            max_connections: config.shards.max_connections,
         });
         senders.push(tx);
     }

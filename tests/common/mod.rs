@@ -40,6 +40,18 @@ impl Server {
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
+        Server::launch(cmd, args, env)
+    }
+
+    /// As [`Server::start`], run under `wrapper` (a command that execs the rest of its
+    /// arguments, such as `prlimit --nofile=256:1024 --`).
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(String, String)]) -> Server {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(env!("CARGO_BIN_EXE_corepost"));
+        Server::launch(cmd, args, env)
+    }
+
+    fn launch(mut cmd: Command, args: &[&str], env: &[(String, String)]) -> Server {
         cmd.arg("serve");
         if !args.contains(&"--listen") {
             cmd.arg("--listen").arg("127.0.0.1:0");

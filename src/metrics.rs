@@ -84,8 +84,42 @@ pub struct ShardStats {
     latency_buckets: [AtomicU64; LATENCY_BOUNDS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
-    /// False while the sink's last attempt failed (drives `/readyz`).
+    /// True while the sink's last attempt (upload or check) failed (drives `/readyz`).
     pub sink_failing: AtomicBool,
+    /// The sink's check has passed once: until then the shard is not ready.
+    pub sink_checked: AtomicBool,
+    /// Why the sink last failed, for `/readyz`.
+    sink_error: std::sync::Mutex<String>,
+    /// The shard's upload worker thread is running.
+    pub worker_alive: AtomicBool,
+    /// When the shard's last spool write failed / succeeded (Unix ms; 0 = never).
+    pub spool_failed_ms: AtomicU64,
+    /// See `spool_failed_ms`.
+    pub spool_ok_ms: AtomicU64,
+    /// Why the last spool write failed, for `/readyz`.
+    spool_error: std::sync::Mutex<String>,
+}
+
+/// How long a failed spool write keeps a shard unready (unless a write succeeds since): long
+/// enough for a load balancer to see it, short enough that the shard is tried again.
+const SPOOL_FAILURE_HOLD_MS: u64 = 5_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn set_text(m: &std::sync::Mutex<String>, text: &str) {
+    let mut t = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    t.clear();
+    t.push_str(text);
+}
+
+fn get_text(m: &std::sync::Mutex<String>) -> String {
+    m.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 /// Adds to a counter.
@@ -111,6 +145,49 @@ impl ShardStats {
         }
         inc(&self.latency_count, 1);
         inc(&self.latency_sum_us, (seconds * 1e6) as u64);
+    }
+
+    /// Notes why the sink failed (shown by `/readyz`).
+    pub fn set_sink_error(&self, why: &str) {
+        set_text(&self.sink_error, why);
+    }
+
+    /// Notes the outcome of a spool write.
+    pub fn spool_write(&self, result: Result<(), &str>) {
+        match result {
+            Ok(()) => self.spool_ok_ms.store(now_ms(), Relaxed),
+            Err(why) => {
+                set_text(&self.spool_error, why);
+                self.spool_failed_ms.store(now_ms(), Relaxed);
+            }
+        }
+    }
+
+    /// Why this shard is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.worker_alive.load(Relaxed) {
+            return Some("upload worker not running".into());
+        }
+        if !self.sink_checked.load(Relaxed) {
+            return Some(if self.sink_failing.load(Relaxed) {
+                format!("sink check failed: {}", get_text(&self.sink_error))
+            } else {
+                "sink not checked yet".into()
+            });
+        }
+        if self.sink_failing.load(Relaxed) {
+            return Some(format!("sink failing: {}", get_text(&self.sink_error)));
+        }
+        let failed = self.spool_failed_ms.load(Relaxed);
+        if failed > self.spool_ok_ms.load(Relaxed)
+            && now_ms().saturating_sub(failed) < SPOOL_FAILURE_HOLD_MS
+        {
+            return Some(format!(
+                "spool write failed: {}",
+                get_text(&self.spool_error)
+            ));
+        }
+        None
     }
 
     /// Requests answered on `route` with `status`.
@@ -272,6 +349,12 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             }
         }
     }
+    series(
+        &mut out,
+        "corepost_shard_ready",
+        "1 if the shard is ready (worker running, sink checked and not failing, spool writing), else 0; /readyz says why.",
+        shards.iter().map(|sh| u64::from(sh.stats.not_ready().is_none())),
+    );
     series(
         &mut out,
         "corepost_connections_max",

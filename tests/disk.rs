@@ -62,3 +62,100 @@ fn fs_sink_objects_survive_a_power_cut_once_their_spool_record_is_released() {
         }
     }
 }
+
+/// Spool, spill directory and fs sink on one small ext4, filled up: clients get `503` saying
+/// the disk is full (not `500`), `/readyz` says why, nothing answered `200` is lost, and the
+/// server takes requests again once space returns.
+#[test]
+fn a_full_disk_gives_503_and_readiness_says_why_and_recovers_when_space_returns() {
+    let disk = LoopFs::new(48, "rw");
+    let m = &disk.mount;
+    let (spool, out, spill) = (m.join("spool"), m.join("out"), m.join("spill"));
+    let mut conf = tempfile::NamedTempFile::new().unwrap();
+    conf.write_all(
+        b"[server]\nack = \"durable\"\nmax_body_bytes = 65536\n[spool]\nsegment_bytes = 1048576\nmax_bytes = 67108864\n[upload]\nbackoff_max_ms = 200\n[batch]\nmax_payloads = 100\nmax_age_ms = 50\n",
+    )
+    .unwrap();
+    let s = Server::start(
+        &[
+            "--cores",
+            "1",
+            "--sink",
+            "fs",
+            "--fs-root",
+            out.to_str().unwrap(),
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--spill-dir",
+            spill.to_str().unwrap(),
+            "--config",
+            conf.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    // Fill the file system.
+    let filler = m.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut answered = Vec::new();
+    let mut refused = None;
+    for c in 0..2000 {
+        let r = post(s.addr, &numbered_body(c, 0, 20));
+        match r.status {
+            200 => answered.push(c),
+            503 => {
+                refused = Some(r);
+                break;
+            }
+            other => panic!("status {other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    let refused = refused.expect("the full disk refused requests");
+    let msg = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(msg.contains("disk is full"), "{msg}");
+    assert!(refused.header("retry-after").is_some());
+    let r = request(s.addr, "GET", "/readyz", &[], b"");
+    assert_eq!(r.status, 503);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("No space left on device"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    // Space returns: requests are taken again and everything answered 200 is stored.
+    std::fs::remove_file(&filler).unwrap();
+    let next = answered.len() + 10_000;
+    wait_until(60, "accepting again", || {
+        post(s.addr, &numbered_body(next, 0, 20)).status == 200
+    });
+    answered.push(next);
+    wait_spool_empty(&s, 60);
+    wait_until(30, "ready again", || {
+        request(s.addr, "GET", "/readyz", &[], b"").status == 200
+    });
+    let mut got = std::collections::HashMap::new();
+    for f in files_under(&out) {
+        // One NDJSON object per request (batching within each spooled request).
+        for line in std::fs::read(&f).unwrap().split(|&b| b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+            *got.entry((v["c"].as_u64().unwrap(), v["n"].as_u64().unwrap()))
+                .or_insert(0) += 1;
+        }
+    }
+    for &c in &answered {
+        for n in 0..20u64 {
+            assert_eq!(
+                got.get(&(c as u64, n)),
+                Some(&1),
+                "payload {c}/{n} answered 200"
+            );
+        }
+    }
+    assert!(s.stop(30).success());
+}

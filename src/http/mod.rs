@@ -124,17 +124,7 @@ async fn handle(shard: &Rc<ShardCtx>, req: Request<Incoming>) -> Resp {
             Route::Health,
             json(StatusCode::OK, &b"{\"status\":\"ok\"}"[..]),
         ),
-        "/readyz" if get => (
-            Route::Ready,
-            if shard.ready() {
-                json(StatusCode::OK, &b"{\"status\":\"ready\"}"[..])
-            } else {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &b"{\"status\":\"not ready\"}"[..],
-                )
-            },
-        ),
+        "/readyz" if get => (Route::Ready, readiness(shard)),
         "/metrics" if get => {
             let mut r = Response::new(Full::new(Bytes::from(render(&shard.views, shard.ready()))));
             r.headers_mut().insert(
@@ -154,6 +144,16 @@ async fn handle(shard: &Rc<ShardCtx>, req: Request<Incoming>) -> Resp {
     };
     shard.stats.request(route, resp.status().as_u16());
     resp
+}
+
+/// `200 {"status":"ready"}`, or `503` with every reason (per shard) it is not.
+fn readiness(shard: &ShardCtx) -> Resp {
+    let why = shard.not_ready();
+    if why.is_empty() {
+        return json(StatusCode::OK, &b"{\"status\":\"ready\"}"[..]);
+    }
+    let body = serde_json::json!({ "status": "not ready", "reasons": why }).to_string();
+    json(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 fn accepted(n: usize) -> Resp {
@@ -268,10 +268,20 @@ async fn spool_and_queue(
     let record = Bytes::from(crate::spool::request_record(received_secs, &body));
     drop(body);
     let body = record.slice(crate::spool::RECORD_HEADER..);
-    let id = spool.append(record).await.map_err(|e| match e {
+    let appended = spool.append(record).await;
+    match &appended {
+        Ok(_) => shard.stats.spool_write(Ok(())),
+        Err(crate::spool::SpoolError::Io(e)) => shard.stats.spool_write(Err(&e.to_string())),
+        Err(_) => {}
+    }
+    let id = appended.map_err(|e| match e {
         crate::spool::SpoolError::Full => IngestError::SpoolFull,
         crate::spool::SpoolError::TooLarge { max, .. } => {
             IngestError::TooLarge(max.saturating_sub(crate::spool::RECORD_HEADER))
+        }
+        crate::spool::SpoolError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+            tracing::warn!(shard = shard.id, error = %e, "spool write failed: disk full");
+            IngestError::SpoolDiskFull
         }
         e => {
             tracing::error!(shard = shard.id, error = %e, "spool write failed");

@@ -74,6 +74,9 @@ pub enum IngestError {
     /// `ack = "durable"`: the shard's spool has reached its disk budget.
     #[error("overloaded: the durable spool is full")]
     SpoolFull,
+    /// `ack = "durable"`: the spool's disk is full (the disk, not the spool's own budget).
+    #[error("overloaded: the durable spool's disk is full")]
+    SpoolDiskFull,
     /// `ack = "durable"`: the spool could not write the request (disk failure; logged).
     #[error("the request could not be written to the durable spool")]
     SpoolFailed,
@@ -98,7 +101,8 @@ impl IngestError {
             | IngestError::ShuttingDown
             | IngestError::AckTimeout(_)
             | IngestError::NotStored
-            | IngestError::SpoolFull => StatusCode::SERVICE_UNAVAILABLE,
+            | IngestError::SpoolFull
+            | IngestError::SpoolDiskFull => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::StoreRefused | IngestError::SpoolFailed => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -122,13 +122,23 @@ impl ShardCtx {
         }
     }
 
-    /// Ready: not shutting down and no shard's sink is failing.
+    /// Ready: not shutting down, and every shard ready (its worker running, its sink checked
+    /// and not failing, its spool writing): connections are spread over all shards, so one
+    /// that cannot deliver fails its share of clients.
     pub fn ready(&self) -> bool {
-        !self.stopping.load(Relaxed)
-            && !self
-                .views
-                .iter()
-                .any(|v| v.stats.sink_failing.load(Relaxed))
+        self.not_ready().is_empty()
+    }
+
+    /// Why the server is not ready (empty when it is).
+    pub fn not_ready(&self) -> Vec<String> {
+        if self.stopping.load(Relaxed) {
+            return vec!["shutting down".into()];
+        }
+        self.views
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.stats.not_ready().map(|why| format!("shard {i}: {why}")))
+            .collect()
     }
 }
 

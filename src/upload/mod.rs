@@ -82,6 +82,15 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
                 }
             };
             let local = tokio::task::LocalSet::new();
+            // Readiness reports a worker that is gone (ended, or panicked) until shutdown.
+            struct Alive(Arc<ShardStats>);
+            impl Drop for Alive {
+                fn drop(&mut self) {
+                    self.0.worker_alive.store(false, Relaxed);
+                }
+            }
+            setup.stats.worker_alive.store(true, Relaxed);
+            let _alive = Alive(setup.stats.clone());
             local.block_on(&rt, run(setup));
         })
 }
@@ -158,10 +167,6 @@ async fn run(s: WorkerSetup) {
             Sink::Unavailable(e.to_string())
         }
     };
-    if let Err(e) = sink.check().await {
-        s.stats.sink_failing.store(true, Relaxed);
-        tracing::error!(shard = s.shard, sink = %s.config.sink.kind, error = %e, "sink check failed at start-up; /readyz reports not ready");
-    }
     let max = s.config.upload.max_in_flight;
     let permits = Arc::new(Semaphore::new(max));
     let fs_sync = match &sink {
@@ -184,6 +189,7 @@ async fn run(s: WorkerSetup) {
         spilling: Cell::new(false),
         deadline: Notify::new(),
     });
+    tokio::task::spawn_local(watch_sink(ctx.clone()));
     let drain_ctx = ctx.clone();
     let drain_rx = s.drain.clone();
     tokio::task::spawn_local(async move {
@@ -271,6 +277,43 @@ async fn run(s: WorkerSetup) {
         sync_dir_fs(ctx.spill.root());
     }
     tracing::debug!(shard = ctx.shard, "upload worker drained");
+}
+
+/// Readiness of the sink: checks it at start (the shard is not ready until a check has
+/// succeeded), and again with backoff whenever it is failing (its last upload failed, or the
+/// last check), so readiness comes back without traffic once the store does.
+async fn watch_sink(ctx: Rc<Ctx>) {
+    let up = &ctx.config.upload;
+    let mut attempt = 0u32;
+    loop {
+        let stats = &ctx.stats;
+        if stats.sink_checked.load(Relaxed) && !stats.sink_failing.load(Relaxed) {
+            attempt = 0;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        match ctx.sink.check().await {
+            Ok(()) => {
+                if stats.sink_failing.swap(false, Relaxed) || !stats.sink_checked.load(Relaxed) {
+                    tracing::info!(shard = ctx.shard, sink = %ctx.config.sink.kind, "sink check passed; ready");
+                }
+                stats.sink_checked.store(true, Relaxed);
+            }
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 || !stats.sink_failing.load(Relaxed) {
+                    tracing::error!(shard = ctx.shard, sink = %ctx.config.sink.kind, error = %e, "sink check failed; /readyz reports not ready, checking again with backoff");
+                }
+                stats.set_sink_error(&e.to_string());
+                stats.sink_failing.store(true, Relaxed);
+                tokio::time::sleep(
+                    backoff(attempt, up.backoff_base_ms, up.backoff_max_ms)
+                        .max(Duration::from_millis(up.backoff_base_ms / 2)),
+                )
+                .await;
+            }
+        }
+    }
 }
 
 /// Flushes the file system holding `dir` (every spilled file and directory entry at once).
@@ -626,6 +669,7 @@ impl Ctx {
                         return Err(e);
                     }
                     inc(&self.stats.upload_retries, 1);
+                    self.stats.set_sink_error(&e.to_string());
                     if !self.stats.sink_failing.swap(true, Relaxed) {
                         tracing::warn!(shard = self.shard, error = %e, "sink failing; retrying with backoff");
                     }
@@ -636,6 +680,7 @@ impl Ctx {
                     }
                 }
                 Err(e) => {
+                    self.stats.set_sink_error(&e.to_string());
                     self.stats.sink_failing.store(true, Relaxed);
                     return Err(e);
                 }

@@ -19,8 +19,14 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "cargo clippy with the crash points (failpoints feature)"
+cargo clippy --all-targets --locked --features failpoints -- -D warnings
+
 step "cargo test (unit + integration + criterion benches run once as tests)"
 cargo test --locked --all-targets
+
+step "crash matrix: the durable spool killed at every crash point (failpoints feature)"
+cargo test --locked --features failpoints --test crash
 
 step "benchmarks build (cargo bench --no-run)"
 cargo bench --locked --no-run

@@ -16,18 +16,23 @@ use std::time::{Duration, Instant};
 
 /// 16 KiB segments: about a dozen ~1 KiB requests each. Objects are per request (NDJSON);
 /// short backoff so the restarted server drains quickly.
-const CONF: &str = "[server]\nack = \"durable\"\n[spool]\nsegment_bytes = 16384\nmax_bytes = 1048576\ncommit_wait_us = 500\n[batch]\nmax_payloads = 100\nmax_age_ms = 20\n[upload]\nbackoff_max_ms = 200\n";
+const CONF: &str = "[server]\nack = \"durable\"\nmax_body_bytes = 8192\n[spool]\nsegment_bytes = 16384\nmax_bytes = 1048576\ncommit_wait_us = 500\n[batch]\nmax_payloads = 100\nmax_age_ms = 20\n[upload]\nbackoff_max_ms = 200\n";
 
 /// Runs the server with `point` armed to abort on pass `skip + 1`, under load from four
 /// clients, until it aborts; restarts it and checks every payload answered 200.
 fn crash_at(point: &str, skip: usize) {
-    crash_then_restart_with(point, skip, CONF);
+    crash_then_restart_with("same", point, skip, CONF);
 }
 
-/// As [`crash_at`], restarting with configuration `restart` instead of [`CONF`].
-fn crash_then_restart_with(point: &str, skip: usize, restart: &str) {
+/// As [`crash_at`], restarting with configuration `restart` instead of [`CONF`]; `case`
+/// keeps this test's objects apart from another test's at the same crash point.
+fn crash_then_restart_with(case: &str, point: &str, skip: usize, restart: &str) {
     let g = garage();
-    let p = format!("crash-{}-{}", point.replace("::", "-"), std::process::id());
+    let p = format!(
+        "crash-{case}-{}-{}",
+        point.replace("::", "-"),
+        std::process::id()
+    );
     let spool = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut conf = tempfile::NamedTempFile::new().unwrap();
     conf.write_all(CONF.as_bytes()).unwrap();
@@ -188,5 +193,5 @@ fn crash_after_an_object_is_stored_before_its_record_is_released() {
 fn a_restart_with_other_batch_and_instance_settings_replays_under_the_recorded_naming() {
     let restart = CONF.replace("max_payloads = 100", "max_payloads = 1")
         + "[keys]\ninstance = \"renamed-after-the-crash\"\n";
-    crash_then_restart_with("upload::stored::before_release", 20, &restart);
+    crash_then_restart_with("renamed", "upload::stored::before_release", 20, &restart);
 }

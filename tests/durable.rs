@@ -308,7 +308,7 @@ fn clients_that_reset_after_sending_leave_nothing_stuck_in_the_spool() {
     let p = prefix("reset");
     let spool = spool_dir();
     let c = conf(
-        "[server]\nack = \"durable\"\n[spool]\nsegment_bytes = 131072\nmax_bytes = 524288\ncommit_wait_us = 20000\n",
+        "[server]\nack = \"durable\"\nmax_body_bytes = 65536\n[spool]\nsegment_bytes = 131072\nmax_bytes = 524288\ncommit_wait_us = 20000\n",
     );
     let s = start("1", spool.path(), &c, &g.server_env(&p));
     let clients = 400;
@@ -389,6 +389,8 @@ fn an_undeliverable_record_goes_to_the_dead_letter_directory_and_blocks_nothing(
 
     let mut env = g.server_env(&p);
     env.push(("MAX_QUEUE".into(), "10".into()));
+    // Objects of at most 10 payloads now, to fit the smaller queue.
+    let c = conf(&NDJSON_PER_REQUEST.replace("max_payloads = 100", "max_payloads = 10"));
     let s = start("1", spool.path(), &c, &env);
     wait_spool_empty(&s, 60);
     let m = s.metrics();

@@ -87,12 +87,6 @@ impl Budget {
         }
     }
 
-    /// Whether a body of `bytes` could fit now (checked before reading it).
-    pub fn has_room(&self, bytes: usize) -> bool {
-        self.payloads.load(Relaxed) < self.max_payloads
-            && self.bytes.load(Relaxed) + bytes <= self.max_bytes
-    }
-
     /// Reserves room for a whole request, or nothing. The shard reserves for its requests and
     /// the worker for spill files it replays, so the check and the add are one atomic step
     /// per counter (a payload reservation that then finds no byte room is given back).
@@ -137,6 +131,21 @@ impl Budget {
         Ok(())
     }
 
+    /// Reserves room for a request body of `bytes` before it is read (its payloads are added
+    /// once it is parsed, with [`Reservation::add_payloads`]): `413` if the body could never
+    /// fit, `503` if there is no room now.
+    pub fn reserve_bytes(self: &Arc<Self>, bytes: usize) -> Result<Reservation, IngestError> {
+        self.fits_at_all(0, bytes)?;
+        if !self.try_reserve(0, bytes) {
+            return Err(IngestError::Overloaded);
+        }
+        Ok(Reservation {
+            budget: self.clone(),
+            payloads: 0,
+            bytes,
+        })
+    }
+
     /// Returns the room a finished request held.
     pub fn release(&self, payloads: usize, bytes: usize) {
         self.payloads.fetch_sub(payloads, Relaxed);
@@ -156,6 +165,43 @@ pub struct Reservation {
     budget: Arc<Budget>,
     payloads: usize,
     bytes: usize,
+}
+
+impl Reservation {
+    /// Body bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Grows the body room to `bytes` (a chunked body that outgrew it), or says there is none.
+    pub fn grow_to(&mut self, bytes: usize) -> Result<(), IngestError> {
+        let more = bytes.saturating_sub(self.bytes);
+        self.budget.fits_at_all(0, bytes)?;
+        if more > 0 && !self.budget.try_reserve(0, more) {
+            return Err(IngestError::Overloaded);
+        }
+        self.bytes += more;
+        Ok(())
+    }
+
+    /// Returns the body room beyond `bytes` (the body's real length).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            self.budget.release(0, self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+
+    /// Adds room for `n` payloads (the parsed body's): `413` if the request could never fit,
+    /// `503` if there is no room now.
+    pub fn add_payloads(&mut self, n: usize) -> Result<(), IngestError> {
+        self.budget.fits_at_all(self.payloads + n, self.bytes)?;
+        if !self.budget.try_reserve(n, 0) {
+            return Err(IngestError::Overloaded);
+        }
+        self.payloads += n;
+        Ok(())
+    }
 }
 
 impl Drop for Reservation {
@@ -273,8 +319,39 @@ mod tests {
         let (tx, _rx) = channel(budget.clone());
         tx.send(job(1, 200)).unwrap();
         assert_eq!(tx.send(job(1, 51)), Err(IngestError::Overloaded));
-        assert!(!budget.has_room(51));
-        assert!(budget.has_room(50));
+        assert_eq!(
+            budget.reserve_bytes(51).unwrap_err(),
+            IngestError::Overloaded
+        );
+        assert_eq!(budget.reserve_bytes(50).unwrap().bytes(), 50);
+    }
+
+    #[test]
+    fn a_body_reservation_grows_shrinks_and_takes_its_payloads() {
+        let budget = Arc::new(Budget::new(10, 1000));
+        let mut r = budget.reserve_bytes(100).unwrap();
+        r.grow_to(600).unwrap();
+        assert_eq!(budget.depth(), (0, 600));
+        assert_eq!(
+            r.grow_to(1001).unwrap_err(),
+            IngestError::OverQueue {
+                len: 1001,
+                max: 1000
+            }
+        );
+        let other = budget.reserve_bytes(400).unwrap();
+        assert_eq!(r.grow_to(700).unwrap_err(), IngestError::Overloaded);
+        drop(other);
+        r.shrink_to(250);
+        assert_eq!(budget.depth(), (0, 250));
+        assert_eq!(
+            r.add_payloads(11).unwrap_err(),
+            IngestError::TooManyPayloads { n: 11, max: 10 }
+        );
+        r.add_payloads(3).unwrap();
+        assert_eq!(budget.depth(), (3, 250));
+        drop(r);
+        assert_eq!(budget.depth(), (0, 0), "everything returned on drop");
     }
 
     #[test]

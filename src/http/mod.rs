@@ -182,18 +182,17 @@ async fn ingest(shard: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<usize, I
     if shard.shutdown.is_triggered() {
         return Err(IngestError::ShuttingDown);
     }
-    if let Some(len) = declared {
-        shard.budget.fits_at_all(0, len)?;
-    }
-    if !shard.budget.has_room(declared.unwrap_or(0)) {
-        return Err(IngestError::Overloaded);
-    }
+    // Room for the body is reserved before any of it is read (from Content-Length; a
+    // chunked body's room grows as it arrives), so bodies being read count against the queue
+    // budget like queued ones: memory stays bounded however many clients send at once.
+    let mut room = shard.budget.reserve_bytes(declared.unwrap_or(0))?;
     let timeout = cfg.body_read_timeout_ms;
-    let body = future::or(read_body(req.into_body(), limit, declared), async {
+    let body = future::or(read_body(req.into_body(), limit, &mut room), async {
         glommio::timer::sleep(Duration::from_millis(timeout)).await;
         Err(IngestError::BodyTimeout(timeout))
     })
     .await?;
+    room.shrink_to(body.len());
     let mut spans = Vec::new();
     shard.parser.borrow_mut().parse(&body, &mut spans)?;
     let n = spans.len();
@@ -201,16 +200,16 @@ async fn ingest(shard: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<usize, I
         return Ok(0);
     }
     let len = body.len();
+    room.add_payloads(n)?;
     if shard.spool.is_some() {
         // Durable: room in the queue first (so a spooled request is never refused after it
         // was written), then the spool; 200 only once the commit holding it is on disk.
-        let reservation = shard.reserve(n, len)?;
         // The append and the hand-off to the worker run in a task of their own, not in this
         // request's future: hyper drops that future when the client goes away, and a record
         // the committer writes must then still be queued (else it sits live in the spool,
         // undelivered, until a restart). The request only waits for the task's outcome.
         let delivery =
-            glommio::spawn_local(spool_and_queue(shard.clone(), body, spans, reservation)).detach();
+            glommio::spawn_local(spool_and_queue(shard.clone(), body, spans, room)).detach();
         return delivery.await.unwrap_or(Err(IngestError::SpoolFailed));
     }
     let (ack, stored) = match cfg.ack {
@@ -228,7 +227,7 @@ async fn ingest(shard: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<usize, I
         ack,
         spooled: None,
     };
-    shard.send(job)?;
+    shard.send_reserved(job, room)?;
     if let Some(stored) = stored {
         // The worker answers over the channel; this task waits without blocking the shard.
         let timeout = cfg.ack_timeout_ms;
@@ -308,18 +307,27 @@ async fn spool_and_queue(
     Ok(n)
 }
 
-/// Collects the body into one exact-size buffer, refusing it as soon as it passes `limit`.
+/// Collects the body into one buffer, refusing it as soon as it passes `limit`. The buffer
+/// never holds more than `room` has reserved: a body without `Content-Length` grows its
+/// reservation (doubling, from 64 KiB) as it arrives, and is refused with `503` when the
+/// budget has no more.
 async fn read_body(
     mut body: Incoming,
     limit: usize,
-    declared: Option<usize>,
+    room: &mut crate::queue::Reservation,
 ) -> Result<Bytes, IngestError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(declared.unwrap_or(4096).min(limit));
+    let mut buf: Vec<u8> = Vec::new();
+    buf.reserve_exact(room.bytes());
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| IngestError::Body(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
+            let need = buf.len() + data.len();
+            if need > limit {
                 return Err(IngestError::TooLarge(limit));
+            }
+            if need > room.bytes() {
+                room.grow_to(need.max(room.bytes() * 2).max(64 << 10).min(limit))?;
+                buf.reserve_exact(room.bytes() - buf.len());
             }
             buf.extend_from_slice(&data);
         }

@@ -98,14 +98,6 @@ impl ShardCtx {
         first
     }
 
-    /// Queues a job, or says why not.
-    pub fn send(&self, job: Job) -> Result<(), IngestError> {
-        match self.sender.borrow().as_ref() {
-            Some(tx) => tx.send(job),
-            None => Err(IngestError::ShuttingDown),
-        }
-    }
-
     /// Reserves queue room for a request before it is written to the spool.
     pub fn reserve(&self, payloads: usize, bytes: usize) -> Result<Reservation, IngestError> {
         match self.sender.borrow().as_ref() {

@@ -355,6 +355,8 @@ impl Shared {
                     t.free.push(id);
                     return;
                 }
+                // A segment whose creation failed may have no file.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(segment = id, error = %e, "spool: cannot keep a segment for reuse")
                 }

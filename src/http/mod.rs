@@ -166,12 +166,64 @@ fn accepted(n: usize) -> Resp {
     json(StatusCode::OK, body)
 }
 
+/// Most of a refused body read and dropped so that its client receives the answer.
+const LINGER_BYTES: usize = 16 << 20;
+/// The longest a refused body is read and dropped.
+const LINGER: Duration = Duration::from_secs(5);
+
 /// Reads, validates and queues one collection; returns how many payloads were accepted.
+/// When it refuses a request before reading all of its body, what is left is read and
+/// dropped in the background (see [`linger`]).
 async fn ingest(shard: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<usize, IngestError> {
+    let (head, mut body) = req.into_parts();
+    let mut started = false;
+    let result = accept(shard, &head.headers, &mut body, &mut started).await;
+    if result.is_err() && !hyper::body::Body::is_end_stream(&body) {
+        // A client that asked `Expect: 100-continue` has not sent its body (hyper sends the
+        // 100 only when the body is first read): nothing to drain.
+        let waits_for_continue = head
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits_for_continue || started {
+            linger(body);
+        }
+    }
+    result
+}
+
+/// Reads what is left of a refused request's body and drops it, at most [`LINGER_BYTES`] for
+/// at most [`LINGER`], in a task of its own while the answer is written (nginx's lingering
+/// close): a client that writes its whole body before reading (Python's `http.client`,
+/// curl without `Expect`) would otherwise be reset by the close of a socket holding unread
+/// data, and never see the `413` or `503`. A body drained to its end even leaves the
+/// connection usable.
+fn linger(mut body: Incoming) {
+    glommio::spawn_local(async move {
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, |d| d.len());
+                if seen > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        future::or(drain, glommio::timer::sleep(LINGER)).await;
+    })
+    .detach();
+}
+
+/// The request path behind [`ingest`]: read the body (within its reservation), parse, queue.
+async fn accept(
+    shard: &Rc<ShardCtx>,
+    headers: &http::HeaderMap,
+    body_in: &mut Incoming,
+    started: &mut bool,
+) -> Result<usize, IngestError> {
     let cfg = &shard.config.server;
     let limit = cfg.max_body_bytes;
-    let declared = req
-        .headers()
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
@@ -187,7 +239,8 @@ async fn ingest(shard: &Rc<ShardCtx>, req: Request<Incoming>) -> Result<usize, I
     // budget like queued ones: memory stays bounded however many clients send at once.
     let mut room = shard.budget.reserve_bytes(declared.unwrap_or(0))?;
     let timeout = cfg.body_read_timeout_ms;
-    let body = future::or(read_body(req.into_body(), limit, &mut room), async {
+    *started = true;
+    let body = future::or(read_body(body_in, limit, &mut room), async {
         glommio::timer::sleep(Duration::from_millis(timeout)).await;
         Err(IngestError::BodyTimeout(timeout))
     })
@@ -312,7 +365,7 @@ async fn spool_and_queue(
 /// reservation (doubling, from 64 KiB) as it arrives, and is refused with `503` when the
 /// budget has no more.
 async fn read_body(
-    mut body: Incoming,
+    body: &mut Incoming,
     limit: usize,
     room: &mut crate::queue::Reservation,
 ) -> Result<Bytes, IngestError> {

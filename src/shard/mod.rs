@@ -98,14 +98,6 @@ impl ShardCtx {
         first
     }
 
-    /// Reserves queue room for a request before it is written to the spool.
-    pub fn reserve(&self, payloads: usize, bytes: usize) -> Result<Reservation, IngestError> {
-        match self.sender.borrow().as_ref() {
-            Some(tx) => tx.reserve(payloads, bytes),
-            None => Err(IngestError::ShuttingDown),
-        }
-    }
-
     /// Queues a job whose room was reserved.
     pub fn send_reserved(&self, job: Job, r: Reservation) -> Result<(), IngestError> {
         match self.sender.borrow().as_ref() {
@@ -399,7 +391,7 @@ async fn open_spool(
 /// parses, or it is larger than the whole queue) goes to the dead-letter directory instead of
 /// blocking the records after it.
 async fn replay_spool(ctx: Rc<ShardCtx>, report: RecoveryReport) {
-    let Some((_, releaser)) = ctx.spool.clone() else {
+    let Some((spool, releaser)) = ctx.spool.clone() else {
         return;
     };
     let mut namings: std::collections::HashMap<u64, Option<Arc<Naming>>> = Default::default();
@@ -419,17 +411,51 @@ async fn replay_spool(ctx: Rc<ShardCtx>, report: RecoveryReport) {
                 }
             })
             .clone();
-        let Some((secs, body)) = crate::spool::split_record(&rec.data) else {
+        // Room for the record before it is read: replay holds no more than the queue may.
+        let want = rec.len.saturating_sub(crate::spool::RECORD_HEADER);
+        if want > max_bytes {
+            let why = format!(
+                "{want} bytes: more than the whole queue holds (queue.max_bytes {max_bytes})"
+            );
+            match spool.read_record(&rec).await {
+                Ok(data) => {
+                    let body = crate::spool::split_record(&data).map_or(&data[..], |(_, b)| b);
+                    dead_letter(&ctx, &releaser, id, body, &why)
+                }
+                Err(e) => {
+                    tracing::error!(shard = ctx.id, segment = id.segment, offset = id.offset, error = %e, "spool: cannot read a recorded request; kept in the spool")
+                }
+            }
+            continue;
+        }
+        let room = loop {
+            match ctx.budget.reserve_bytes(want) {
+                Ok(r) => break Some(r),
+                Err(_) if ctx.shutdown.is_triggered() => break None,
+                Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let Some(mut room) = room else {
+            return;
+        };
+        let data = match spool.read_record(&rec).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(shard = ctx.id, segment = id.segment, offset = id.offset, error = %e, "spool: cannot read a recorded request; kept in the spool");
+                continue;
+            }
+        };
+        let Some((secs, _)) = crate::spool::split_record(&data) else {
             dead_letter(
                 &ctx,
                 &releaser,
                 id,
-                &rec.data,
+                &data,
                 "record too short to hold a request",
             );
             continue;
         };
-        let body = bytes::Bytes::copy_from_slice(body);
+        let body = bytes::Bytes::from(data).slice(crate::spool::RECORD_HEADER..);
         let mut spans = Vec::new();
         if let Err(e) = ctx.parser.borrow_mut().parse(&body, &mut spans) {
             dead_letter(
@@ -446,15 +472,18 @@ async fn replay_spool(ctx: Rc<ShardCtx>, report: RecoveryReport) {
             releaser.release(id);
             continue;
         }
-        if n > max_payloads || body.len() > max_bytes {
-            let why = format!("{n} payloads, {} bytes: more than the whole queue holds (queue.max_payloads {max_payloads}, queue.max_bytes {max_bytes})", body.len());
+        if n > max_payloads {
+            let why = format!(
+                "{n} payloads: more than the whole queue holds (queue.max_payloads {max_payloads})"
+            );
             dead_letter(&ctx, &releaser, id, &body, &why);
             continue;
         }
+        room.shrink_to(body.len());
         let reservation = loop {
-            match ctx.reserve(n, body.len()) {
-                Ok(r) => break Some(r),
-                Err(IngestError::ShuttingDown) => break None,
+            match room.add_payloads(n) {
+                Ok(()) => break Some(room),
+                Err(_) if ctx.shutdown.is_triggered() => break None,
                 Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
             }
         };

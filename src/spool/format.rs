@@ -255,7 +255,7 @@ pub(super) fn scan(id: u64, buf: &[u8]) -> Scan {
                         segment: id,
                         offset: pos as u64,
                     },
-                    data: data.to_vec(),
+                    len: data.len(),
                 });
                 pos = pos.saturating_add(framed_len(data.len()) as usize);
                 continue;
@@ -332,6 +332,12 @@ pub(super) fn decode_meta(buf: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// The data of a record the scan found in `buf`.
+    fn data_of<'a>(buf: &'a [u8], r: &Recovered) -> &'a [u8] {
+        let start = r.id.offset as usize + FRAME_HEADER as usize;
+        &buf[start..start + r.len]
+    }
+
     fn segment(id: u64, records: &[&[u8]], size: usize) -> Vec<u8> {
         let mut buf = segment_header(id, size as u64).to_vec();
         for r in records {
@@ -345,7 +351,7 @@ mod tests {
     fn clean_segment_scans_back() {
         let buf = segment(7, &[b"a", b"", b"0123456789"], 4096);
         let s = scan(7, &buf);
-        let data: Vec<&[u8]> = s.records.iter().map(|r| r.data.as_slice()).collect();
+        let data: Vec<&[u8]> = s.records.iter().map(|r| data_of(&buf, r)).collect();
         assert_eq!(data, [&b"a"[..], b"", b"0123456789"]);
         assert_eq!(s.records[1].id.offset, HEADER_LEN + framed_len(1));
         assert!(s.torn.is_none() && s.corrupt.is_empty());
@@ -390,7 +396,7 @@ mod tests {
         let fresh = segment(9, &[b"new-1", b"new-2"], 4096);
         buf[..4096].copy_from_slice(&fresh);
         let s = scan(9, &buf);
-        let data: Vec<&[u8]> = s.records.iter().map(|r| r.data.as_slice()).collect();
+        let data: Vec<&[u8]> = s.records.iter().map(|r| data_of(&buf, r)).collect();
         assert_eq!(data, [&b"new-1"[..], b"new-2"]);
         assert!(s.torn.is_none() && s.corrupt.is_empty(), "{s:?}");
         // Directly followed by an old record (no padding): also the clean end.
@@ -450,7 +456,7 @@ mod tests {
             }
             let s = scan(1, &buf);
             for r in &s.records {
-                assert!(r.id.offset as usize + FRAME_HEADER as usize + r.data.len() <= buf.len());
+                assert!(r.id.offset as usize + FRAME_HEADER as usize + r.len <= buf.len());
             }
         }
     }

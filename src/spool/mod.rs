@@ -133,8 +133,9 @@ pub struct RecordId {
 pub struct Recovered {
     /// The record's id; release it once stored.
     pub id: RecordId,
-    /// The record's data, as appended.
-    pub data: Vec<u8>,
+    /// The length of its data, read with [`Spool::read_record`] when it is replayed (recovery
+    /// keeps no record data in memory: a spool holds far more than the queue budget).
+    pub len: usize,
 }
 
 /// Invalid bytes after the last valid record of a segment, cut off by recovery.
@@ -468,6 +469,8 @@ struct Inner {
 pub struct Spool {
     inner: Rc<Inner>,
     max_record: usize,
+    /// The segment file [`Spool::read_record`] read last.
+    reader: RefCell<Option<(u64, Rc<DmaFile>)>>,
     /// Dropping the spool cancels its committer.
     _committer: glommio::Task<()>,
 }
@@ -776,6 +779,7 @@ impl Spool {
         let spool = Spool {
             inner,
             max_record,
+            reader: RefCell::new(None),
             _committer: committer,
         };
         Ok((spool, report))
@@ -816,6 +820,38 @@ impl Spool {
             }
         })
         .await
+    }
+
+    /// Reads the data of a record that recovery found (its segment file is open until a
+    /// record of another segment is read).
+    pub async fn read_record(&self, r: &Recovered) -> Result<Vec<u8>, SpoolError> {
+        let cached = self
+            .reader
+            .borrow()
+            .as_ref()
+            .filter(|(seg, _)| *seg == r.id.segment)
+            .map(|(_, f)| f.clone());
+        let file = match cached {
+            Some(f) => f,
+            None => {
+                let f = Rc::new(DmaFile::open(self.inner.shared.seg_path(r.id.segment)).await?);
+                if let Some((_, old)) = self.reader.replace(Some((r.id.segment, f.clone()))) {
+                    if let Ok(old) = Rc::try_unwrap(old) {
+                        let _ = old.close().await;
+                    }
+                }
+                f
+            }
+        };
+        let data = file
+            .read_at(r.id.offset + format::FRAME_HEADER, r.len)
+            .await?;
+        if data.len() != r.len {
+            return Err(
+                io::Error::new(io::ErrorKind::UnexpectedEof, "spool record cut short").into(),
+            );
+        }
+        Ok(data.to_vec())
     }
 
     /// A handle for the upload worker's thread to release stored records.

@@ -36,6 +36,15 @@ fn segment_files(dir: &Path) -> Vec<u64> {
     list_segments(dir).unwrap()
 }
 
+/// The data of every recovered record, read back through the spool.
+async fn contents(spool: &Spool, records: &[Recovered]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for r in records {
+        out.push(spool.read_record(r).await.unwrap());
+    }
+    out
+}
+
 async fn reopen(o: &SpoolOptions) -> (Spool, RecoveryReport) {
     Spool::open(o.clone()).await.unwrap()
 }
@@ -70,16 +79,11 @@ fn appends_come_back_in_order_after_reopen() {
         let ids = append_n(&o, 300).await;
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert!(ids.last().unwrap().segment > ids[0].segment, "rolled over");
-        let (_spool, report) = reopen(&o).await;
-        let expected: Vec<Recovered> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| Recovered {
-                id,
-                data: payload(i),
-            })
-            .collect();
-        assert_eq!(report.records, expected);
+        let (spool, report) = reopen(&o).await;
+        let got: Vec<RecordId> = report.records.iter().map(|r| r.id).collect();
+        assert_eq!(got, ids);
+        let expected: Vec<Vec<u8>> = (0..ids.len()).map(payload).collect();
+        assert_eq!(contents(&spool, &report.records).await, expected);
         assert!(report.torn_tails.is_empty() && report.corrupt.is_empty());
     });
 }
@@ -105,16 +109,12 @@ fn concurrent_appends_are_group_committed() {
         assert_eq!(stats.records_appended, 200);
         assert!(stats.fsyncs < 50, "{stats:?}");
         drop(spool);
-        let (_spool, report) = reopen(&o).await;
+        let (spool, report) = reopen(&o).await;
         done.sort();
-        let expected: Vec<Recovered> = done
-            .into_iter()
-            .map(|(id, i)| Recovered {
-                id,
-                data: payload(i),
-            })
-            .collect();
-        assert_eq!(report.records, expected);
+        let got: Vec<RecordId> = report.records.iter().map(|r| r.id).collect();
+        assert_eq!(got, done.iter().map(|&(id, _)| id).collect::<Vec<_>>());
+        let expected: Vec<Vec<u8>> = done.iter().map(|&(_, i)| payload(i)).collect();
+        assert_eq!(contents(&spool, &report.records).await, expected);
     });
 }
 
@@ -141,10 +141,13 @@ fn torn_tail_is_cut_and_reported() {
         let new = spool.append(b"after".to_vec()).await.unwrap();
         assert!(new.segment > last.segment);
         drop(spool);
-        let (_spool, report) = reopen(&o).await;
+        let (spool, report) = reopen(&o).await;
         assert_eq!(report.records.len(), 10);
         assert_eq!(report.records[9].id, new);
-        assert_eq!(report.records[9].data, b"after");
+        assert_eq!(
+            spool.read_record(&report.records[9]).await.unwrap(),
+            b"after"
+        );
     });
 }
 
@@ -190,11 +193,11 @@ fn corruption_in_the_middle_is_reported_and_skipped() {
                 _ => (bad.offset, vec![0], CorruptReason::BadMagic),
             };
             patch(&o, bad.segment, at, &bytes);
-            let (_spool, report) = reopen(&o).await;
+            let (spool, report) = reopen(&o).await;
             let got: Vec<RecordId> = report.records.iter().map(|r| r.id).collect();
             let expected: Vec<RecordId> = ids.iter().copied().filter(|&id| id != bad).collect();
             assert_eq!(got, expected, "{case}");
-            let data: Vec<&[u8]> = report.records.iter().map(|r| r.data.as_slice()).collect();
+            let data = contents(&spool, &report.records).await;
             assert_eq!(data[4], payload(5), "{case}");
             assert_eq!(
                 report.corrupt,
@@ -294,14 +297,18 @@ fn recycled_files_hold_only_their_new_records_after_reopen() {
             kept.push(spool.append(vec![b'a' + i % 26; 1000]).await.unwrap());
         }
         drop(spool);
-        let (_spool, report) = reopen(&o).await;
+        let (spool, report) = reopen(&o).await;
         let got: Vec<RecordId> = report.records.iter().map(|r| r.id).collect();
         assert_eq!(
             got, kept,
             "exactly the unreleased records, none of the earlier use"
         );
-        for (r, i) in report.records.iter().zip(0u8..) {
-            assert_eq!(r.data, vec![b'a' + i % 26; 1000]);
+        for (data, i) in contents(&spool, &report.records)
+            .await
+            .into_iter()
+            .zip(0u8..)
+        {
+            assert_eq!(data, vec![b'a' + i % 26; 1000]);
         }
         assert!(report.torn_tails.is_empty(), "{:?}", report.torn_tails);
         assert!(report.corrupt.is_empty(), "{:?}", report.corrupt);
@@ -413,7 +420,7 @@ fn oversized_records_are_refused() {
         let (_spool, report) = reopen(&o).await;
         assert_eq!(report.records.len(), 1);
         assert_eq!(report.records[0].id, id);
-        assert_eq!(report.records[0].data.len(), max);
+        assert_eq!(report.records[0].len, max);
     });
 }
 

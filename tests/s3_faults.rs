@@ -23,7 +23,7 @@ fn garage_outage_during_load_loses_nothing() {
     let mut env = g.server_env(&p);
     env.push(("MAX_QUEUE".into(), "3000".into()));
     let s = Server::start(&["--cores", "2", "--sink", "s3"], &env);
-    let load = Load::start(s.addr, 8);
+    let load = NumberedLoad::start(s.addr, 8);
     std::thread::sleep(Duration::from_millis(800));
     garage_cmd("stop", &g.dir);
     // With the store down, queues fill and the server answers 503 instead of growing.
@@ -38,18 +38,24 @@ fn garage_outage_during_load_loses_nothing() {
     garage_cmd("start", &g.dir);
     std::thread::sleep(Duration::from_millis(800));
     let count = load.stop();
+    let ok = count.ok.len() as u64;
     let m = s.wait_drained(Duration::from_secs(120));
-    assert_eq!(m.sum("corepost_payloads_accepted_total"), count.ok_payloads);
-    assert_eq!(m.sum("corepost_payloads_uploaded_total"), count.ok_payloads);
+    assert_eq!(m.sum("corepost_payloads_accepted_total"), ok);
+    assert_eq!(m.sum("corepost_payloads_uploaded_total"), ok);
     assert_eq!(
         m.sum("corepost_payloads_spilled_total") + m.sum("corepost_payloads_failed_total"),
         0
     );
-    assert!(count.other.get(&503).copied().unwrap_or(0) > 0, "{count:?}");
+    assert!(count.requests_with(503) > 0, "{}", count.summary());
     wait_until(30, "ready again", || {
         request(s.addr, "GET", "/readyz", &[], b"").status == 200
     });
-    assert_eq!(g.keys(&p).len() as u64, count.ok_payloads);
+    // Every payload answered 200 is in the bucket exactly once, by value (a retried object
+    // keeps its key); none answered 503 is.
+    let objects = as_objects(g.objects(&p));
+    check_numbered(&numbered_copies(&objects), &count, true);
+    assert_eq!(objects.len() as u64, ok, "{}", count.summary());
+    eprintln!("outage: {}", count.summary());
     assert!(s.stop(30).success());
 }
 
@@ -82,17 +88,18 @@ fn drain_deadline_spills_and_next_start_delivers() {
     let mut env = g.server_env(&p);
     env.push(("MAX_QUEUE".into(), "2000".into()));
     let s = Server::start(&args, &env);
-    let load = Load::start(s.addr, 8);
+    let load = NumberedLoad::start(s.addr, 8);
     std::thread::sleep(Duration::from_millis(500));
     garage_cmd("stop", &g.dir);
     std::thread::sleep(Duration::from_millis(500));
-    let m = s.metrics();
     let status = s.stop(60);
     let count = load.stop();
     assert!(status.success(), "exit 0 after spilling: {status:?}");
-    let stored_before = m.sum("corepost_payloads_uploaded_total");
-    let spilled = spilled_count(spill.path());
-    assert!(spilled > 0, "the store was down: something must be spilled");
+    let spilled = spilled_objects(spill.path());
+    assert!(
+        !spilled.is_empty(),
+        "the store was down: something must be spilled"
+    );
 
     // Next start: the spill is uploaded first and emptied.
     garage_cmd("start", &g.dir);
@@ -101,12 +108,30 @@ fn drain_deadline_spills_and_next_start_delivers() {
         spilled_count(spill.path()) == 0
     });
     assert!(s2.stop(30).success());
-    let keys = g.keys(&p);
-    assert!(keys.len() as u64 >= stored_before);
-    assert_eq!(
-        keys.len() as u64,
-        count.ok_payloads,
-        "every payload answered 200 is in the bucket: {count:?}"
+    let objects = as_objects(g.objects(&p));
+    // A spilled object is uploaded under its original key, as it was spilled.
+    let stored: HashMap<&str, &[u8]> = objects
+        .iter()
+        .map(|o| (o.key.as_str(), &o.data[..]))
+        .collect();
+    assert_eq!(stored.len(), objects.len(), "no key listed twice");
+    for o in &spilled {
+        assert_eq!(
+            stored.get(o.key.as_str()).copied(),
+            Some(&o.data[..]),
+            "spilled {} is stored under its key, unchanged",
+            o.key
+        );
+    }
+    // Every payload answered 200 is in the bucket exactly once, by value: each payload has
+    // one key, and a PUT retried or replayed from the spill overwrites that key. A payload
+    // answered 503 (queue full, shutting down) was never queued and is not there.
+    check_numbered(&numbered_copies(&objects), &count, true);
+    eprintln!(
+        "spill: {}; {} objects spilled and replayed, {} stored in all",
+        count.summary(),
+        spilled.len(),
+        objects.len()
     );
 }
 

@@ -809,3 +809,4 @@ pub fn time_wait_on(port: u16) -> usize {
         })
         .sum()
 }
+pub mod fault_proxy;

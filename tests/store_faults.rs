@@ -1,14 +1,14 @@
 //! Store failures other than "down": corepost talks to the real Garage through a
-//! fault-injecting proxy (`common::fault_proxy`) that answers chosen requests with `500`, a
-//! reset in the middle of the request body, a lost answer (the store did the work, the answer
-//! is cut), an answer later than `upload.request_timeout_ms`, or a `200`
-//! CompleteMultipartUpload whose body is an S3 `<Error>`.
+//! fault-injecting proxy (`common::fault_proxy`) that answers chosen requests with `500`,
+//! `503 SlowDown`, `429`, a reset in the middle of the request body, a lost answer (the store
+//! did the work, the answer is cut), an answer later than `upload.request_timeout_ms`, or a
+//! `200` CompleteMultipartUpload whose body is an S3 `<Error>`.
 //!
 //! Every scenario runs with `ack = "queued"` and with `ack = "durable"` (spool on the build's
 //! disk) and checks, once the proxy has given the faults and the queues have drained: every
 //! payload answered `200` is in the bucket, by value, exactly once (a retried object keeps its
 //! key, so a retry after a lost answer overwrites; no payload under two keys), nothing spilled
-//! or lost, no multipart upload left open, the retries counted, and `/readyz`
+//! or lost, no multipart upload left open, the retries and throttling counted, and `/readyz`
 //! back at `200` once the faults stop (it may flap while they last).
 
 mod common;
@@ -260,7 +260,64 @@ both_modes!(internal_error_every_third_put, |mode| {
         "every 500 retried: {} retries for {fired} faults",
         m.sum("corepost_upload_retries_total")
     );
+    assert_eq!(
+        m.sum("corepost_upload_throttled_total"),
+        0,
+        "a 500 is not throttling"
+    );
     run.check_stored_once(sent, &m);
+});
+
+/// Throttling: every throttled answer is counted, and the next attempt at the same key comes
+/// no sooner than the throttled backoff's floor (twice `backoff_base_ms`; an ordinary retry's
+/// first pause is at most `backoff_base_ms`).
+fn throttled(mode: Mode, name: &str, fault: Fault) {
+    let run = Run::start(
+        name,
+        mode,
+        Objects::Single,
+        10_000,
+        vec![Rule::object_puts(fault, When::First(6))],
+    );
+    let sent = run.post_all();
+    wait_fired(&run, 0, 6);
+    let m = run.drain_and_heal();
+    assert_eq!(
+        m.sum("corepost_upload_throttled_total"),
+        6,
+        "each throttled answer counted once"
+    );
+    assert!(m.sum("corepost_upload_retries_total") >= 6);
+    let log = run.proxy.log();
+    let mut gaps = Vec::new();
+    for (i, e) in log.iter().enumerate() {
+        if e.fault.is_none() {
+            continue;
+        }
+        let next = log[i + 1..]
+            .iter()
+            .find(|n| n.method == e.method && n.path == e.path)
+            .unwrap_or_else(|| panic!("{} {} was never retried", e.method, e.path));
+        gaps.push(next.at.duration_since(e.at));
+    }
+    let floor = Duration::from_millis(2 * BACKOFF_BASE_MS);
+    assert!(
+        gaps.iter().all(|g| *g >= floor),
+        "a throttled PUT is retried no sooner than {floor:?}: gaps {gaps:?}"
+    );
+    run.check_stored_once(sent, &m);
+}
+
+// `503 SlowDown` on the first six PUTs.
+both_modes!(slow_down_backs_off_and_is_counted, |mode| throttled(
+    mode,
+    "503",
+    Fault::slow_down()
+));
+
+// `429 Too Many Requests` on the first six PUTs.
+both_modes!(too_many_requests_backs_off_and_is_counted, |mode| {
+    throttled(mode, "429", Fault::too_many_requests())
 });
 
 // A connection reset halfway through the request body of every fourth PUT.
@@ -366,6 +423,24 @@ both_modes!(multipart_part_reset, |mode| {
         "each object's first upload failed and was retried: {} retries",
         m.sum("corepost_upload_retries_total")
     );
+    run.check_stored_once(sent, &m);
+});
+
+// A part upload answered `503 SlowDown`: throttled (counted), the upload aborted, the object
+// sent again.
+both_modes!(multipart_part_slow_down, |mode| {
+    let run = Run::start(
+        "part-503",
+        mode,
+        Objects::Multipart,
+        10_000,
+        vec![Rule::part_puts(Fault::slow_down(), When::First(1))],
+    );
+    let sent = run.post_all();
+    wait_fired(&run, 0, 1);
+    let m = run.drain_and_heal();
+    assert_eq!(m.sum("corepost_upload_throttled_total"), 1);
+    assert!(m.sum("corepost_upload_retries_total") >= 1);
     run.check_stored_once(sent, &m);
 });
 

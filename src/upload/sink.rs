@@ -17,9 +17,15 @@ use std::time::Duration;
 /// Why an object was not stored, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UploadError {
-    /// Connection errors, timeouts, 5xx, SlowDown, 429: worth retrying.
+    /// Connection errors, timeouts, 5xx other than 503, an `<Error>` document in a `200`
+    /// answer: worth retrying.
     #[error("transient: {0}")]
     Transient(String),
+    /// The store asked for fewer requests: `429`, `503` (S3's `SlowDown` status) or a
+    /// `SlowDown` error code. Worth retrying, after a longer pause (see
+    /// `upload::throttled_backoff`).
+    #[error("throttled: {0}")]
+    Throttled(String),
     /// Bad credentials, missing bucket, bad request: retrying cannot help.
     #[error("permanent: {0}")]
     Permanent(String),
@@ -28,7 +34,12 @@ pub enum UploadError {
 impl UploadError {
     /// Whether another attempt can succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, UploadError::Transient(_))
+        matches!(self, UploadError::Transient(_) | UploadError::Throttled(_))
+    }
+
+    /// Whether the store asked us to slow down.
+    pub fn throttled(&self) -> bool {
+        matches!(self, UploadError::Throttled(_))
     }
 }
 
@@ -79,12 +90,26 @@ fn classify_status(status: u16, body: &[u8]) -> Result<(), UploadError> {
     if (200..300).contains(&status) {
         return Ok(());
     }
+    Err(classify_error(status, body))
+}
+
+/// Classifies an error answer: its status and (what rust-s3 kept of) its body.
+///
+/// Throttling is `429`, `503` or a `SlowDown` code. The status is what counts: rust-s3 replaces
+/// the body of every PUT answer (object or part) with its `ETag` header, so the `SlowDown`
+/// document of a `503` to a PUT never reaches us; S3 uses `503` for `SlowDown` and for
+/// `ServiceUnavailable`, both of which ask for a lower request rate. A `2xx` here is an answer
+/// that carried an `<Error>` document (S3 does this for CompleteMultipartUpload): the
+/// operation failed and is worth retrying.
+fn classify_error(status: u16, body: &[u8]) -> UploadError {
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
     let msg = format!("store answered {status}: {text}");
-    if status >= 500 || status == 429 || status == 408 || text.contains("SlowDown") {
-        Err(UploadError::Transient(msg))
+    if status == 429 || status == 503 || text.contains("SlowDown") {
+        UploadError::Throttled(msg)
+    } else if status >= 500 || status == 408 || (200..300).contains(&status) {
+        UploadError::Transient(msg)
     } else {
-        Err(UploadError::Permanent(msg))
+        UploadError::Permanent(msg)
     }
 }
 
@@ -242,10 +267,7 @@ fn answer(r: Result<(u16, Vec<u8>), s3::error::S3Error>) -> Result<(), UploadErr
 fn s3_error(e: s3::error::S3Error) -> UploadError {
     match e {
         s3::error::S3Error::HttpFailWithBody(status, body) => {
-            match classify_status(status, body.as_bytes()) {
-                Err(e) => e,
-                Ok(()) => UploadError::Transient(format!("store answered {status} with an error")),
-            }
+            classify_error(status, body.as_bytes())
         }
         e => UploadError::Transient(e.to_string()),
     }
@@ -390,6 +412,23 @@ mod tests {
         assert!(!classify_status(404, b"NoSuchBucket")
             .unwrap_err()
             .retryable());
+    }
+
+    #[test]
+    fn throttling_is_retryable_and_told_apart() {
+        for (status, body) in [
+            (429, &b""[..]),
+            (503, b""),
+            (503, b"<Error><Code>SlowDown</Code></Error>"),
+            (400, b"<Code>SlowDown</Code>"),
+        ] {
+            let e = classify_status(status, body).unwrap_err();
+            assert!(e.throttled() && e.retryable(), "{status}: {e:?}");
+        }
+        for status in [500, 502, 504, 408] {
+            let e = classify_status(status, b"").unwrap_err();
+            assert!(!e.throttled() && e.retryable(), "{status}: {e:?}");
+        }
     }
 
     #[test]

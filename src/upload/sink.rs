@@ -273,6 +273,29 @@ fn s3_error(e: s3::error::S3Error) -> UploadError {
     }
 }
 
+/// Classifies the answer to CompleteMultipartUpload. S3 may answer `200` and report a failure
+/// in the body, an `<Error>` document instead of `<CompleteMultipartUploadResult>`: the object
+/// is then not stored, and the upload is still open (the caller aborts it and retries). rust-s3
+/// 0.38 already turns such an answer into an error; this keeps the guarantee if it stops.
+fn complete_answer(status: u16, body: &[u8]) -> Result<(), UploadError> {
+    classify_status(status, body)?;
+    if is_error_document(body) {
+        Err(classify_error(status, body))
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether `body` is an XML document whose root element is `<Error>`.
+fn is_error_document(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    let mut rest = text.trim_start();
+    if rest.starts_with("<?xml") {
+        rest = rest.split_once("?>").map_or("", |(_, r)| r).trim_start();
+    }
+    rest.starts_with("<Error>") || rest.starts_with("<Error ")
+}
+
 impl S3Sink {
     /// Multipart upload: start, one request per `part_bytes`, complete; on failure the upload
     /// is aborted (so the store keeps no parts) and the caller retries the whole object.
@@ -308,12 +331,10 @@ impl S3Sink {
         }
         if result.is_ok() {
             inc(requests, 1);
-            result = answer(
-                self.bucket
-                    .complete_multipart_upload(key, &id, parts)
-                    .await
-                    .map(|resp| (resp.status_code(), resp.to_vec())),
-            );
+            result = match self.bucket.complete_multipart_upload(key, &id, parts).await {
+                Ok(resp) => complete_answer(resp.status_code(), resp.as_slice()),
+                Err(e) => Err(s3_error(e)),
+            };
         }
         if result.is_err() {
             // Best effort: a part that failed has already aborted the upload inside rust-s3.
@@ -429,6 +450,24 @@ mod tests {
             let e = classify_status(status, b"").unwrap_err();
             assert!(!e.throttled() && e.retryable(), "{status}: {e:?}");
         }
+    }
+
+    #[test]
+    fn error_document_in_a_200_complete_is_a_transient_failure() {
+        let err = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code><Message>x</Message></Error>";
+        let e = complete_answer(200, err).unwrap_err();
+        assert!(e.retryable() && !e.throttled(), "{e:?}");
+        let slow = b"\n  <Error><Code>SlowDown</Code></Error>";
+        assert!(complete_answer(200, slow).unwrap_err().throttled());
+        let ok = b"<?xml version=\"1.0\"?><CompleteMultipartUploadResult><Key>a</Key></CompleteMultipartUploadResult>";
+        assert_eq!(complete_answer(200, ok), Ok(()));
+        assert_eq!(complete_answer(200, b""), Ok(()));
+        // rust-s3 reports such an answer as an error with status 200.
+        let e = s3_error(s3::error::S3Error::HttpFailWithBody(
+            200,
+            String::from_utf8_lossy(err).into_owned(),
+        ));
+        assert!(e.retryable(), "{e:?}");
     }
 
     #[test]

@@ -184,7 +184,29 @@ impl Run {
         );
         assert_eq!(copies.len(), sent, "no payload that was never sent");
         let open = open_uploads(self.g, &self.prefix);
-        assert!(open.is_empty(), "multipart uploads left open: {open:?}");
+        assert!(
+            open.is_empty(),
+            "multipart uploads open in the store: {open:?}"
+        );
+        if self.objects == Objects::Multipart {
+            let started = self
+                .proxy
+                .log()
+                .iter()
+                .filter(|e| {
+                    e.method == "POST" && e.upload_id.is_some() && e.query.contains("uploads")
+                })
+                .count();
+            assert!(
+                started >= MULTIPART_REQUESTS,
+                "every object went up as a multipart upload: {started} started"
+            );
+        }
+        let unclosed = self.proxy.unclosed_uploads();
+        assert!(
+            unclosed.is_empty(),
+            "multipart uploads neither completed nor aborted: {unclosed:?}"
+        );
         assert!(self.server.stop(30).success());
     }
 }
@@ -461,6 +483,25 @@ both_modes!(multipart_complete_answer_lost, |mode| {
     assert_eq!(run.g.keys(&run.prefix).len(), MULTIPART_REQUESTS);
     run.check_stored_once(sent, &m);
 });
+
+#[test]
+fn open_upload_listing_sees_an_open_upload() {
+    // Sanity of the store-side check: an upload left open is listed until aborted.
+    let g = garage();
+    let prefix = format!("faults-listing-{}", std::process::id());
+    let key = format!("{prefix}/open.ndjson");
+    let bucket = g.bucket();
+    let id = g.run(async {
+        bucket
+            .initiate_multipart_upload(&key, "application/x-ndjson")
+            .await
+            .expect("initiate")
+            .upload_id
+    });
+    assert_eq!(open_uploads(g, &prefix), vec![(key.clone(), id.clone())]);
+    g.run(async { bucket.abort_upload(&key, &id).await.expect("abort") });
+    assert!(open_uploads(g, &prefix).is_empty());
+}
 
 #[test]
 fn proxy_relays_unfaulted_traffic() {

@@ -205,6 +205,17 @@ pub struct Entry {
     pub query: String,
     /// The fault it got (`None`: relayed as is).
     pub fault: Option<String>,
+    /// The status the store answered, if the request reached it and an answer came back.
+    pub upstream_status: Option<u16>,
+    /// The multipart upload it concerns: the query's `uploadId`, or for
+    /// CreateMultipartUpload (`POST ?uploads`) the id the store answered.
+    pub upload_id: Option<String>,
+}
+
+impl Entry {
+    fn answered(&self, ok: impl Fn(u16) -> bool) -> bool {
+        self.upstream_status.is_some_and(ok)
+    }
 }
 
 #[derive(Default)]
@@ -293,6 +304,52 @@ impl FaultProxy {
     pub fn log(&self) -> Vec<Entry> {
         self.state.lock().unwrap().log.clone()
     }
+
+    /// Multipart uploads the store started (as seen on the wire: `(path, uploadId)`) that no
+    /// CompleteMultipartUpload the store answered `2xx` and no AbortMultipartUpload it answered
+    /// `2xx` or `404` has closed. Independent of the store's own bookkeeping (Garage, unlike
+    /// S3, drops an unfinished upload once a newer upload of the same key completes, so
+    /// listing Garage's open uploads does not show every upload a client left open).
+    pub fn unclosed_uploads(&self) -> Vec<(String, String)> {
+        let log = self.log();
+        log.iter()
+            .filter(|e| e.method == "POST" && query_has_key(&e.query, "uploads"))
+            .filter(|e| e.answered(|s| (200..300).contains(&s)))
+            .filter_map(|e| e.upload_id.clone().map(|id| (e.path.clone(), id)))
+            .filter(|(path, id)| {
+                !log.iter().any(|c| {
+                    c.path == *path
+                        && query_value(&c.query, "uploadId").as_deref() == Some(id.as_str())
+                        && ((c.method == "POST" && c.answered(|s| (200..300).contains(&s)))
+                            || (c.method == "DELETE"
+                                && c.answered(|s| (200..300).contains(&s) || s == 404)))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Whether the query string has a parameter named `key` (with or without a value).
+fn query_has_key(query: &str, key: &str) -> bool {
+    query.split('&').any(|p| p.split('=').next() == Some(key))
+}
+
+/// The value of parameter `key` in a query string.
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The text of the first `<tag>` element in an XML body.
+fn xml_text(body: &[u8], tag: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(body);
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let len = text[start..].find('<')?;
+    Some(text[start..start + len].to_string())
 }
 
 impl Drop for FaultProxy {
@@ -507,7 +564,7 @@ fn serve(
             ));
         }
         let body_len = head.content_length().unwrap_or(0);
-        let fault = {
+        let (fault, idx) = {
             let mut s = state.lock().unwrap();
             let mut fault = None;
             for r in s.rules.iter_mut() {
@@ -521,8 +578,10 @@ fn serve(
                 path: path.clone(),
                 query: query.clone(),
                 fault: fault.as_ref().map(Fault::name),
+                upstream_status: None,
+                upload_id: query_value(&query, "uploadId"),
             });
-            fault
+            (fault, s.log.len() - 1)
         };
         match &fault {
             Some(Fault::ResetMidRequest) => {
@@ -565,6 +624,14 @@ fn serve(
             .unwrap_or(0);
         let no_body = method == "HEAD" || status == 204 || status == 304 || status < 200;
         let (resp_body, reusable) = up.take_body(&resp, no_body)?;
+        {
+            let mut s = state.lock().unwrap();
+            let e = &mut s.log[idx];
+            e.upstream_status = Some(status);
+            if e.upload_id.is_none() && method == "POST" && query_has_key(&query, "uploads") {
+                e.upload_id = xml_text(&resp_body, "UploadId");
+            }
+        }
         let mut whole = resp.raw.clone();
         whole.extend_from_slice(&resp_body);
         match fault {

@@ -34,11 +34,11 @@ enum Objects {
     /// One `.json` object per payload (the default layout): 10 requests of 5 payloads.
     Single,
     /// NDJSON objects of 350 payloads of 16 KiB (5.6 MB: two parts of a 5 MiB multipart
-    /// upload), one per request: 3 requests.
+    /// upload), one per request: [`MULTIPART_REQUESTS`] requests.
     Multipart,
 }
 
-const MULTIPART_REQUESTS: usize = 3;
+const MULTIPART_REQUESTS: usize = 2;
 const MULTIPART_PAYLOADS: usize = 350;
 const PAD: usize = 16 * 1024;
 
@@ -462,6 +462,29 @@ both_modes!(multipart_part_slow_down, |mode| {
     wait_fired(&run, 0, 1);
     let m = run.drain_and_heal();
     assert_eq!(m.sum("corepost_upload_throttled_total"), 1);
+    assert!(m.sum("corepost_upload_retries_total") >= 1);
+    run.check_stored_once(sent, &m);
+});
+
+// The first CompleteMultipartUpload is answered `200` with an `<Error>` body, and the abort
+// that follows is answered `500`: one failed abort must not leave the upload open.
+both_modes!(multipart_abort_fails_once, |mode| {
+    let run = Run::start(
+        "abort-500",
+        mode,
+        Objects::Multipart,
+        10_000,
+        vec![
+            Rule::completes(Fault::ok_with_error_body(), When::First(1)),
+            Rule::new(Fault::internal_error(), When::First(1))
+                .method("DELETE")
+                .query_has("uploadId="),
+        ],
+    );
+    let sent = run.post_all();
+    wait_fired(&run, 0, 1);
+    wait_fired(&run, 1, 1);
+    let m = run.drain_and_heal();
     assert!(m.sum("corepost_upload_retries_total") >= 1);
     run.check_stored_once(sent, &m);
 });

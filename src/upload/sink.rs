@@ -66,7 +66,13 @@ pub struct S3Sink {
     encoded: Option<Box<Bucket>>,
     multipart_threshold: usize,
     part_bytes: usize,
+    /// Pauses between attempts at aborting a failed multipart upload (`upload.backoff_*`).
+    backoff_base_ms: u64,
+    backoff_max_ms: u64,
 }
+
+/// Attempts at aborting a failed multipart upload.
+const ABORT_ATTEMPTS: u32 = 3;
 
 /// The local-directory sink; also the spill directory's writer.
 #[derive(Debug)]
@@ -173,6 +179,8 @@ impl Sink {
                     encoded,
                     multipart_threshold: batch.multipart_threshold_bytes,
                     part_bytes: batch.part_bytes,
+                    backoff_base_ms: upload.backoff_base_ms,
+                    backoff_max_ms: upload.backoff_max_ms,
                 })))
             }
         }
@@ -298,7 +306,8 @@ fn is_error_document(body: &[u8]) -> bool {
 
 impl S3Sink {
     /// Multipart upload: start, one request per `part_bytes`, complete; on failure the upload
-    /// is aborted (so the store keeps no parts) and the caller retries the whole object.
+    /// is aborted (so the store keeps no parts; see [`S3Sink::abort`]) and the caller retries
+    /// the whole object, as a new upload under the same key.
     async fn put_multipart(
         &self,
         key: &str,
@@ -337,10 +346,35 @@ impl S3Sink {
             };
         }
         if result.is_err() {
-            // Best effort: a part that failed has already aborted the upload inside rust-s3.
-            let _ = self.bucket.abort_upload(key, &id).await;
+            self.abort(key, &id).await;
         }
         result
+    }
+
+    /// Aborts a failed multipart upload so the store keeps none of its parts: up to
+    /// [`ABORT_ATTEMPTS`] tries while the store's answers are transient, pausing as between
+    /// upload attempts. A `404` means the upload is gone already (rust-s3 aborts it itself when
+    /// the store refuses a part). If every try fails the upload stays open: logged with its
+    /// id, for a lifecycle rule (abort incomplete multipart uploads) or an operator.
+    async fn abort(&self, key: &str, id: &str) {
+        for attempt in 1..=ABORT_ATTEMPTS {
+            let e = match self.bucket.abort_upload(key, id).await {
+                Ok(()) => return,
+                Err(s3::error::S3Error::HttpFailWithBody(404, _)) => return,
+                Err(e) => s3_error(e),
+            };
+            if !e.retryable() || attempt == ABORT_ATTEMPTS {
+                tracing::warn!(key, upload_id = id, attempts = attempt, error = %e, "cannot abort a failed multipart upload; its parts stay in the store until a lifecycle rule or an operator removes them");
+                return;
+            }
+            let (base, max) = (self.backoff_base_ms, self.backoff_max_ms);
+            let pause = if e.throttled() {
+                super::throttled_backoff(attempt, base, max)
+            } else {
+                super::backoff(attempt, base, max)
+            };
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 

@@ -66,6 +66,9 @@ pub struct ShardStats {
     pub spool_dead_letters: AtomicU64,
     /// Upload attempts that failed and were retried.
     pub upload_retries: AtomicU64,
+    /// Upload attempts the store throttled (`429`, `503`, `SlowDown`); each is retried after
+    /// the longer throttled backoff.
+    pub upload_throttled: AtomicU64,
     /// Bytes written to the sink (objects as stored, after compression).
     pub bytes_out: AtomicU64,
     /// Objects stored in the sink.
@@ -231,7 +234,7 @@ type SpoolField = fn(&crate::spool::SpoolStats) -> u64;
 /// Renders all shards in Prometheus text format.
 pub fn render(shards: &[ShardView], ready: bool) -> String {
     let mut out = String::with_capacity(8192);
-    let counters: [(&str, &str, Field); 18] = [
+    let counters: [(&str, &str, Field); 19] = [
         (
             "corepost_payloads_accepted_total",
             "Payloads answered 200 for.",
@@ -261,6 +264,11 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             "corepost_upload_retries_total",
             "Upload attempts retried.",
             |s| &s.upload_retries,
+        ),
+        (
+            "corepost_upload_throttled_total",
+            "Upload attempts the store throttled (429, 503 or SlowDown), retried after a longer backoff.",
+            |s| &s.upload_throttled,
         ),
         (
             "corepost_bytes_out_total",

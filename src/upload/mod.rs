@@ -58,6 +58,19 @@ pub fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
     Duration::from_millis(fastrand::u64(0..=cap))
 }
 
+/// Delay before retry number `attempt` (1-based) after the store throttled the last attempt
+/// (`429`, `503`, `SlowDown`): the store asked for fewer requests, so this waits as if two
+/// attempts further along, with twice the cap (`2 × max_ms`), and with equal jitter instead of
+/// full jitter (at least half of that cap), so a throttled attempt is never retried at once:
+/// the first retry waits between `2 × base_ms` and `4 × base_ms`, where an ordinary one waits
+/// up to `base_ms`.
+pub fn throttled_backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
+    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_add(1).min(20));
+    let cap = exp.min(max_ms.saturating_mul(2)).max(2);
+    let floor = cap / 2;
+    Duration::from_millis(floor + fastrand::u64(0..=cap - floor))
+}
+
 /// Starts the worker thread. It returns when the queue is closed (every sender dropped) and
 /// everything queued has been stored or spilled.
 pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -640,7 +653,8 @@ impl Ctx {
     }
 
     /// Tries the store until it succeeds, a permanent error, `max_attempts`, or the drain
-    /// deadline.
+    /// deadline. Retries wait [`backoff`], or the longer [`throttled_backoff`] when the store
+    /// throttled the attempt (counted in `corepost_upload_throttled_total`).
     async fn store(&self, key: &str, data: &[u8], format: ObjectFormat) -> Result<(), UploadError> {
         let up = &self.config.upload;
         let mut attempt = 0u32;
@@ -654,6 +668,9 @@ impl Ctx {
                 r = self.put_synced(key, data, format) => r,
                 _ = self.deadline.notified() => Err(UploadError::Transient("drain deadline reached".into())),
             };
+            if result.as_ref().is_err_and(UploadError::throttled) {
+                inc(&self.stats.upload_throttled, 1);
+            }
             match result {
                 Ok(()) => {
                     self.stats.observe_upload(t0.elapsed().as_secs_f64());
@@ -673,7 +690,11 @@ impl Ctx {
                     if !self.stats.sink_failing.swap(true, Relaxed) {
                         tracing::warn!(shard = self.shard, error = %e, "sink failing; retrying with backoff");
                     }
-                    let pause = backoff(attempt, up.backoff_base_ms, up.backoff_max_ms);
+                    let pause = if e.throttled() {
+                        throttled_backoff(attempt, up.backoff_base_ms, up.backoff_max_ms)
+                    } else {
+                        backoff(attempt, up.backoff_base_ms, up.backoff_max_ms)
+                    };
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
                         _ = self.deadline.notified() => {}
@@ -706,5 +727,25 @@ mod tests {
         let distinct: std::collections::HashSet<_> =
             (0..50).map(|_| backoff(10, 50, 5_000)).collect();
         assert!(distinct.len() > 10, "full jitter spreads retries");
+    }
+
+    #[test]
+    fn throttled_backoff_waits_longer_and_never_zero() {
+        for _ in 0..100 {
+            let d = throttled_backoff(1, 50, 5_000);
+            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(200));
+            let d = throttled_backoff(3, 50, 5_000);
+            assert!(d >= Duration::from_millis(400) && d <= Duration::from_millis(800));
+        }
+        for attempt in 1..40 {
+            let d = throttled_backoff(attempt, 50, 5_000);
+            assert!(d <= Duration::from_millis(10_000), "cap doubled: {d:?}");
+            assert!(
+                d >= backoff(1, 50, 50),
+                "never below the first ordinary pause"
+            );
+        }
+        assert!(throttled_backoff(30, 50, 5_000) >= Duration::from_millis(5_000));
+        assert!(throttled_backoff(1, 1, 1) >= Duration::from_millis(1));
     }
 }

@@ -17,9 +17,15 @@ use std::time::Duration;
 /// Why an object was not stored, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UploadError {
-    /// Connection errors, timeouts, 5xx, SlowDown, 429: worth retrying.
+    /// Connection errors, timeouts, 5xx other than 503, an `<Error>` document in a `200`
+    /// answer: worth retrying.
     #[error("transient: {0}")]
     Transient(String),
+    /// The store asked for fewer requests: `429`, `503` (S3's `SlowDown` status) or a
+    /// `SlowDown` error code. Worth retrying, after a longer pause (see
+    /// `upload::throttled_backoff`).
+    #[error("throttled: {0}")]
+    Throttled(String),
     /// Bad credentials, missing bucket, bad request: retrying cannot help.
     #[error("permanent: {0}")]
     Permanent(String),
@@ -28,7 +34,12 @@ pub enum UploadError {
 impl UploadError {
     /// Whether another attempt can succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, UploadError::Transient(_))
+        matches!(self, UploadError::Transient(_) | UploadError::Throttled(_))
+    }
+
+    /// Whether the store asked us to slow down.
+    pub fn throttled(&self) -> bool {
+        matches!(self, UploadError::Throttled(_))
     }
 }
 
@@ -55,7 +66,13 @@ pub struct S3Sink {
     encoded: Option<Box<Bucket>>,
     multipart_threshold: usize,
     part_bytes: usize,
+    /// Pauses between attempts at aborting a failed multipart upload (`upload.backoff_*`).
+    backoff_base_ms: u64,
+    backoff_max_ms: u64,
 }
+
+/// Attempts at aborting a failed multipart upload.
+const ABORT_ATTEMPTS: u32 = 3;
 
 /// The local-directory sink; also the spill directory's writer.
 #[derive(Debug)]
@@ -79,12 +96,26 @@ fn classify_status(status: u16, body: &[u8]) -> Result<(), UploadError> {
     if (200..300).contains(&status) {
         return Ok(());
     }
+    Err(classify_error(status, body))
+}
+
+/// Classifies an error answer: its status and (what rust-s3 kept of) its body.
+///
+/// Throttling is `429`, `503` or a `SlowDown` code. The status is what counts: rust-s3 replaces
+/// the body of every PUT answer (object or part) with its `ETag` header, so the `SlowDown`
+/// document of a `503` to a PUT never reaches us; S3 uses `503` for `SlowDown` and for
+/// `ServiceUnavailable`, both of which ask for a lower request rate. A `2xx` here is an answer
+/// that carried an `<Error>` document (S3 does this for CompleteMultipartUpload): the
+/// operation failed and is worth retrying.
+fn classify_error(status: u16, body: &[u8]) -> UploadError {
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
     let msg = format!("store answered {status}: {text}");
-    if status >= 500 || status == 429 || status == 408 || text.contains("SlowDown") {
-        Err(UploadError::Transient(msg))
+    if status == 429 || status == 503 || text.contains("SlowDown") {
+        UploadError::Throttled(msg)
+    } else if status >= 500 || status == 408 || (200..300).contains(&status) {
+        UploadError::Transient(msg)
     } else {
-        Err(UploadError::Permanent(msg))
+        UploadError::Permanent(msg)
     }
 }
 
@@ -148,6 +179,8 @@ impl Sink {
                     encoded,
                     multipart_threshold: batch.multipart_threshold_bytes,
                     part_bytes: batch.part_bytes,
+                    backoff_base_ms: upload.backoff_base_ms,
+                    backoff_max_ms: upload.backoff_max_ms,
                 })))
             }
         }
@@ -242,18 +275,39 @@ fn answer(r: Result<(u16, Vec<u8>), s3::error::S3Error>) -> Result<(), UploadErr
 fn s3_error(e: s3::error::S3Error) -> UploadError {
     match e {
         s3::error::S3Error::HttpFailWithBody(status, body) => {
-            match classify_status(status, body.as_bytes()) {
-                Err(e) => e,
-                Ok(()) => UploadError::Transient(format!("store answered {status} with an error")),
-            }
+            classify_error(status, body.as_bytes())
         }
         e => UploadError::Transient(e.to_string()),
     }
 }
 
+/// Classifies the answer to CompleteMultipartUpload. S3 may answer `200` and report a failure
+/// in the body, an `<Error>` document instead of `<CompleteMultipartUploadResult>`: the object
+/// is then not stored, and the upload is still open (the caller aborts it and retries). rust-s3
+/// 0.38 already turns such an answer into an error; this keeps the guarantee if it stops.
+fn complete_answer(status: u16, body: &[u8]) -> Result<(), UploadError> {
+    classify_status(status, body)?;
+    if is_error_document(body) {
+        Err(classify_error(status, body))
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether `body` is an XML document whose root element is `<Error>`.
+fn is_error_document(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    let mut rest = text.trim_start();
+    if rest.starts_with("<?xml") {
+        rest = rest.split_once("?>").map_or("", |(_, r)| r).trim_start();
+    }
+    rest.starts_with("<Error>") || rest.starts_with("<Error ")
+}
+
 impl S3Sink {
     /// Multipart upload: start, one request per `part_bytes`, complete; on failure the upload
-    /// is aborted (so the store keeps no parts) and the caller retries the whole object.
+    /// is aborted (so the store keeps no parts; see [`S3Sink::abort`]) and the caller retries
+    /// the whole object, as a new upload under the same key.
     async fn put_multipart(
         &self,
         key: &str,
@@ -286,18 +340,41 @@ impl S3Sink {
         }
         if result.is_ok() {
             inc(requests, 1);
-            result = answer(
-                self.bucket
-                    .complete_multipart_upload(key, &id, parts)
-                    .await
-                    .map(|resp| (resp.status_code(), resp.to_vec())),
-            );
+            result = match self.bucket.complete_multipart_upload(key, &id, parts).await {
+                Ok(resp) => complete_answer(resp.status_code(), resp.as_slice()),
+                Err(e) => Err(s3_error(e)),
+            };
         }
         if result.is_err() {
-            // Best effort: a part that failed has already aborted the upload inside rust-s3.
-            let _ = self.bucket.abort_upload(key, &id).await;
+            self.abort(key, &id).await;
         }
         result
+    }
+
+    /// Aborts a failed multipart upload so the store keeps none of its parts: up to
+    /// [`ABORT_ATTEMPTS`] tries while the store's answers are transient, pausing as between
+    /// upload attempts. A `404` means the upload is gone already (rust-s3 aborts it itself when
+    /// the store refuses a part). If every try fails the upload stays open: logged with its
+    /// id, for a lifecycle rule (abort incomplete multipart uploads) or an operator.
+    async fn abort(&self, key: &str, id: &str) {
+        for attempt in 1..=ABORT_ATTEMPTS {
+            let e = match self.bucket.abort_upload(key, id).await {
+                Ok(()) => return,
+                Err(s3::error::S3Error::HttpFailWithBody(404, _)) => return,
+                Err(e) => s3_error(e),
+            };
+            if !e.retryable() || attempt == ABORT_ATTEMPTS {
+                tracing::warn!(key, upload_id = id, attempts = attempt, error = %e, "cannot abort a failed multipart upload; its parts stay in the store until a lifecycle rule or an operator removes them");
+                return;
+            }
+            let (base, max) = (self.backoff_base_ms, self.backoff_max_ms);
+            let pause = if e.throttled() {
+                super::throttled_backoff(attempt, base, max)
+            } else {
+                super::backoff(attempt, base, max)
+            };
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
@@ -390,6 +467,41 @@ mod tests {
         assert!(!classify_status(404, b"NoSuchBucket")
             .unwrap_err()
             .retryable());
+    }
+
+    #[test]
+    fn throttling_is_retryable_and_told_apart() {
+        for (status, body) in [
+            (429, &b""[..]),
+            (503, b""),
+            (503, b"<Error><Code>SlowDown</Code></Error>"),
+            (400, b"<Code>SlowDown</Code>"),
+        ] {
+            let e = classify_status(status, body).unwrap_err();
+            assert!(e.throttled() && e.retryable(), "{status}: {e:?}");
+        }
+        for status in [500, 502, 504, 408] {
+            let e = classify_status(status, b"").unwrap_err();
+            assert!(!e.throttled() && e.retryable(), "{status}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn error_document_in_a_200_complete_is_a_transient_failure() {
+        let err = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InternalError</Code><Message>x</Message></Error>";
+        let e = complete_answer(200, err).unwrap_err();
+        assert!(e.retryable() && !e.throttled(), "{e:?}");
+        let slow = b"\n  <Error><Code>SlowDown</Code></Error>";
+        assert!(complete_answer(200, slow).unwrap_err().throttled());
+        let ok = b"<?xml version=\"1.0\"?><CompleteMultipartUploadResult><Key>a</Key></CompleteMultipartUploadResult>";
+        assert_eq!(complete_answer(200, ok), Ok(()));
+        assert_eq!(complete_answer(200, b""), Ok(()));
+        // rust-s3 reports such an answer as an error with status 200.
+        let e = s3_error(s3::error::S3Error::HttpFailWithBody(
+            200,
+            String::from_utf8_lossy(err).into_owned(),
+        ));
+        assert!(e.retryable(), "{e:?}");
     }
 
     #[test]

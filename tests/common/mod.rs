@@ -1064,3 +1064,5 @@ pub fn check_numbered(copies: &HashMap<Numbered, u32>, count: &NumberedCount, ex
         &unknown[..unknown.len().min(10)]
     );
 }
+
+pub mod fault_proxy;

@@ -147,3 +147,65 @@ fn copies_or_spilled(g: &Garage, prefix: &str) -> std::collections::HashMap<(u64
     );
     out
 }
+
+/// Spill replay runs beside the queue with slots of its own: while slow spilled objects are
+/// still being uploaded (the store holds each answer for 3 s, behind a fault proxy), a new
+/// request's payloads are stored. Before, worker 0 replayed the whole directory before it
+/// served its queue.
+#[test]
+fn spill_replay_does_not_starve_the_queue() {
+    use common::fault_proxy::{Fault, FaultProxy, Rule, When};
+    let g = garage();
+    let p = prefix("beside");
+    let spill = tempfile::tempdir().unwrap();
+    let files: Vec<_> = (0..8)
+        .map(|i| {
+            let f = spill
+                .path()
+                .join(format!("{p}/2026/11/30/06/spilled-{i}.json.spill"));
+            put_file(&f, format!(r#"{{"c":9,"n":{i}}}"#).as_bytes());
+            f
+        })
+        .collect();
+    let proxy = FaultProxy::start(&g.var("S3_ENDPOINT"));
+    proxy.add(
+        Rule::object_puts(Fault::Delay(Duration::from_secs(3)), When::First(1000))
+            .path_has("spilled-"),
+    );
+    let mut conf = tempfile::NamedTempFile::new().unwrap();
+    conf.write_all(b"[upload]\nmax_in_flight = 4\n").unwrap();
+    let mut env = g.server_env(&p);
+    env.retain(|(k, _)| k != "S3_ENDPOINT");
+    env.push(("S3_ENDPOINT".into(), proxy.endpoint()));
+    let s = Server::start(
+        &[
+            "--cores",
+            "1",
+            "--sink",
+            "s3",
+            "--spill-dir",
+            spill.path().to_str().unwrap(),
+            "--config",
+            conf.path().to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(post(s.addr, &numbered_body(1, 0, 2)).status, 200);
+    wait_until(60, "the new request stored", || {
+        let got = copies(g, &p);
+        got.contains_key(&(1, 0)) && got.contains_key(&(1, 1))
+    });
+    let left = files.iter().filter(|f| f.exists()).count();
+    assert!(
+        left > 0,
+        "the new request waited for the whole spill replay"
+    );
+    wait_until(120, "the spill replay finished", || {
+        files.iter().all(|f| !f.exists())
+    });
+    let got = copies(g, &p);
+    for n in 0..8u64 {
+        assert_eq!(got.get(&(9, n)), Some(&1), "spilled payload {n}");
+    }
+    assert!(s.stop(30).success());
+}

@@ -235,8 +235,11 @@ async fn run(s: WorkerSetup) {
                 tracing::warn!(dir = %ctx.spill.root().display(), "sink discard: payloads spilled by an earlier run are left for a run with a real sink");
             }
         } else {
-            // Beside the queue, not before it: the shard's own requests are served meanwhile.
-            tokio::task::spawn_local(replay(ctx.clone(), permits.clone()));
+            // Beside the queue, not before it, and with in-flight slots of its own (a quarter
+            // of max_in_flight, at least one): the shard's own requests are served meanwhile,
+            // however slowly the spilled objects go.
+            let slots = Arc::new(Semaphore::new((max / 4).max(1)));
+            tokio::task::spawn_local(replay(ctx.clone(), slots));
         }
     }
     // Wake for the first job, take every job queued since, then let the queue fill for

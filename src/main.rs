@@ -141,9 +141,13 @@ fn main() -> ExitCode {
         |server| {
             // The one line scripts and tests wait for.
             let mut out = std::io::stdout().lock();
+            let admin = server
+                .admin_addr()
+                .map(|a| format!(", admin on {a}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "corepost ready: listening on {} ({} shards, sink {sink})",
+                "corepost ready: listening on {} ({} shards, sink {sink}){admin}",
                 server.local_addr(),
                 server.shards()
             );

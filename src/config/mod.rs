@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// Address every shard listens on (each with its own `SO_REUSEPORT` socket). Port 0 picks a
     /// free port; the ready line prints the one bound.
     pub listen: String,
+    /// Optional address of the admin listener: when set, `/metrics`, `/healthz` and `/readyz`
+    /// are served there (by shard 0) and not on the public listener, so that the public
+    /// address takes payloads only.
+    pub admin_listen: Option<String>,
     /// Largest request body accepted; larger ones get `413` without being read into memory.
     pub max_body_bytes: usize,
     /// Which body parser to use: `simd` (simd-json tape and structural indexes; refuses
@@ -85,6 +89,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            admin_listen: None,
             max_body_bytes: 1 << 20,
             parser: ParserKind::Simd,
             ack: Ack::Queued,
@@ -484,6 +489,19 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
         let mut bad = |key: &str, msg: String| errs.push(ConfigError(format!("{key}: {msg}")));
+        if let Some(a) = &self.server.admin_listen {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                bad(
+                    "server.admin_listen",
+                    format!("{a:?} is not an IP:port address"),
+                );
+            } else if *a == self.server.listen && !a.ends_with(":0") {
+                bad(
+                    "server.admin_listen",
+                    "must differ from server.listen".into(),
+                );
+            }
+        }
         if self.server.listen.parse::<std::net::SocketAddr>().is_err() {
             bad(
                 "server.listen",

@@ -30,9 +30,18 @@ use std::time::Duration;
 /// Every answer is a small in-memory body.
 pub type Resp = Response<Full<Bytes>>;
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `server.listen`: payloads, and the operational routes unless an admin listener is set.
+    Public,
+    /// `server.admin_listen`: `/metrics`, `/healthz` and `/readyz` only.
+    Admin,
+}
+
 /// Serves one connection until the client closes it, an error ends it, or shutdown asks it to
 /// finish (the request in progress completes, keep-alive stops).
-pub async fn serve_connection(stream: glommio::net::TcpStream, shard: Rc<ShardCtx>) {
+pub async fn serve_connection(stream: glommio::net::TcpStream, shard: Rc<ShardCtx>, on: Listener) {
     let cfg = &shard.config.server;
     if let Err(e) = stream.set_write_timeout(Some(Duration::from_millis(cfg.write_timeout_ms))) {
         tracing::debug!(error = %e, "cannot set the write timeout; closing the connection");
@@ -42,7 +51,7 @@ pub async fn serve_connection(stream: glommio::net::TcpStream, shard: Rc<ShardCt
     let svc_shard = shard.clone();
     let svc = service_fn(move |req| {
         let shard = svc_shard.clone();
-        async move { Ok::<_, Infallible>(handle(&shard, req).await) }
+        async move { Ok::<_, Infallible>(handle(&shard, req, on).await) }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -106,9 +115,24 @@ fn refuse(shard: &ShardCtx, e: &IngestError) -> Resp {
     r
 }
 
-async fn handle(shard: &Rc<ShardCtx>, req: Request<Incoming>) -> Resp {
+async fn handle(shard: &Rc<ShardCtx>, req: Request<Incoming>, on: Listener) -> Resp {
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
-    let (route, resp) = match req.uri().path() {
+    let path = req.uri().path();
+    // With an admin listener, each listener serves only its own routes.
+    let operational = matches!(path, "/healthz" | "/readyz" | "/metrics");
+    let elsewhere = match on {
+        Listener::Admin => !operational,
+        Listener::Public => operational && shard.config.server.admin_listen.is_some(),
+    };
+    if elsewhere {
+        let resp = json(
+            StatusCode::NOT_FOUND,
+            error_body(&format!("no such path on this listener: {path}")),
+        );
+        shard.stats.request(Route::Other, resp.status().as_u16());
+        return resp;
+    }
+    let (route, resp) = match path {
         "/v1/payloads" | "/" => (
             Route::Payloads,
             if req.method() == Method::POST {

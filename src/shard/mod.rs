@@ -5,7 +5,7 @@
 
 use crate::config::{allowed_cpus, resolve_placement, Ack, Config, SinkKind};
 use crate::dirlock::DirLock;
-use crate::http::{serve_connection, Scratch};
+use crate::http::{serve_connection, Listener, Scratch};
 use crate::ingest::{BodyParser, IngestError};
 use crate::keys::{host_name, unix_micros, KeySpace};
 use crate::metrics::{dec, inc, ShardStats, ShardView};
@@ -130,6 +130,7 @@ impl ShardCtx {
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
     shards: usize,
     stops: Vec<flume::Sender<()>>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
@@ -210,12 +211,26 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
         )
     })?;
     crate::listen::check_port_free(addr)?;
+    let admin_addr: Option<SocketAddr> = match &config.server.admin_listen {
+        Some(a) => {
+            let a = a
+                .parse()
+                .map_err(|_| anyhow!("server.admin_listen: {a:?} is not an address"))?;
+            crate::listen::check_port_free(a)?;
+            Some(a)
+        }
+        None => None,
+    };
+    let mut admin_bound = None;
     let mut stops = Vec::new();
     let mut executors = Vec::new();
     // Shard 0 binds first so that port 0 resolves to one port that the others then share.
     for (p, sender) in placement.iter().zip(senders) {
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let (bound_tx, bound_rx) =
+            std::sync::mpsc::channel::<Result<(SocketAddr, Option<SocketAddr>), String>>();
+        // Shard 0 also serves the admin listener (the metrics cover every shard).
+        let admin_addr = admin_addr.filter(|_| p.shard == 0);
         let (cfg, views, stopping) = (config.clone(), views.clone(), stopping.clone());
         let hurry = hurry.clone();
         let instance = instance.clone();
@@ -249,7 +264,21 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
                         return;
                     }
                 };
-                let _ = bound_tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                let admin = match admin_addr.map(crate::listen::shard_listener) {
+                    None => None,
+                    Some(Ok(l)) => Some(l),
+                    Some(Err(e)) => {
+                        let _ = bound_tx.send(Err(format!(
+                            "cannot listen on server.admin_listen {admin_addr:?}: {e}"
+                        )));
+                        return;
+                    }
+                };
+                let bound = listener.local_addr().map_err(|e| e.to_string()).and_then(|a| {
+                    let admin = admin.as_ref().map(|l| l.local_addr()).transpose();
+                    Ok((a, admin.map_err(|e| e.to_string())?))
+                });
+                let _ = bound_tx.send(bound);
                 let view = &views[shard];
                 let ctx = Rc::new(ShardCtx {
                     id: shard,
@@ -277,19 +306,21 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
                         glommio::spawn_local(replay_spool(ctx.clone(), report)).detach();
                     }
                 }
-                shard_main(ctx, listener, stop_rx, hurry).await;
+                shard_main(ctx, listener, admin, stop_rx, hurry).await;
             })
             .map_err(|e| anyhow!("starting shard {shard} on CPU {}: {e}", p.cpu))?;
-        let bound = bound_rx
+        let (bound, admin) = bound_rx
             .recv()
             .map_err(|_| anyhow!("shard {shard} stopped before binding"))?
             .map_err(|e| anyhow!(e))?;
         addr = bound;
+        admin_bound = admin_bound.or(admin);
         stops.push(stop_tx);
         executors.push(handle);
     }
     Ok(Server {
         addr,
+        admin: admin_bound,
         shards: placement.len(),
         stops,
         executors,
@@ -541,18 +572,9 @@ fn dead_letter(
     }
 }
 
-async fn shard_main(
-    ctx: Rc<ShardCtx>,
-    listener: TcpListener,
-    stop: flume::Receiver<()>,
-    hurry: Arc<AtomicBool>,
-) {
-    let stopper = ctx.clone();
-    glommio::spawn_local(async move {
-        let _ = stop.recv_async().await;
-        stopper.shutdown.trigger();
-    })
-    .detach();
+/// Accepts connections on `listener` until shutdown (within the shard's connection limit)
+/// and returns it.
+async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener, on: Listener) -> TcpListener {
     let max = ctx.config.shards.max_connections;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -561,7 +583,7 @@ async fn shard_main(
         })
         .await;
         match accepted {
-            None => break,
+            None => return listener,
             Some(Ok(stream)) => {
                 if ctx.open.get() >= max {
                     inc(&ctx.stats.connections_rejected, 1);
@@ -572,7 +594,7 @@ async fn shard_main(
                 inc(&ctx.stats.connections_open, 1);
                 let conn_ctx = ctx.clone();
                 glommio::spawn_local(async move {
-                    serve_connection(stream, conn_ctx.clone()).await;
+                    serve_connection(stream, conn_ctx.clone(), on).await;
                     conn_ctx.open.set(conn_ctx.open.get() - 1);
                     dec(&conn_ctx.stats.connections_open, 1);
                 })
@@ -584,6 +606,26 @@ async fn shard_main(
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+async fn shard_main(
+    ctx: Rc<ShardCtx>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    stop: flume::Receiver<()>,
+    hurry: Arc<AtomicBool>,
+) {
+    let stopper = ctx.clone();
+    glommio::spawn_local(async move {
+        let _ = stop.recv_async().await;
+        stopper.shutdown.trigger();
+    })
+    .detach();
+    let admin = admin.map(|l| glommio::spawn_local(accept_loop(ctx.clone(), l, Listener::Admin)));
+    let listener = accept_loop(ctx.clone(), listener, Listener::Public).await;
+    if let Some(a) = admin {
+        drop(a.await);
     }
     drop(listener);
     // Requests in progress get the grace period; connections still open after it are dropped.
@@ -599,6 +641,11 @@ impl Server {
     /// The address every shard listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's address, if `server.admin_listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// Number of shards.

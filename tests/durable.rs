@@ -411,3 +411,72 @@ fn an_undeliverable_record_goes_to_the_dead_letter_directory_and_blocks_nothing(
     );
     assert!(s.stop(30).success());
 }
+
+/// The acceptance run: with the default spool settings (default commit wait), clients
+/// that reset right after sending keep coming for five seconds while a normal client posts
+/// throughout; every normal request is answered 200, and once the store has caught up the
+/// spool holds nothing live.
+#[test]
+fn a_reset_storm_with_default_settings_leaves_the_spool_empty_and_serves_others() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let g = garage();
+    let p = prefix("storm");
+    let spool = spool_dir();
+    let c = conf(NDJSON_PER_REQUEST);
+    let s = start("1", spool.path(), &c, &g.server_env(&p));
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = s.addr;
+    let storm: Vec<_> = (0..2)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut sent = 0u64;
+                while !stop.load(Relaxed) {
+                    let body = padded_body(1000 + t, 4, 2000);
+                    if let Ok(mut w) = std::net::TcpStream::connect(addr) {
+                        let _ = w.write_all(&raw_request("POST", "/v1/payloads", &[], &body));
+                        let _ = socket2::SockRef::from(&w).set_linger(Some(Duration::ZERO));
+                        sent += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut normal = 0;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let r = post(s.addr, &numbered_body(normal, 0, 2));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        normal += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Relaxed);
+    let sent: u64 = storm.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(sent > 100, "the storm ran: {sent} requests");
+    wait_spool_empty(&s, 120);
+    let got = copies_of_numbered(g, &p);
+    for c in 0..normal {
+        assert_eq!(got.get(&(c as u64, 0)), Some(&1), "normal request {c}");
+        assert_eq!(got.get(&(c as u64, 1)), Some(&1), "normal request {c}");
+    }
+    assert!(s.stop(30).success());
+}
+
+/// Copies of each numbered payload under `prefix`, ignoring the storm's padded payloads
+/// (clients 1000 and up).
+fn copies_of_numbered(g: &Garage, prefix: &str) -> std::collections::HashMap<(u64, u64), u32> {
+    let mut out = std::collections::HashMap::new();
+    for o in fetch(g, prefix) {
+        for v in lines(&o) {
+            let (Some(c), Some(n)) = (v["c"].as_u64(), v["n"].as_u64()) else {
+                panic!("{}: not a numbered payload: {v}", o.key);
+            };
+            if c < 1000 {
+                *out.entry((c, n)).or_default() += 1;
+            }
+        }
+    }
+    out
+}

@@ -947,7 +947,13 @@ pub fn spilled_objects(root: &Path) -> Vec<Object> {
         .into_iter()
         .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with('.'))
         .map(|f| Object {
-            key: f.strip_prefix(root).unwrap().to_string_lossy().into_owned(),
+            // Spill files are named `{key}.spill`.
+            key: f
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches(".spill")
+                .to_string(),
             content_type: None,
             content_encoding: None,
             data: std::fs::read(&f).unwrap(),

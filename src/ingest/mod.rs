@@ -42,6 +42,25 @@ pub enum IngestError {
     /// The body is larger than `server.max_body_bytes`.
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
+    /// A compressed body whose decoded size passes `server.max_decoded_bytes` (decoding
+    /// stops there).
+    #[error("decoded body larger than {0} bytes (server.max_decoded_bytes)")]
+    DecodedTooLarge(usize),
+    /// A zstd frame whose window (memory the decoder must keep) is larger than the limit:
+    /// `server.max_decoded_bytes` rounded down to a power of two, at least 8 MiB.
+    #[error("zstd window larger than {0} bytes (set by server.max_decoded_bytes); compress with a smaller window")]
+    WindowTooLarge(usize),
+    /// A `Content-Encoding` other than gzip, deflate, zstd or identity, or more than one.
+    #[error("unsupported Content-Encoding {0:?}; request bodies may be gzip, deflate or zstd")]
+    UnsupportedEncoding(String),
+    /// The compressed body could not be decoded (corrupt, truncated, trailing data).
+    #[error("invalid {coding} data: {why}")]
+    BadEncoding {
+        /// The body's `Content-Encoding`.
+        coding: &'static str,
+        /// What the decoder found.
+        why: String,
+    },
     /// More payloads than the shard's whole queue holds (`queue.max_payloads`): it could
     /// never be accepted, so a retry cannot help.
     #[error("{n} payloads in one request; at most {max} per request (queue.max_payloads)")]
@@ -155,8 +174,12 @@ impl IngestError {
             IngestError::Json { .. }
             | IngestError::Shape(_)
             | IngestError::Body(_)
+            | IngestError::BadEncoding { .. }
             | IngestError::TooDeep(_) => StatusCode::BAD_REQUEST,
+            IngestError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge(_)
+            | IngestError::DecodedTooLarge(_)
+            | IngestError::WindowTooLarge(_)
             | IngestError::TooManyPayloads { .. }
             | IngestError::OverQueue { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,

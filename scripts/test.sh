@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need (Garage for the S3
-# tests, Go for the baseline's build check), then runs formatting and lint checks, every unit
+# tests, Go for the baseline's build check, Python's requests and zstandard for the
+# compressed-body tests), then runs formatting and lint checks, every unit
 # and integration test (the S3 ones against a real Garage that the tests start themselves),
 # and checks that the benchmarks and the Go baseline build. No timed comparison runs here:
 # speed is measured by benches/e2e/run.sh.
@@ -21,6 +22,10 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo clippy with the crash points (failpoints feature)"
 cargo clippy --all-targets --locked --features failpoints -- -D warnings
+
+step "Python requests and zstandard (real clients of tests/edge_bodies.rs)"
+python3 -c 'import requests, zstandard' 2>/dev/null ||
+  python3 -m pip install --quiet requests zstandard
 
 step "cargo test (unit + integration + criterion benches run once as tests)"
 cargo test --locked --all-targets

@@ -45,7 +45,7 @@ pub struct ShardStats {
     requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
     /// Payloads answered 200 for.
     pub payloads_accepted: AtomicU64,
-    /// Request body bytes accepted.
+    /// Request body bytes accepted (decoded, for compressed bodies).
     pub bytes_in: AtomicU64,
     /// Payloads stored in the sink.
     pub payloads_uploaded: AtomicU64,
@@ -242,7 +242,7 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
         ),
         (
             "corepost_bytes_in_total",
-            "Request body bytes accepted.",
+            "Request body bytes accepted (decoded, for compressed bodies).",
             |s| &s.bytes_in,
         ),
         (

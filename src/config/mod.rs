@@ -53,7 +53,14 @@ pub struct ServerConfig {
     /// address takes payloads only.
     pub admin_listen: Option<String>,
     /// Largest request body accepted; larger ones get `413` without being read into memory.
+    /// For a compressed body (`Content-Encoding`) this counts the bytes on the wire.
     pub max_body_bytes: usize,
+    /// Largest body accepted once decoded (`Content-Encoding: gzip`, `deflate` or `zstd`):
+    /// decoding stops, and the request gets `413`, as soon as the output passes it, so a
+    /// small compressed body that would expand to gigabytes costs at most this much memory.
+    /// At least `max_body_bytes` (a body accepted plain is accepted compressed), at most
+    /// 1 GiB. The decoded bytes are what counts against `queue.max_bytes`.
+    pub max_decoded_bytes: usize,
     /// Which body parser to use: `simd` (simd-json tape and structural indexes; refuses
     /// numbers beyond 64 bits or f64 range and lone surrogate escapes) or `serde` (serde_json
     /// raw values; stores such payloads as sent). Both keep payloads as the bytes the client
@@ -91,6 +98,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             admin_listen: None,
             max_body_bytes: 1 << 20,
+            max_decoded_bytes: 16 << 20,
             parser: ParserKind::Simd,
             ack: Ack::Queued,
             ack_timeout_ms: 10_000,
@@ -514,6 +522,17 @@ impl Config {
                 "must be between 1 and 1073741824".into(),
             );
         }
+        if self.server.max_decoded_bytes < self.server.max_body_bytes
+            || self.server.max_decoded_bytes > 1 << 30
+        {
+            bad(
+                "server.max_decoded_bytes",
+                format!(
+                    "must be between server.max_body_bytes ({}) and 1073741824: a body accepted plain must also be accepted compressed",
+                    self.server.max_body_bytes
+                ),
+            );
+        }
         self.validate_batch(&mut bad);
         if self.server.ack == Ack::Durable {
             self.validate_spool(&mut bad);
@@ -835,6 +854,29 @@ mod tests {
                 "sink.s3.access_key_id"
             ]
         );
+    }
+
+    #[test]
+    fn the_decoded_body_cap_is_at_least_the_body_limit() {
+        let mut c = Config::default();
+        assert_eq!(c.server.max_decoded_bytes, 16 << 20);
+        c.server.max_body_bytes = 32 << 20;
+        let text = c.validate().unwrap_err().to_string();
+        assert!(
+            text.starts_with(
+                "server.max_decoded_bytes: must be between server.max_body_bytes (33554432)"
+            ),
+            "{text}"
+        );
+        c.server.max_decoded_bytes = 32 << 20;
+        c.queue.max_bytes = 64 << 20;
+        assert_eq!(c.validate(), Ok(()));
+        c.server.max_decoded_bytes = (1 << 30) + 1;
+        assert!(c.validate().is_err());
+        // It may exceed the queue: such a body gets 413 naming queue.max_bytes.
+        let mut c = Config::default();
+        c.queue.max_bytes = 8 << 20;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | `POST /v1/payloads`, `POST /` | `200 {"accepted": N}`, `400`, `408`, `413`, `503` |
+//! | `POST /v1/payloads`, `POST /` | `200 {"accepted": N}`, `400`, `408`, `413`, `415`, `503` |
 //! | other method on a payload path | `405` with `Allow: POST` |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus text |
 
+pub mod decode;
 mod io;
 
 pub use io::{GlommioTimer, HyperIo, Scratch};
@@ -16,8 +17,11 @@ use crate::metrics::{inc, render, Route};
 use crate::queue::{Delivery, Job, Spooled};
 use crate::shard::ShardCtx;
 use bytes::Bytes;
+use decode::{BodyDecoder, Coding};
 use futures_lite::future;
-use http::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{
+    HeaderValue, ACCEPT_ENCODING, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -111,6 +115,11 @@ fn refuse(shard: &ShardCtx, e: &IngestError) -> Resp {
             RETRY_AFTER,
             HeaderValue::from(shard.config.server.retry_after_secs),
         );
+    }
+    if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        // RFC 9110 15.5.16: a 415 for a content coding lists the accepted ones.
+        r.headers_mut()
+            .insert(ACCEPT_ENCODING, HeaderValue::from_static(decode::ACCEPTED));
     }
     r
 }
@@ -238,7 +247,8 @@ fn linger(mut body: Incoming) {
     .detach();
 }
 
-/// The request path behind [`ingest`]: read the body (within its reservation), parse, queue.
+/// The request path behind [`ingest`]: read the body (within its reservation; decoded if it
+/// has a `Content-Encoding`), parse, queue.
 async fn accept(
     shard: &Rc<ShardCtx>,
     headers: &http::HeaderMap,
@@ -246,6 +256,8 @@ async fn accept(
     started: &mut bool,
 ) -> Result<usize, IngestError> {
     let cfg = &shard.config.server;
+    // An unknown coding is refused before any of the body is read.
+    let coding = Coding::of_request(headers)?;
     let limit = cfg.max_body_bytes;
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -260,11 +272,27 @@ async fn accept(
     }
     // Room for the body is reserved before any of it is read (from Content-Length; a
     // chunked body's room grows as it arrives), so bodies being read count against the queue
-    // budget like queued ones: memory stays bounded however many clients send at once.
+    // budget like queued ones: memory stays bounded however many clients send at once. A
+    // compressed body's room starts at its compressed length and grows with its decoded
+    // output: the decoded bytes are what is held.
     let mut room = shard.budget.reserve_bytes(declared.unwrap_or(0))?;
     let timeout = cfg.body_read_timeout_ms;
     *started = true;
-    let body = future::or(read_body(body_in, limit, &mut room), async {
+    let read = async {
+        match coding {
+            None => read_body(body_in, limit, &mut room).await,
+            Some(coding) => {
+                let decoder = BodyDecoder::new(
+                    coding,
+                    cfg.max_decoded_bytes,
+                    shard.config.queue.max_bytes,
+                    &mut room,
+                )?;
+                read_decoded(body_in, limit, decoder).await
+            }
+        }
+    };
+    let body = future::or(read, async {
         glommio::timer::sleep(Duration::from_millis(timeout)).await;
         Err(IngestError::BodyTimeout(timeout))
     })
@@ -409,6 +437,36 @@ async fn read_body(
             buf.extend_from_slice(&data);
         }
     }
+    if buf.capacity() > buf.len() * 2 {
+        buf.shrink_to_fit();
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Reads a compressed body and decodes each frame as it arrives, refusing the body as soon as
+/// its compressed bytes pass `limit` (`server.max_body_bytes`) or the decoder refuses (see
+/// [`BodyDecoder::write`]). Only the decoded output is kept; it is held in the request's
+/// reservation.
+async fn read_decoded(
+    body: &mut Incoming,
+    limit: usize,
+    mut decoder: BodyDecoder<'_>,
+) -> Result<Bytes, IngestError> {
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| IngestError::Body(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit {
+                return Err(IngestError::TooLarge(limit));
+            }
+            decoder.write(&data)?;
+            // Decoding is CPU work on the shard's thread: let other connections run between
+            // frames.
+            glommio::yield_if_needed().await;
+        }
+    }
+    let mut buf = decoder.finish()?;
     if buf.capacity() > buf.len() * 2 {
         buf.shrink_to_fit();
     }

@@ -2,7 +2,11 @@
 //! ranges from simd-json's structural indexes, so payloads stay the bytes the client sent.
 #![forbid(unsafe_code)]
 
-use super::{IngestError, Span, MAX_DEPTH};
+use super::describe::*;
+use super::{
+    number_start, scan_strings, string_fault_at, IngestError, Span, StrFault, StrScan, MAX_DEPTH,
+    NOT_AN_OBJECT,
+};
 use simd_json::{fill_tape_padded, Buffers, Tape, INPUT_PADDING};
 
 /// Reusable simd-json state for one shard.
@@ -39,7 +43,7 @@ fn shape(msg: impl Into<String>) -> IngestError {
 /// A structural index walk that ran off the end: a parser bug, not a client error, but it must
 /// still be an answer rather than a panic.
 fn lost() -> IngestError {
-    IngestError::Json("could not locate payloads in the body".into())
+    IngestError::json("could not locate payloads in the body")
 }
 
 impl SimdState {
@@ -53,21 +57,114 @@ impl SimdState {
         let top_is_object = matches!(tape.0.first(), Some(simd_json::Node::Object { .. }));
         self.tape = tape.reset();
         if let Err(e) = res {
-            if *e.error() == simd_json::ErrorType::DepthLimitExceeded {
-                return Err(IngestError::TooDeep(MAX_DEPTH));
-            }
-            return Err(IngestError::Json(format!(
-                "{:?} at byte {}",
-                e.error(),
-                e.index()
-            )));
+            return Err(describe(body, &e));
         }
         if !top_is_object {
-            return Err(shape(
-                "the body must be a JSON object with a \"data\" array",
-            ));
+            return Err(shape(NOT_AN_OBJECT));
         }
         walk(body, self.buffers.structural_indexes(), spans)
+    }
+}
+
+/// simd-json's error in words, at the byte it names. simd-json finds some faults in its first
+/// pass over the body (unterminated strings, control characters in strings, invalid UTF-8, no
+/// value at all); those carry no position (index 0, no character), so the byte is found here.
+/// One error type of the second pass stands for several faults, told apart by what precedes
+/// the byte at fault.
+fn describe(body: &[u8], e: &simd_json::Error) -> IngestError {
+    use simd_json::ErrorType as T;
+    let at = e.index().min(body.len());
+    let first_pass = e.character().is_none();
+    let here = body.get(at).copied();
+    let before = body[..at].iter().rev().copied().find(|&c| !is_ws(c));
+    let what = match e.error() {
+        T::DepthLimitExceeded => return IngestError::TooDeep(MAX_DEPTH),
+        T::InputTooLarge => return IngestError::TooLarge(u32::MAX as usize),
+        // Nothing but whitespace.
+        T::Eof => return IngestError::json_at(body.len(), EOF),
+        T::Syntax if first_pass => return first_pass_syntax(body),
+        T::InvalidUtf8 if first_pass => {
+            let bad = std::str::from_utf8(body)
+                .err()
+                .map_or(at, |u| u.valid_up_to());
+            return IngestError::json_at(bad, UTF8);
+        }
+        // The second pass ran out of tokens inside a container.
+        T::Syntax | T::UnterminatedString => return IngestError::json_at(body.len(), EOF),
+        // A value was due but this byte cannot start one; or the top-level object or array
+        // closed here and more follows (the index is that of the closing bracket).
+        T::InternalError => match (before, here) {
+            (Some(b','), Some(b']')) => TRAILING_COMMA,
+            (None | Some(b':' | b','), _) | (Some(b'['), Some(b'}')) | (_, None) => VALUE,
+            (_, Some(b']' | b'}')) => {
+                let next = (at + 1..body.len())
+                    .find(|&i| !is_ws(body[i]))
+                    .unwrap_or(body.len());
+                return IngestError::json_at(next, TRAILING);
+            }
+            _ => VALUE,
+        },
+        // A top-level scalar with more after it; serde_json finds where the scalar ends.
+        T::TrailingData => return first_pass_syntax_serde(body),
+        T::ExpectedTrue | T::ExpectedFalse | T::ExpectedNull => VALUE,
+        T::ExpectedArrayContent | T::ExpectedArrayComma => ARRAY_NEXT,
+        T::ExpectedObjectContent if before == Some(b'{') => KEY,
+        T::ExpectedObjectContent | T::ExpectedMapComma | T::ExpectedMapEnd => OBJECT_NEXT,
+        T::ExpectedObjectKey if here == Some(b'}') => TRAILING_COMMA,
+        T::ExpectedObjectKey | T::KeyMustBeAString | T::BadKeyType => KEY,
+        T::ExpectedObjectColon => COLON,
+        // A bad escape. simd-json's index for these is relative to the string (or its
+        // current block) on some CPUs' code paths, so the escape is found here.
+        T::InvalidEscape | T::InvalidUnicodeEscape | T::InvalidUnicodeCodepoint => {
+            return string_fault_at(body, &[StrFault::Escape, StrFault::Surrogate])
+                .unwrap_or(IngestError::json(ESCAPE))
+        }
+        T::InvalidUtf8 => match std::str::from_utf8(body) {
+            Err(u) => return IngestError::json_at(u.valid_up_to(), UTF8),
+            Ok(_) => SURROGATE,
+        },
+        T::InvalidNumber
+        | T::InvalidExponent
+        | T::Overflow
+        | T::ExpectedNumber
+        | T::ExpectedSigned
+        | T::ExpectedUnsigned
+        | T::ExpectedInteger
+        | T::ExpectedFloat => return IngestError::json_at(number_start(body, at), NUMBER),
+        T::ExpectedString => STRING,
+        T::ExpectedArray => "expected an array",
+        T::ExpectedMap => "expected an object",
+        T::ExpectedBoolean => "expected `true` or `false`",
+        T::ExpectedEnum => "expected one of the allowed values",
+        T::UnexpectedCharacter | T::NoStructure => "unexpected character",
+        T::Unexpected(..) => "a value of the wrong type",
+        // Not faults of the body: failures of the parser itself, which only the tape-less or
+        // serde parts of simd-json (not used here) or a broken build can give.
+        T::Serde(m) => return IngestError::json(format!("the parser failed: {m}")),
+        T::Io(err) => return IngestError::json(format!("the parser failed: {err}")),
+        T::Parser | T::InsufficientPadding | T::SimdUnsupported => {
+            return IngestError::json("the parser failed")
+        }
+    };
+    IngestError::json_at(at, what)
+}
+
+/// The faults simd-json's first pass reports as a bare syntax error: a string still open at
+/// the end of the body, or a control character inside a string.
+fn first_pass_syntax(body: &[u8]) -> IngestError {
+    match scan_strings(body, &[StrFault::Control]) {
+        StrScan::Fault(at, _) => IngestError::json_at(at, CONTROL),
+        StrScan::Open => IngestError::json_at(body.len(), EOF),
+        // Not one of the two: let serde_json say what it is.
+        StrScan::Clean => first_pass_syntax_serde(body),
+    }
+}
+
+/// serde_json's account of a body simd-json refused without saying where.
+fn first_pass_syntax_serde(body: &[u8]) -> IngestError {
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Err(e) => super::serde_error(body, &e),
+        Ok(_) => IngestError::json("malformed JSON"),
     }
 }
 
@@ -117,7 +214,7 @@ fn key_at(body: &[u8], start: usize, colon: usize) -> Result<KeyBytes<'_>, Inges
     if raw.contains(&b'\\') {
         serde_json::from_slice::<String>(raw)
             .map(|s| KeyBytes::Owned(s.into_bytes()))
-            .map_err(|e| IngestError::Json(e.to_string()))
+            .map_err(|_| IngestError::json_at(start, ESCAPE))
     } else {
         Ok(KeyBytes::Borrowed(&raw[1..raw.len() - 1]))
     }
@@ -194,4 +291,81 @@ fn walk(body: &[u8], idx: &[u32], spans: &mut Vec<Span>) -> Result<(), IngestErr
         return Err(shape("missing field `data`"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simd_json::ErrorType as T;
+
+    /// Every error type of simd-json 0.19 (`ErrorType` is neither `Clone` nor iterable).
+    fn every_error_type() -> Vec<T> {
+        vec![
+            T::Unexpected(None, None),
+            T::InputTooLarge,
+            T::InsufficientPadding,
+            T::BadKeyType,
+            T::ExpectedArray,
+            T::ExpectedArrayComma,
+            T::ExpectedBoolean,
+            T::ExpectedEnum,
+            T::ExpectedFloat,
+            T::ExpectedInteger,
+            T::ExpectedMap,
+            T::ExpectedObjectColon,
+            T::ExpectedMapComma,
+            T::ExpectedMapEnd,
+            T::ExpectedNull,
+            T::ExpectedTrue,
+            T::ExpectedFalse,
+            T::ExpectedNumber,
+            T::ExpectedSigned,
+            T::ExpectedString,
+            T::ExpectedUnsigned,
+            T::InternalError,
+            T::InvalidEscape,
+            T::InvalidExponent,
+            T::InvalidNumber,
+            T::InvalidUtf8,
+            T::InvalidUnicodeEscape,
+            T::InvalidUnicodeCodepoint,
+            T::KeyMustBeAString,
+            T::NoStructure,
+            T::Parser,
+            T::Eof,
+            T::Serde("custom".into()),
+            T::Syntax,
+            T::TrailingData,
+            T::UnexpectedCharacter,
+            T::UnterminatedString,
+            T::ExpectedArrayContent,
+            T::ExpectedObjectContent,
+            T::ExpectedObjectKey,
+            T::Overflow,
+            T::DepthLimitExceeded,
+            T::SimdUnsupported,
+            T::Io(std::io::Error::other("gone")),
+        ]
+    }
+
+    /// Every error type simd-json has gets words, never its Debug name (`describe` matches
+    /// them exhaustively, so a variant that a newer simd-json adds does not compile without
+    /// words). Built as simd-json builds its first-pass errors: no position.
+    #[test]
+    fn every_simd_json_error_type_has_words() {
+        for body in [&b"{\"data\":[1]} "[..], b"{\"data\":[\"\\q\"]}", b""] {
+            for t in every_error_type() {
+                let name = format!("{t:?}");
+                let name = name.split('(').next().unwrap_or_default().to_string();
+                let e = describe(body, &simd_json::Error::generic(t));
+                let m = e.to_string();
+                assert!(!m.contains(&name), "{name}: {m}");
+                assert!(
+                    matches!(e.status().as_u16(), 400 | 413),
+                    "{name}: {} {m}",
+                    e.status()
+                );
+            }
+        }
+    }
 }

@@ -17,6 +17,9 @@
 //!   (`SO_REUSEADDR`, so a restart is not held up by the last run's TIME_WAIT connections).
 //! - [`fd_limit`]: the file descriptor limit raised at start, connections fitted to it.
 //! - [`shard`]: executors pinned per core, listeners, start-up and graceful shutdown.
+//! - [`tune`]: `corepost tune`: reads the machine (CPUs, NUMA, NIC queues and IRQs, limits,
+//!   kernel, the spool's disk) and writes a tuning profile and a script of recommended system
+//!   changes.
 #![warn(missing_docs)]
 
 /// A named crash point in a durability protocol. Compiled only with the `failpoints` feature
@@ -49,4 +52,5 @@ pub mod metrics;
 pub mod queue;
 pub mod shard;
 pub mod spool;
+pub mod tune;
 pub mod upload;

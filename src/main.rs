@@ -308,9 +308,14 @@ fn main() -> ExitCode {
                 server.shards()
             );
             let _ = out.flush();
+            // systemd (Type=notify): started once every listener is bound.
+            if let Err(e) = corepost::notify::notify("READY=1") {
+                tracing::warn!(error = %e, "cannot tell systemd the server is ready (NOTIFY_SOCKET)");
+            }
         },
         async move {
             if let Ok(sig) = sig_rx.recv_async().await {
+                let _ = corepost::notify::notify("STOPPING=1");
                 tracing::info!(
                     signal = sig,
                     "shutting down: draining queues (a second signal ends the drain at once)"

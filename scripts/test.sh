@@ -3,7 +3,8 @@
 # tests, Go for the baseline's build check, Python's requests and zstandard for the
 # compressed-body tests), then runs formatting and lint checks, every unit
 # and integration test (the S3 ones against a real Garage that the tests start themselves),
-# and checks that the benchmarks and the Go baseline build. No timed comparison runs here:
+# checks that the benchmarks and the Go baseline build, and builds and checks the Debian package
+# (cargo-deb, installed when missing) and the systemd unit. No timed comparison runs here:
 # speed is measured by benches/e2e/run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,5 +39,24 @@ cargo bench --locked --no-run
 
 step "Go baseline builds"
 bash benches/go-baseline/build.sh
+
+# Installed once per machine (cargo install compiles it: about 4 minutes on 2 busy cores).
+step "cargo-deb (installed when missing)"
+if ! cargo deb --version >/dev/null 2>&1; then
+    time cargo install cargo-deb --locked
+fi
+cargo deb --version
+
+# A release build (LTO): about 12 minutes on 2 busy cores, most of this step.
+step "Debian package: cargo deb, then its files, modes and conffiles (scripts/check-deb.sh)"
+time deb=$(cargo deb --locked | tail -n 1)
+bash scripts/check-deb.sh "$deb"
+
+step "systemd unit: systemd-analyze verify (when systemd-analyze exists)"
+if command -v systemd-analyze >/dev/null 2>&1; then
+    bash scripts/verify-unit.sh packaging/systemd/corepost.service target/release/corepost
+else
+    echo "systemd-analyze not found: unit not verified"
+fi
 
 step "all tests passed"

@@ -63,8 +63,10 @@ pub fn fit_connections(shards: usize, wanted: usize, max_in_flight: usize) -> Fd
     }
 }
 
-/// Connections per shard that fit in `limit` descriptors (at least 1).
-fn budget(limit: u64, shards: usize, wanted: usize, max_in_flight: usize) -> usize {
+/// Connections per shard that fit in `limit` descriptors (at least 1): what is left after a
+/// reserve for the process and, per shard, for its spool, sink and spill files and its
+/// `max_in_flight` store connections, shared by the shards. `corepost tune` plans with it.
+pub fn budget(limit: u64, shards: usize, wanted: usize, max_in_flight: usize) -> usize {
     let shards = shards.max(1) as u64;
     let reserve = RESERVE_BASE + shards * (RESERVE_PER_SHARD + max_in_flight as u64);
     let per_shard = limit.saturating_sub(reserve) / shards;

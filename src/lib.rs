@@ -17,6 +17,11 @@
 //!   (`SO_REUSEADDR`, so a restart is not held up by the last run's TIME_WAIT connections).
 //! - [`fd_limit`]: the file descriptor limit raised at start, connections fitted to it.
 //! - [`shard`]: executors pinned per core, listeners, start-up and graceful shutdown.
+//! - [`notify`]: systemd's readiness protocol (`READY=1` to `NOTIFY_SOCKET`) for
+//!   `Type=notify` units.
+//! - [`tune`]: `corepost tune`: reads the machine (CPUs, NUMA, NIC queues and IRQs, limits,
+//!   kernel, the spool's disk) and writes a tuning profile and a script of recommended system
+//!   changes.
 #![warn(missing_docs)]
 
 /// A named crash point in a durability protocol. Compiled only with the `failpoints` feature
@@ -46,7 +51,9 @@ pub mod ingest;
 pub mod keys;
 pub mod listen;
 pub mod metrics;
+pub mod notify;
 pub mod queue;
 pub mod shard;
 pub mod spool;
+pub mod tune;
 pub mod upload;

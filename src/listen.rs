@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 
 /// Listen backlog of each shard's socket (what glommio's own `bind` uses).
-const BACKLOG: i32 = 1024;
+pub const BACKLOG: i32 = 1024;
 
 fn tcp_socket(addr: SocketAddr) -> io::Result<Socket> {
     let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

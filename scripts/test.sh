@@ -15,6 +15,19 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Garage (real S3-compatible store for the S3 tests)"
 bash scripts/garage.sh ensure
 
+step "system tools the tests use (curl, mkfs.ext4 and mount for loop disks, prlimit)"
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
+command -v losetup >/dev/null 2>&1 || missing+=(mount)
+if ((${#missing[@]})); then
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -690,16 +690,36 @@ pub fn lines(o: &Object) -> Vec<serde_json::Value> {
 /// Copies of each numbered payload `(c, n)` (see [`numbered_body`]) across every object under
 /// `prefix`, read back by value.
 pub fn copies(g: &Garage, prefix: &str) -> HashMap<(u64, u64), u32> {
+    copies_where(g, prefix, |_| true)
+}
+
+/// As [`copies`], counting only the payloads of clients `c` for which `keep(c)` holds.
+pub fn copies_where(
+    g: &Garage,
+    prefix: &str,
+    keep: impl Fn(u64) -> bool,
+) -> HashMap<(u64, u64), u32> {
     let mut out = HashMap::new();
     for o in fetch(g, prefix) {
         for v in lines(&o) {
             let (Some(c), Some(n)) = (v["c"].as_u64(), v["n"].as_u64()) else {
                 panic!("{}: not a numbered payload: {v}", o.key);
             };
-            *out.entry((c, n)).or_default() += 1;
+            if keep(c) {
+                *out.entry((c, n)).or_default() += 1;
+            }
         }
     }
     out
+}
+
+/// `g.server_env(prefix)` with the store's endpoint replaced by a port nothing listens on:
+/// every upload fails (and is retried), so what is accepted stays queued or spooled.
+pub fn unreachable_store_env(g: &Garage, prefix: &str) -> Vec<(String, String)> {
+    let mut env = g.server_env(prefix);
+    env.retain(|(k, _)| k != "S3_ENDPOINT");
+    env.push(("S3_ENDPOINT".into(), "http://127.0.0.1:9".into()));
+    env
 }
 
 /// Polls `/metrics` until the durable spool and the queues are empty (every spooled request

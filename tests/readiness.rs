@@ -26,7 +26,10 @@ fn readiness_waits_for_the_store_and_comes_back_with_it() {
     // check repeated by the server itself can turn it ready.
     wait_until(60, "a failed sink check reported", || {
         let r = request(s.addr, "GET", "/readyz", &[], b"");
-        r.status == 503 && r.json()["reasons"].to_string().contains("sink check failed")
+        r.status == 503
+            && r.json()["reasons"]
+                .to_string()
+                .contains("sink check failed")
     });
     // No traffic: the server checks again by itself and turns ready when the store is back.
     garage_cmd("start", &g.dir);

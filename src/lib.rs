@@ -16,6 +16,7 @@
 //! - [`listen`]: the start-up probe for a port in use and the shards' listening sockets
 //!   (`SO_REUSEADDR`, so a restart is not held up by the last run's TIME_WAIT connections).
 //! - [`fd_limit`]: the file descriptor limit raised at start, connections fitted to it.
+//! - [`reload`]: SIGHUP: the files re-read while running (tokens, TLS certificate).
 //! - [`shard`]: executors pinned per core, listeners, start-up and graceful shutdown.
 //! - [`notify`]: systemd's readiness protocol (`READY=1` to `NOTIFY_SOCKET`) for
 //!   `Type=notify` units.
@@ -53,6 +54,7 @@ pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod reload;
 pub mod shard;
 pub mod spool;
 pub mod tune;

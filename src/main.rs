@@ -276,9 +276,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let (sig_tx, sig_rx) = flume::unbounded::<i32>();
+    let (hup_tx, hup_rx) = flume::unbounded::<()>();
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -286,10 +288,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Every signal is passed on: the first starts the graceful drain, a second ends it.
+    // SIGHUP reloads (see `reload`). Every other signal is passed on: the first starts the
+    // graceful drain, a second ends it.
     std::thread::spawn(move || {
         for sig in signals.forever() {
-            if sig_tx.send(sig).is_err() {
+            if sig == signal_hook::consts::SIGHUP {
+                let _ = hup_tx.send(());
+            } else if sig_tx.send(sig).is_err() {
                 break;
             }
         }
@@ -312,6 +317,14 @@ fn main() -> ExitCode {
                 server.shards()
             );
             let _ = out.flush();
+            let reloaders = server.reloaders();
+            std::thread::spawn(move || {
+                while hup_rx.recv().is_ok() {
+                    let _ = corepost::notify::notify("RELOADING=1");
+                    reloaders.reload_all();
+                    let _ = corepost::notify::notify("READY=1");
+                }
+            });
             // systemd (Type=notify): started once every listener is bound.
             if let Err(e) = corepost::notify::notify("READY=1") {
                 tracing::warn!(error = %e, "cannot tell systemd the server is ready (NOTIFY_SOCKET)");

@@ -293,3 +293,19 @@ fn overlapping_data_directories_are_refused_before_anything_starts() {
     // Nothing was created: the configuration was refused before any directory was touched.
     assert!(!spill.exists());
 }
+
+/// `systemctl reload` sends SIGHUP: it re-reads what can be reloaded and never stops the
+/// server (SIGHUP's default action would end it at once, without the drain).
+#[test]
+fn sighup_reloads_and_the_server_keeps_serving() {
+    let dir = disk_dir();
+    let root = dir.path().join("out");
+    let server = Server::start(&["--sink", "fs", "--fs-root", s(&root)], &[]);
+    assert_eq!(post(server.addr, br#"{"data":[1]}"#).status, 200);
+    for _ in 0..3 {
+        server.signal("HUP");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(post(server.addr, br#"{"data":[2]}"#).status, 200);
+    }
+    assert!(server.stop(10).success());
+}

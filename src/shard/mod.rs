@@ -140,6 +140,8 @@ pub struct Server {
     /// Set by a second signal: the shards stop waiting for requests in progress.
     hurry: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
+    /// What SIGHUP re-reads.
+    reloaders: crate::reload::Reloaders,
     /// Locks on the data directories, held until the server has stopped (dropped last).
     _locks: Vec<DirLock>,
 }
@@ -329,6 +331,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
         drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
         hurry,
         stopping,
+        reloaders: crate::reload::Reloaders::default(),
         _locks: locks,
     })
 }
@@ -651,6 +654,12 @@ impl Server {
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.shards
+    }
+
+    /// What SIGHUP re-reads (the token list, the TLS certificate): call
+    /// [`reload_all`](crate::reload::Reloaders::reload_all) on a clone from any thread.
+    pub fn reloaders(&self) -> crate::reload::Reloaders {
+        self.reloaders.clone()
     }
 
     /// Stops accepting, lets requests in progress finish, drains every queue to the sink

@@ -83,7 +83,7 @@ pub struct ServerConfig {
     /// connection is closed: a client that pipelines requests and never reads the answers
     /// would otherwise hold its connection slot forever.
     pub write_timeout_ms: u64,
-    /// Largest request head (request line plus headers) accepted.
+    /// Largest request head (request line plus headers) accepted; hyper's minimum is 8192.
     pub max_header_bytes: usize,
     /// On shutdown, requests in progress get this long to finish before their connections are
     /// closed.
@@ -156,7 +156,8 @@ pub struct ShardsConfig {
     pub cpus: Option<Vec<usize>>,
     /// CPU ids for the upload workers, one per shard. Default: the shard's own CPU.
     pub worker_cpus: Option<Vec<usize>>,
-    /// Open connections allowed per shard; further connections are closed at once.
+    /// Open connections allowed per shard; further connections are closed at once. Lowered at
+    /// start to fit `RLIMIT_NOFILE` (whose soft limit is raised to the hard one).
     pub max_connections: usize,
 }
 
@@ -175,7 +176,8 @@ impl Default for ShardsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Payloads queued or uploading per shard before new requests get `503`. `MAX_QUEUE` sets it.
+    /// Payloads queued or uploading per shard before new requests get `503`. Also the most
+    /// payloads one request may hold (more: `413`).
     pub max_payloads: usize,
     /// Request bytes held per shard (queued or uploading) before new requests get `503`: the
     /// shard's memory ceiling for payload data.
@@ -203,7 +205,8 @@ pub struct UploadConfig {
     pub max_attempts: u32,
     /// First retry delay; each retry doubles it (full jitter), up to `backoff_max_ms`.
     pub backoff_base_ms: u64,
-    /// Longest delay between two attempts.
+    /// Longest delay between two attempts. After throttling (`429`, `503`, `SlowDown`) the
+    /// backoff goes two steps further, up to twice this cap, with equal jitter.
     pub backoff_max_ms: u64,
     /// Time limit for one PUT request.
     pub request_timeout_ms: u64,

@@ -72,7 +72,7 @@ pub struct ServerConfig {
     pub ack: Ack,
     /// With `ack = "uploaded"`: how long a request waits for its payloads to be stored before
     /// it is answered `503` (the payloads stay queued and are still delivered; see the
-    /// README on duplicates).
+    /// duplicates in `docs/operations.md`).
     pub ack_timeout_ms: u64,
     /// A client must send its complete request head within this time, or the connection is
     /// closed (slow-loris protection).

@@ -24,6 +24,11 @@ for f in tuning/*.toml; do
     grep -qE " \./usr/share/corepost/tuning/$(basename "$f")\$" <<<"$listing" \
         || fail "$f not packaged"
 done
+# The documentation the packaged configuration points to.
+for f in docs/*.md; do
+    grep -qE " \./usr/share/doc/corepost/$(basename "$f")\$" <<<"$listing" \
+        || fail "$f not packaged"
+done
 grep -qE '^-rwxr-xr-x .* \./usr/bin/corepost$' <<<"$listing" || fail "/usr/bin/corepost is not 0755"
 grep -qE '^-rw------- .* \./etc/corepost/env$' <<<"$listing" || fail "/etc/corepost/env (credentials) is not 0600"
 

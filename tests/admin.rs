@@ -4,25 +4,14 @@
 mod common;
 
 use common::*;
-use std::io::Write;
 
 #[test]
 fn operational_routes_move_to_the_admin_listener() {
-    let out = tempfile::tempdir().unwrap();
-    let mut conf = tempfile::NamedTempFile::new().unwrap();
-    conf.write_all(b"[server]\nadmin_listen = \"127.0.0.1:0\"\n")
-        .unwrap();
-    let s = Server::start(
-        &[
-            "--cores",
-            "2",
-            "--sink",
-            "fs",
-            "--fs-root",
-            out.path().to_str().unwrap(),
-            "--config",
-            conf.path().to_str().unwrap(),
-        ],
+    let (s, _files) = fs_server(
+        2,
+        None,
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\n",
+        &[],
         &[],
     );
     let admin: std::net::SocketAddr = s
@@ -52,16 +41,6 @@ fn operational_routes_move_to_the_admin_listener() {
         "no payloads on the admin listener"
     );
     // Without the setting, the public listener serves them as before.
-    let plain = Server::start(
-        &[
-            "--cores",
-            "1",
-            "--sink",
-            "fs",
-            "--fs-root",
-            out.path().join("b").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (plain, _files) = fs_server(1, None, "", &[], &[]);
     assert_eq!(request(plain.addr, "GET", "/metrics", &[], b"").status, 200);
 }

@@ -85,23 +85,7 @@ fn the_descriptor_limit_is_raised_and_connections_fit_within_it() {
 
 #[test]
 fn a_client_that_never_reads_its_answers_loses_its_connection() {
-    let out = tempfile::tempdir().unwrap();
-    let mut conf = tempfile::NamedTempFile::new().unwrap();
-    conf.write_all(b"[server]\nwrite_timeout_ms = 500\n")
-        .unwrap();
-    let s = Server::start(
-        &[
-            "--cores",
-            "1",
-            "--sink",
-            "fs",
-            "--fs-root",
-            out.path().to_str().unwrap(),
-            "--config",
-            conf.path().to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (s, _files) = fs_server(1, None, "[server]\nwrite_timeout_ms = 500\n", &[], &[]);
     // A small receive buffer, then thousands of pipelined GET /metrics (each answer a few
     // KiB), never read: the server's writes stall.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

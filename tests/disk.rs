@@ -14,21 +14,11 @@ fn fs_sink_objects_survive_a_power_cut_once_their_spool_record_is_released() {
     let disk = LoopFs::new(64, "commit=300");
     let root = disk.mount.join("out");
     let spool = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let mut conf = tempfile::NamedTempFile::new().unwrap();
-    conf.write_all(b"[server]\nack = \"durable\"\n").unwrap();
-    let s = Server::start(
-        &[
-            "--cores",
-            "1",
-            "--sink",
-            "fs",
-            "--fs-root",
-            root.to_str().unwrap(),
-            "--config",
-            conf.path().to_str().unwrap(),
-            "--spool-dir",
-            spool.path().to_str().unwrap(),
-        ],
+    let (s, _files) = fs_server(
+        1,
+        Some(&root),
+        "[server]\nack = \"durable\"\n",
+        &["--spool-dir", spool.path().to_str().unwrap()],
         &[],
     );
     for c in 0..20 {
@@ -71,25 +61,15 @@ fn a_full_disk_gives_503_and_readiness_says_why_and_recovers_when_space_returns(
     let disk = LoopFs::new(48, "rw");
     let m = &disk.mount;
     let (spool, out, spill) = (m.join("spool"), m.join("out"), m.join("spill"));
-    let mut conf = tempfile::NamedTempFile::new().unwrap();
-    conf.write_all(
-        b"[server]\nack = \"durable\"\nmax_body_bytes = 65536\n[spool]\nsegment_bytes = 1048576\nmax_bytes = 67108864\n[upload]\nbackoff_max_ms = 200\n[batch]\nmax_payloads = 100\nmax_age_ms = 50\n",
-    )
-    .unwrap();
-    let s = Server::start(
+    let (s, _files) = fs_server(
+        1,
+        Some(&out),
+        "[server]\nack = \"durable\"\nmax_body_bytes = 65536\n[spool]\nsegment_bytes = 1048576\nmax_bytes = 67108864\n[upload]\nbackoff_max_ms = 200\n[batch]\nmax_payloads = 100\nmax_age_ms = 50\n",
         &[
-            "--cores",
-            "1",
-            "--sink",
-            "fs",
-            "--fs-root",
-            out.to_str().unwrap(),
             "--spool-dir",
             spool.to_str().unwrap(),
             "--spill-dir",
             spill.to_str().unwrap(),
-            "--config",
-            conf.path().to_str().unwrap(),
         ],
         &[],
     );

@@ -36,18 +36,7 @@ fn python_post(addr: std::net::SocketAddr, mib: usize) -> String {
 
 #[test]
 fn a_python_client_writing_an_8_mib_body_reads_the_413() {
-    let out = tempfile::tempdir().unwrap();
-    let s = Server::start(
-        &[
-            "--cores",
-            "1",
-            "--sink",
-            "fs",
-            "--fs-root",
-            out.path().to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (s, _files) = fs_server(1, None, "", &[], &[]);
     // Several times: the reset was a race that the client lost often, not always. 8 MiB is
     // more than loopback socket buffers hold, so the client is still writing when the
     // answer comes (with 2 MiB it often got through on loopback even without the fix).

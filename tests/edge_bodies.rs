@@ -12,23 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 /// A one-shard server with the fs sink under `root`, plus `config` (TOML) when not empty.
-fn start(root: &Path, config: &str) -> (Server, tempfile::NamedTempFile) {
-    let mut conf = tempfile::NamedTempFile::new().unwrap();
-    conf.write_all(config.as_bytes()).unwrap();
-    let s = Server::start(
-        &[
-            "--cores",
-            "1",
-            "--sink",
-            "fs",
-            "--fs-root",
-            root.to_str().unwrap(),
-            "--config",
-            conf.path().to_str().unwrap(),
-        ],
-        &[],
-    );
-    (s, conf)
+fn start(root: &Path, config: &str) -> (Server, FsFiles) {
+    fs_server(1, Some(root), config, &[], &[])
 }
 
 /// Payloads (as the bytes to send) tagged with `tag`, each different, with escapes and

@@ -5,20 +5,8 @@ mod common;
 
 use common::*;
 
-fn start(env: &[(String, String)]) -> (Server, tempfile::TempDir) {
-    let out = tempfile::tempdir().unwrap();
-    let s = Server::start(
-        &[
-            "--cores",
-            "1",
-            "--sink",
-            "fs",
-            "--fs-root",
-            out.path().to_str().unwrap(),
-        ],
-        env,
-    );
-    (s, out)
+fn start(env: &[(String, String)]) -> (Server, FsFiles) {
+    fs_server(1, None, "", &[], env)
 }
 
 #[test]

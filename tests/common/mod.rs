@@ -123,17 +123,7 @@ impl Server {
     /// SIGTERM, then waits for the exit status (at most `secs`).
     pub fn stop(mut self, secs: u64) -> std::process::ExitStatus {
         self.signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "corepost did not exit within {secs} s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(secs)
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -814,6 +804,51 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// What an [`fs_server`] run keeps alive: its configuration file and, unless the test gave
+/// one, its fs root.
+pub struct FsFiles {
+    pub root: PathBuf,
+    _root: Option<tempfile::TempDir>,
+    _conf: tempfile::NamedTempFile,
+}
+
+/// Starts `cores` shards with the fs sink under `root` (a temp dir when `None`), `config`
+/// (TOML text, may be empty) as the configuration file, and `extra` flags.
+pub fn fs_server(
+    cores: usize,
+    root: Option<&Path>,
+    config: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> (Server, FsFiles) {
+    let tmp = root.is_none().then(|| tempfile::tempdir().unwrap());
+    let root = root.map_or_else(
+        || tmp.as_ref().unwrap().path().to_path_buf(),
+        Path::to_path_buf,
+    );
+    let mut conf = tempfile::NamedTempFile::new().unwrap();
+    conf.write_all(config.as_bytes()).unwrap();
+    let cores = cores.to_string();
+    let mut args = vec![
+        "--cores",
+        cores.as_str(),
+        "--sink",
+        "fs",
+        "--fs-root",
+        root.to_str().unwrap(),
+        "--config",
+        conf.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let s = Server::start(&args, env);
+    let files = FsFiles {
+        root,
+        _root: tmp,
+        _conf: conf,
+    };
+    (s, files)
 }
 
 /// A port that was free a moment ago (bound on 127.0.0.1 and released again).

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use super::cpulist;
+pub use super::nic::{irq_names_nic, parse_interrupts, Irq, Nic};
 use super::TuneError;
 use std::collections::BTreeMap;
 use std::io::ErrorKind;
@@ -90,7 +91,11 @@ impl Root {
     }
 
     /// Parses `path`'s contents (trimmed) as a number.
-    fn number<T: std::str::FromStr>(&self, path: &str, text: &str) -> Result<T, TuneError> {
+    pub(super) fn number<T: std::str::FromStr>(
+        &self,
+        path: &str,
+        text: &str,
+    ) -> Result<T, TuneError> {
         text.trim()
             .parse()
             .map_err(|_| self.bad(path, format!("{:?} is not a number", text.trim())))
@@ -119,33 +124,6 @@ pub struct Limit {
     pub soft: Option<u64>,
     /// Hard limit.
     pub hard: Option<u64>,
-}
-
-/// One IRQ line of `/proc/interrupts`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Irq {
-    /// IRQ number (`/proc/irq/N`).
-    pub number: u32,
-    /// The action's name (last column), e.g. `eth0-TxRx-3`.
-    pub name: String,
-}
-
-/// A physical network interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Nic {
-    /// Interface name.
-    pub name: String,
-    /// Driver (from the device's `uevent`), if known.
-    pub driver: Option<String>,
-    /// NUMA node of the device, if known (`-1` in sysfs means none).
-    pub numa_node: Option<usize>,
-    /// Receive queue numbers (`queues/rx-N`).
-    pub rx_queues: Vec<usize>,
-    /// Transmit queue numbers (`queues/tx-N`).
-    pub tx_queues: Vec<usize>,
-    /// The interface's IRQs: `/proc/interrupts` lines naming it (or `*-TxRx-*` ones when it
-    /// is the only NIC), and its device's `msi_irqs`.
-    pub irqs: Vec<Irq>,
 }
 
 /// Where the spool directory lives and how its disk is scheduled.
@@ -246,7 +224,7 @@ pub fn read(root: &Root, spool_dir: &str) -> Result<Machine, TuneError> {
     Ok(Machine {
         affinity: read_affinity(root)?,
         cpuset: read_cpuset(root)?,
-        nics: read_nics(root)?,
+        nics: super::nic::read_nics(root)?,
         clocksource: read_clocksource(root)?,
         thp: read_thp(root)?,
         spool: super::disk::read(root, spool_dir)?,
@@ -565,128 +543,6 @@ fn read_thp(root: &Root) -> Result<Option<String>, TuneError> {
             .map(Some)
             .ok_or_else(|| root.bad(path, format!("{:?} marks no mode with [ ]", t.trim()))),
     }
-}
-
-/// Parses `/proc/interrupts`: the numbered lines and their names (the last column).
-pub fn parse_interrupts(text: &str) -> Result<Vec<Irq>, String> {
-    let mut lines = text.lines();
-    let header = lines.next().ok_or("empty")?;
-    let ncpu = header
-        .split_whitespace()
-        .filter(|w| w.starts_with("CPU"))
-        .count();
-    if ncpu == 0 {
-        return Err(format!("first line {header:?} names no CPU column"));
-    }
-    let mut irqs = Vec::new();
-    for line in lines {
-        let mut f = line.split_whitespace();
-        let Some(first) = f.next() else { continue };
-        let Some(num) = first.strip_suffix(':') else {
-            return Err(format!("{line:?} does not start with `IRQ:`"));
-        };
-        // NMI, LOC and other per-CPU counters have names, not numbers.
-        let Ok(number) = num.parse::<u32>() else {
-            continue;
-        };
-        let rest: Vec<&str> = f.collect();
-        if rest.len() < ncpu {
-            return Err(format!("{line:?} has fewer than {ncpu} CPU columns"));
-        }
-        if rest[..ncpu].iter().any(|c| c.parse::<u64>().is_err()) {
-            return Err(format!("{line:?}: a CPU column is not a count"));
-        }
-        // Chip, hardware IRQ, then the actions' names (`name1, name2` when shared).
-        let name = rest[ncpu..]
-            .last()
-            .map(|s| s.trim_end_matches(','))
-            .unwrap_or("");
-        irqs.push(Irq {
-            number,
-            name: name.to_string(),
-        });
-    }
-    Ok(irqs)
-}
-
-/// Whether IRQ name `irq` names interface `nic`: `eth0`, `eth0-TxRx-3`, `i40e-eth0-TxRx-0`,
-/// but not `eth01`.
-pub fn irq_names_nic(irq: &str, nic: &str) -> bool {
-    irq.match_indices(nic).any(|(i, _)| {
-        let before = irq[..i].chars().next_back();
-        let after = irq[i + nic.len()..].chars().next();
-        let edge = |c: Option<char>| c.is_none_or(|c| !c.is_ascii_alphanumeric());
-        edge(before) && edge(after)
-    })
-}
-
-fn read_nics(root: &Root) -> Result<Vec<Nic>, TuneError> {
-    let irqs = match root.read_opt("/proc/interrupts")? {
-        Some(t) => parse_interrupts(&t).map_err(|e| root.bad("/proc/interrupts", e))?,
-        None => Vec::new(),
-    };
-    let mut nics = Vec::new();
-    for name in root.list("/sys/class/net")? {
-        let dir = format!("/sys/class/net/{name}");
-        // Virtual interfaces (lo, bridges, veth, ifb) have no device.
-        if !root.exists(&format!("{dir}/device")) {
-            continue;
-        }
-        let driver = root
-            .read_opt(&format!("{dir}/device/uevent"))?
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("DRIVER=").map(String::from))
-            });
-        let numa_path = format!("{dir}/device/numa_node");
-        let numa_node = match root.read_opt(&numa_path)? {
-            Some(t) => {
-                let n: i64 = root.number(&numa_path, &t)?;
-                usize::try_from(n).ok()
-            }
-            None => None,
-        };
-        let (mut rx_queues, mut tx_queues) = (Vec::new(), Vec::new());
-        for q in root.list(&format!("{dir}/queues"))? {
-            if let Some(n) = q.strip_prefix("rx-").and_then(|n| n.parse().ok()) {
-                rx_queues.push(n);
-            } else if let Some(n) = q.strip_prefix("tx-").and_then(|n| n.parse().ok()) {
-                tx_queues.push(n);
-            }
-        }
-        rx_queues.sort_unstable();
-        tx_queues.sort_unstable();
-        let msi: Vec<u32> = root
-            .list(&format!("{dir}/device/msi_irqs"))?
-            .iter()
-            .filter_map(|n| n.parse().ok())
-            .collect();
-        let nic_irqs = irqs
-            .iter()
-            .filter(|i| irq_names_nic(&i.name, &name) || msi.contains(&i.number))
-            .cloned()
-            .collect();
-        nics.push(Nic {
-            name,
-            driver,
-            numa_node,
-            rx_queues,
-            tx_queues,
-            irqs: nic_irqs,
-        });
-    }
-    // `*-TxRx-*` lines that name no interface belong to the NIC when there is only one.
-    if nics.len() == 1 {
-        let taken: Vec<u32> = nics[0].irqs.iter().map(|i| i.number).collect();
-        let more: Vec<Irq> = irqs
-            .iter()
-            .filter(|i| i.name.contains("-TxRx-") && !taken.contains(&i.number))
-            .cloned()
-            .collect();
-        nics[0].irqs.extend(more);
-        nics[0].irqs.sort_by_key(|i| i.number);
-    }
-    Ok(nics)
 }
 
 #[cfg(test)]

@@ -15,8 +15,11 @@ pub mod cpulist;
 pub mod disk;
 pub mod kernel;
 pub mod machine;
+pub mod nic;
 pub mod plan;
 pub mod render;
+pub mod sizing;
+pub mod steering;
 
 use crate::config::{resolve_placement, Config, Cores};
 use std::path::Path;

@@ -3,9 +3,16 @@
 //! `machine` read, so each rule is tested on its own.
 #![forbid(unsafe_code)]
 
-use super::kernel;
-use super::machine::{Cpu, Irq, Machine};
+use super::machine::{Cpu, Machine};
+use super::sizing;
+use super::steering;
 use crate::config::Config;
+
+pub use super::sizing::{
+    fit_io_memory, queue_bytes, ring_bytes, ring_depth, wanted_connections, GLOMMIO_MIN_MEMLOCK,
+    RINGS_PER_SHARD,
+};
+pub use super::steering::{IrqMove, QueueCpus, RPS_SOCK_FLOW_ENTRIES};
 use std::collections::BTreeMap;
 
 /// Where the upload workers run.
@@ -219,117 +226,6 @@ pub fn place(
     }
 }
 
-/// Connections per shard wanted before the descriptor limit: a dedicated machine (its NIC's
-/// IRQs are ours to place) takes more.
-pub fn wanted_connections(dedicated: bool) -> usize {
-    if dedicated {
-        50_000
-    } else {
-        10_000
-    }
-}
-
-/// Ring depth for `max_connections` per shard: one entry per 64 connections, a power of two
-/// between 128 and 2048 (10,000 connections → 256, 50,000 → 1024, as the shipped profiles).
-pub fn ring_depth(max_connections: usize) -> usize {
-    (max_connections / 64).next_power_of_two().clamp(128, 2048)
-}
-
-/// Bytes one io_uring of `depth` entries locks on kernels before 5.12: the rings (CQ twice
-/// the SQ) and the submission entries, each rounded up to pages.
-pub fn ring_bytes(depth: usize) -> u64 {
-    let page = |b: usize| b.div_ceil(4096) as u64 * 4096;
-    page(192 + depth * 4 + 2 * depth * 16) + page(depth * 64)
-}
-
-/// glommio registers each executor's io memory with its three rings (main, latency, poll);
-/// each registration is charged to `RLIMIT_MEMLOCK`.
-pub const RINGS_PER_SHARD: u64 = 3;
-
-/// glommio refuses to start an executor when `RLIMIT_MEMLOCK` is below this.
-pub const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
-
-/// `(io_memory_kib, note, warning)`: the io memory per shard that fits `memlock` (soft limit
-/// in bytes, `None` unlimited) for `shards` shards with rings of `depth` (counted when
-/// `rings_locked`).
-pub fn fit_io_memory(
-    wanted_kib: usize,
-    memlock: Option<u64>,
-    shards: usize,
-    depth: usize,
-    rings_locked: bool,
-) -> (usize, String, Option<String>) {
-    let Some(limit) = memlock else {
-        return (
-            wanted_kib,
-            format!("unlimited: {wanted_kib} KiB per shard"),
-            None,
-        );
-    };
-    let shards = shards.max(1) as u64;
-    let rings = if rings_locked {
-        RINGS_PER_SHARD * ring_bytes(depth)
-    } else {
-        0
-    };
-    // 64 KiB kept for anything else the process locks.
-    let avail = limit.saturating_sub(64 * 1024 + shards * rings);
-    let per_kib = (avail / shards / RINGS_PER_SHARD / 1024) as usize / 4 * 4;
-    let kib = wanted_kib.min(per_kib).max(64);
-    let note = format!(
-        "{limit} bytes: {shards} shards × {RINGS_PER_SHARD} rings × {kib} KiB{} {} (64 KiB kept free)",
-        if rings_locked {
-            format!(" + the rings' own {rings} bytes per shard (kernel before 5.12)")
-        } else {
-            String::new()
-        },
-        if per_kib < 64 { "do NOT fit" } else { "fit" }
-    );
-    let warning = if limit < GLOMMIO_MIN_MEMLOCK {
-        Some(format!("RLIMIT_MEMLOCK is {limit} bytes: glommio refuses to start below {GLOMMIO_MIN_MEMLOCK}; raise it (LimitMEMLOCK=infinity in the unit)"))
-    } else if per_kib < 64 {
-        Some(format!("RLIMIT_MEMLOCK ({limit} bytes) cannot hold even 64 KiB of io memory per shard: registering it will fail and glommio falls back to unregistered buffers (slower spool I/O); raise it (LimitMEMLOCK=infinity)"))
-    } else {
-        None
-    };
-    (kib, note, warning)
-}
-
-/// Queue bytes per shard: a quarter of the memory (the cgroup's limit when lower) shared by
-/// the shards, between 16 and 128 MiB, in whole MiB, never below `floor` (the largest body or
-/// batch the configuration allows).
-pub fn queue_bytes(memory: Option<u64>, shards: usize, floor: usize) -> usize {
-    const MIB: u64 = 1 << 20;
-    let floor = (floor as u64).div_ceil(MIB) * MIB;
-    let per = match memory {
-        Some(m) => (m / 4 / shards.max(1) as u64).clamp(16 * MIB, 128 * MIB) / MIB * MIB,
-        None => 64 * MIB,
-    };
-    per.max(floor) as usize
-}
-
-/// One IRQ's new home.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IrqMove {
-    /// Interface.
-    pub nic: String,
-    /// The IRQ.
-    pub irq: Irq,
-    /// CPU it is pinned to.
-    pub cpu: usize,
-}
-
-/// Receive or transmit steering of one queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueCpus {
-    /// Interface.
-    pub nic: String,
-    /// Queue number.
-    pub queue: usize,
-    /// CPUs.
-    pub cpus: Vec<usize>,
-}
-
 /// Everything decided.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -383,9 +279,6 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-/// Global RFS table size recommended with RPS.
-pub const RPS_SOCK_FLOW_ENTRIES: usize = 32768;
-
 /// Decides everything for `m`, with the settings of `cfg` that bound the choices (body and
 /// batch sizes, concurrent uploads).
 pub fn plan(m: &Machine, cfg: &Config, opt: &Options) -> Result<Plan, String> {
@@ -414,139 +307,15 @@ pub fn plan(m: &Machine, cfg: &Config, opt: &Options) -> Result<Plan, String> {
         return Err("no CPU left for the shards".into());
     }
     let shards = shard_cpus.len();
-
     let max_in_flight = cfg.upload.max_in_flight;
-    let wanted = wanted_connections(dedicated);
-    let (max_connections, connections_note) = {
-        let read = m.nofile.and_then(|l| l.hard.or(l.soft));
-        match opt.nofile.or(read) {
-            Some(limit) => {
-                let n = crate::fd_limit::budget(limit, shards, wanted, max_in_flight);
-                let source = if opt.nofile.is_some() { "--nofile" } else { "hard limit read; corepost raises the soft limit to it at start" };
-                (
-                    n,
-                    format!(
-                        "RLIMIT_NOFILE {limit} ({source}): {wanted} wanted per shard, {n} fit beside the reserve for {shards} shards (spool, sink, {max_in_flight} store connections each)"
-                    ),
-                )
-            }
-            None => (
-                wanted,
-                format!("RLIMIT_NOFILE not read: {wanted} per shard; corepost lowers it at start if the limit is smaller"),
-            ),
-        }
-    };
+    let (max_connections, connections_note) =
+        sizing::connections(m, opt.nofile, shards, dedicated, max_in_flight);
     let ring_depth = ring_depth(max_connections);
-    let rings_locked = m
-        .kernel_version
-        .is_none_or(|v| v < kernel::RINGS_UNLOCKED_FROM);
-    let memlock = match opt.memlock {
-        Some(l) => Some(l),
-        None => m.memlock.map(|l| l.soft),
-    };
-    let wanted_io = if dedicated { 16 * 1024 } else { 10 * 1024 };
-    let (io_memory_kib, memlock_note) = match memlock {
-        Some(limit) => {
-            let (kib, note, warn) =
-                fit_io_memory(wanted_io, limit, shards, ring_depth, rings_locked);
-            warnings.extend(warn);
-            let source = if opt.memlock.is_some() {
-                " (--memlock)"
-            } else {
-                ""
-            };
-            (kib, format!("RLIMIT_MEMLOCK{source} {note}"))
-        }
-        None => (
-            wanted_io,
-            format!("RLIMIT_MEMLOCK not read: {wanted_io} KiB per shard"),
-        ),
-    };
-    if let Some(v) = m.kernel_version {
-        if v < kernel::GLOMMIO_MIN {
-            warnings.push(format!(
-                "kernel {}.{} is older than {}.{}, the oldest glommio runs on",
-                v.0,
-                v.1,
-                kernel::GLOMMIO_MIN.0,
-                kernel::GLOMMIO_MIN.1
-            ));
-        }
-    }
-
-    let memory = match (m.mem_total, &m.cgroup_memory) {
-        (Some(t), Some((_, c))) => Some(t.min(*c)),
-        (t, c) => t.or(c.as_ref().map(|(_, c)| *c)),
-    };
-    let floor = cfg.server.max_body_bytes.max(cfg.batch.max_bytes);
-    let queue_max_bytes = queue_bytes(memory, shards, floor);
-    let queue_note = match memory {
-        Some(mem) => {
-            let source = match &m.cgroup_memory {
-                Some((file, c)) if *c == mem => format!(" (the cgroup's limit, {file})"),
-                _ => " (MemTotal)".into(),
-            };
-            if (queue_max_bytes as u64) * shards as u64 > mem / 2 {
-                warnings.push(format!("the shards' queues may hold {} MiB, more than half of the memory ({} MiB): lower queue.max_bytes or run fewer shards", (queue_max_bytes as u64 * shards as u64) >> 20, mem >> 20));
-            }
-            format!(
-                "memory {} MiB{source}: a quarter of it over {shards} shards, 16 to 128 MiB each, at least the largest body or batch ({floor} bytes): {} MiB per shard",
-                mem >> 20,
-                queue_max_bytes >> 20
-            )
-        }
-        None => format!("memory not read: {} MiB per shard", queue_max_bytes >> 20),
-    };
+    let (io_memory_kib, memlock_note) =
+        sizing::io_memory(m, opt.memlock, shards, ring_depth, dedicated, &mut warnings);
+    let (queue_max_bytes, queue_note) = sizing::queue(m, cfg, shards, &mut warnings);
     let spin_before_park_us = if dedicated && shards >= 8 { 50 } else { 0 };
-
-    let mut irq_moves = Vec::new();
-    let (mut rps, mut rps_flow_cnt, mut xps) = (Vec::new(), Vec::new(), Vec::new());
-    for nic in m.nics.iter().filter(|n| !n.irqs.is_empty()) {
-        // The NIC's own node first, then the rest, each in CPU order.
-        let mut order: Vec<usize> = irq_cpus.clone();
-        order.sort_by_key(|c| {
-            let node = m.cpus.iter().find(|x| x.id == *c).map(|x| x.node);
-            (node != nic.numa_node, *c)
-        });
-        for (i, irq) in nic.irqs.iter().enumerate() {
-            irq_moves.push(IrqMove {
-                nic: nic.name.clone(),
-                irq: irq.clone(),
-                cpu: order[i % order.len()],
-            });
-        }
-        if !irq_shared {
-            for &q in &nic.rx_queues {
-                rps.push(QueueCpus {
-                    nic: nic.name.clone(),
-                    queue: q,
-                    cpus: shard_cpus.clone(),
-                });
-                rps_flow_cnt.push((
-                    nic.name.clone(),
-                    q,
-                    RPS_SOCK_FLOW_ENTRIES / nic.rx_queues.len().max(1),
-                ));
-            }
-        }
-        if nic.tx_queues.len() > 1 {
-            for (i, &q) in nic.tx_queues.iter().enumerate() {
-                let cpus: Vec<usize> = shard_cpus
-                    .iter()
-                    .enumerate()
-                    .filter(|(k, _)| k % nic.tx_queues.len() == i)
-                    .map(|(_, c)| *c)
-                    .collect();
-                if !cpus.is_empty() {
-                    xps.push(QueueCpus {
-                        nic: nic.name.clone(),
-                        queue: q,
-                        cpus,
-                    });
-                }
-            }
-        }
-    }
+    let steering = steering::steer(m, &irq_cpus, irq_shared, &shard_cpus);
     Ok(Plan {
         allowed,
         cores,
@@ -567,10 +336,10 @@ pub fn plan(m: &Machine, cfg: &Config, opt: &Options) -> Result<Plan, String> {
         queue_note,
         queue_max_payloads: cfg.queue.max_payloads,
         max_in_flight,
-        irq_moves,
-        rps,
-        rps_flow_cnt,
-        xps,
+        irq_moves: steering.irq_moves,
+        rps: steering.rps,
+        rps_flow_cnt: steering.rps_flow_cnt,
+        xps: steering.xps,
         warnings,
     })
 }

@@ -9,10 +9,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-fn prefix(name: &str) -> String {
-    format!("batch-{name}-{}", std::process::id())
-}
-
 /// A config file for the server (kept alive by the caller).
 fn conf(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -84,7 +80,7 @@ fn every_payload_once_in_arrival_order_with_the_configured_object_count() {
     // Objects still open are closed by the shutdown (max_age is ten minutes).
     assert!(s.stop(60).success());
 
-    let objects = fetch(g, &p);
+    let objects = g.objects(&p);
     let expected: u64 = per_shard.iter().map(|n| n.div_ceil(100)).sum();
     assert_eq!(
         objects.len() as u64,
@@ -132,7 +128,7 @@ fn a_quiet_batch_is_closed_by_max_age_and_by_shutdown() {
         t0.elapsed() >= Duration::from_millis(500),
         "not closed before max_age"
     );
-    let objects = fetch(g, &p);
+    let objects = g.objects(&p);
     assert_eq!(objects.len(), 1);
     assert_eq!(lines(&objects[0]), payloads_of(BODY10));
     assert!(s.stop(30).success());
@@ -148,7 +144,7 @@ fn a_quiet_batch_is_closed_by_max_age_and_by_shutdown() {
         "nothing closes the batch before shutdown"
     );
     assert!(s.stop(30).success());
-    let objects = fetch(g, &p);
+    let objects = g.objects(&p);
     assert_eq!(objects.len(), 1);
     assert_eq!(lines(&objects[0]), payloads_of(BODY10));
 }
@@ -171,7 +167,7 @@ fn gzip_and_zstd_objects_decompress_to_the_ndjson_sent() {
         let s = start(g, &p, &c);
         assert_eq!(post(s.addr, body.as_bytes()).status, 200);
         wait_until(20, "object stored", || !g.keys(&p).is_empty());
-        let objects = fetch(g, &p);
+        let objects = g.objects(&p);
         assert_eq!(objects.len(), 1);
         let o = &objects[0];
         assert!(o.key.ends_with(suffix), "{}", o.key);
@@ -207,7 +203,7 @@ fn large_objects_use_multipart_upload() {
     assert_eq!(m.sum("corepost_objects_uploaded_total"), 1);
     // 11 MB in 5 MiB parts: start, three parts, complete.
     assert_eq!(m.sum("corepost_put_requests_total"), 5);
-    let objects = fetch(g, &p);
+    let objects = g.objects(&p);
     assert_eq!(objects.len(), 1);
     assert_eq!(objects[0].data.len(), sent.len());
     assert!(
@@ -230,7 +226,7 @@ fn ack_uploaded_answers_once_the_payloads_are_readable() {
         let resp = post(s.addr, &body);
         assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
         // Right after the 200: every payload of the request is in the bucket.
-        let stored: Vec<serde_json::Value> = fetch(g, &p).iter().flat_map(lines).collect();
+        let stored: Vec<serde_json::Value> = g.objects(&p).iter().flat_map(lines).collect();
         for v in payloads_of(&body) {
             assert!(stored.contains(&v), "payload {v} not readable after 200");
         }

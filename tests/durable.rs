@@ -14,10 +14,6 @@ use std::time::Duration;
 
 static TURN: Mutex<()> = Mutex::new(());
 
-fn prefix(name: &str) -> String {
-    format!("durable-{name}-{}", std::process::id())
-}
-
 /// A spool directory on the disk the build is on (direct I/O does not work on tmpfs).
 fn spool_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()

@@ -7,10 +7,6 @@ use common::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-fn prefix(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
-}
-
 #[test]
 fn s3_round_trip_keeps_values_and_content_type() {
     let g = garage();
@@ -27,7 +23,8 @@ fn s3_round_trip_keeps_values_and_content_type() {
     let objects = g.objects(&p);
     assert_eq!(objects.len(), 13);
     let mut stored: Vec<String> = Vec::new();
-    for (key, ct, bytes) in &objects {
+    for o in &objects {
+        let (key, ct, bytes) = (&o.key, &o.content_type, &o.data);
         assert_eq!(ct.as_deref(), Some("application/json"), "{key}");
         assert!(
             key.starts_with(&format!("{p}/")) && key.ends_with(".json"),
@@ -44,7 +41,7 @@ fn s3_round_trip_keeps_values_and_content_type() {
     stored.sort();
     sent.sort();
     assert_eq!(stored, sent);
-    let raw: Vec<u8> = objects.iter().flat_map(|o| o.2.clone()).collect();
+    let raw: Vec<u8> = objects.iter().flat_map(|o| o.data.clone()).collect();
     let raw = String::from_utf8(raw).unwrap();
     assert!(
         raw.contains("18446744073709551615"),
@@ -100,7 +97,7 @@ fn thousand_concurrent_posts_give_ten_thousand_objects() {
         served("1")
     );
 
-    let objects = as_objects(g.objects(&p));
+    let objects = g.objects(&p);
     assert_eq!(objects.len(), 10_000, "exactly 10,000 objects");
     let keys: HashSet<&String> = objects.iter().map(|o| &o.key).collect();
     assert_eq!(keys.len(), 10_000, "distinct keys");
@@ -170,7 +167,7 @@ fn sigterm_during_load_loses_nothing() {
     // directory for the next start, never in both. A payload queued just as its connection
     // was cut may be stored without its client seeing the 200, but only once; one answered
     // 503 (shutting down) was never queued and is not stored.
-    let mut objects = as_objects(g.objects(&p));
+    let mut objects = g.objects(&p);
     let in_bucket = objects.len();
     let spilled = spilled_objects(&s.spill);
     let spilled_keys: HashSet<&String> = spilled.iter().map(|o| &o.key).collect();

@@ -11,10 +11,6 @@ use std::time::Duration;
 
 static TURN: Mutex<()> = Mutex::new(());
 
-fn prefix(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
-}
-
 #[test]
 fn garage_outage_during_load_loses_nothing() {
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
@@ -52,7 +48,7 @@ fn garage_outage_during_load_loses_nothing() {
     });
     // Every payload answered 200 is in the bucket exactly once, by value (a retried object
     // keeps its key); none answered 503 is.
-    let objects = as_objects(g.objects(&p));
+    let objects = g.objects(&p);
     check_numbered(&numbered_copies(&objects), &count, true);
     assert_eq!(objects.len() as u64, ok, "{}", count.summary());
     eprintln!("outage: {}", count.summary());
@@ -108,7 +104,7 @@ fn drain_deadline_spills_and_next_start_delivers() {
         spilled_count(spill.path()) == 0
     });
     assert!(s2.stop(30).success());
-    let objects = as_objects(g.objects(&p));
+    let objects = g.objects(&p);
     // A spilled object is uploaded under its original key, as it was spilled.
     let stored: HashMap<&str, &[u8]> = objects
         .iter()
@@ -214,7 +210,7 @@ fn ack_uploaded_gives_503_while_the_store_is_down_and_duplicates_stay_bounded() 
     assert!(timeouts > 0, "the outage gave 503s");
     s.wait_drained(Duration::from_secs(120));
     let mut copies: HashMap<(u64, u64), u32> = HashMap::new();
-    for o in fetch(g, &p) {
+    for o in g.objects(&p) {
         for v in lines(&o) {
             *copies
                 .entry((v["c"].as_u64().unwrap(), v["n"].as_u64().unwrap()))

@@ -9,10 +9,6 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-fn prefix(name: &str) -> String {
-    format!("spill-{name}-{}", std::process::id())
-}
-
 fn put_file(path: &Path, data: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, data).unwrap();
@@ -48,7 +44,7 @@ fn replay_uploads_only_corepost_spill_files_and_leaves_the_rest() {
         "only the spill file was uploaded"
     );
     let objects = g.objects(&p);
-    assert_eq!(objects[0].2, br#"{"spilled":1}"#);
+    assert_eq!(objects[0].data, br#"{"spilled":1}"#);
     assert!(
         foreign.exists(),
         "a file corepost did not write is left alone"

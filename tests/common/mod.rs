@@ -438,8 +438,8 @@ impl Garage {
         })
     }
 
-    /// Every object under `prefix`: key, content type, bytes (fetched 32 at a time).
-    pub fn objects(&self, prefix: &str) -> Vec<(String, Option<String>, Vec<u8>)> {
+    /// Every object under `prefix`, sorted by key (fetched 32 at a time).
+    pub fn objects(&self, prefix: &str) -> Vec<Object> {
         let keys = self.keys(prefix);
         let bucket = self.bucket();
         self.run(async move {
@@ -451,15 +451,20 @@ impl Garage {
                     let _p = sem.acquire().await.unwrap();
                     let r = b.get_object(&key).await.expect("get");
                     assert_eq!(r.status_code(), 200, "GET {key}");
-                    let ct = r.headers().get("content-type").cloned();
-                    (key, ct, r.bytes().to_vec())
+                    let h = r.headers();
+                    Object {
+                        content_type: h.get("content-type").cloned(),
+                        content_encoding: h.get("content-encoding").cloned(),
+                        data: r.bytes().to_vec(),
+                        key,
+                    }
                 });
             }
             let mut out = Vec::new();
             while let Some(r) = set.join_next().await {
                 out.push(r.unwrap());
             }
-            out.sort();
+            out.sort_by(|a, b| a.key.cmp(&b.key));
             out
         })
     }
@@ -618,32 +623,12 @@ pub fn numbered_body(c: usize, first: usize, count: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// An object read back: key, headers of interest, bytes as stored.
+/// An object read back ([`Garage::objects`]): key, headers of interest, bytes as stored.
 pub struct Object {
     pub key: String,
     pub content_type: Option<String>,
     pub content_encoding: Option<String>,
     pub data: Vec<u8>,
-}
-
-pub fn fetch(g: &Garage, prefix: &str) -> Vec<Object> {
-    let keys = g.keys(prefix);
-    let bucket = g.bucket();
-    g.run(async move {
-        let mut out = Vec::new();
-        for key in keys {
-            let r = bucket.get_object(&key).await.expect("get");
-            assert_eq!(r.status_code(), 200, "GET {key}");
-            let h = r.headers();
-            out.push(Object {
-                content_type: h.get("content-type").cloned(),
-                content_encoding: h.get("content-encoding").cloned(),
-                data: r.bytes().to_vec(),
-                key,
-            });
-        }
-        out
-    })
 }
 
 /// The object's NDJSON text, decompressed according to its key.
@@ -690,7 +675,7 @@ pub fn copies_where(
     keep: impl Fn(u64) -> bool,
 ) -> HashMap<(u64, u64), u32> {
     let mut out = HashMap::new();
-    for o in fetch(g, prefix) {
+    for o in g.objects(prefix) {
         for v in lines(&o) {
             let (Some(c), Some(n)) = (v["c"].as_u64(), v["n"].as_u64()) else {
                 panic!("{}: not a numbered payload: {v}", o.key);
@@ -849,6 +834,11 @@ pub fn fs_server(
         _conf: conf,
     };
     (s, files)
+}
+
+/// A key prefix of its own for test `name` in this run (the pid tells runs apart).
+pub fn prefix(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
 }
 
 /// A port that was free a moment ago (bound on 127.0.0.1 and released again).
@@ -1012,19 +1002,6 @@ pub fn spilled_objects(root: &Path) -> Vec<Object> {
             content_type: None,
             content_encoding: None,
             data: std::fs::read(&f).unwrap(),
-        })
-        .collect()
-}
-
-/// Objects as [`Garage::objects`] returns them (key, content type, bytes).
-pub fn as_objects(objects: Vec<(String, Option<String>, Vec<u8>)>) -> Vec<Object> {
-    objects
-        .into_iter()
-        .map(|(key, content_type, data)| Object {
-            key,
-            content_type,
-            content_encoding: None,
-            data,
         })
         .collect()
 }

@@ -72,6 +72,7 @@ impl Server {
             "S3_BUCKET",
             "S3_PREFIX",
             "S3_REGION",
+            "COREPOST_MAX_CONNECTION_AGE_MS",
         ] {
             cmd.env_remove(k);
         }

@@ -244,16 +244,7 @@ fn two_instances_behind_nginx_store_every_payload_once_under_their_own_names() {
     wait_until(60, "3,000 payloads accepted through nginx", || {
         accepted(&a) + accepted(&b) >= 3_000
     });
-    let count = load.stop();
-    let (ma, mb) = (
-        a.wait_drained(Duration::from_secs(60)),
-        b.wait_drained(Duration::from_secs(60)),
-    );
-    assert!(
-        count.refused.is_empty() && count.unanswered.is_empty(),
-        "every request through nginx is answered 200 in steady state: {}",
-        count.summary()
-    );
+    let (count, ma, mb) = stop_expecting_only_200s(load, &a, &b, "in steady state");
     let by = stored_by_instance(&prefix, &count);
     let (took_a, took_b) = (
         ma.sum("corepost_payloads_accepted_total"),
@@ -274,7 +265,29 @@ fn two_instances_behind_nginx_store_every_payload_once_under_their_own_names() {
     assert!(b.stop(30).success());
 }
 
-/// Sends `head` of a POST of `body` and its first half, then the second half after `pause`.
+/// Stops the load, waits until both instances have drained their queues, and checks that
+/// every request the clients sent through nginx was answered 200 (`when` says in which
+/// situation, for the message). Returns the load's count and both instances' metrics.
+fn stop_expecting_only_200s(
+    load: NumberedLoad,
+    a: &Server,
+    b: &Server,
+    when: &str,
+) -> (NumberedCount, Metrics, Metrics) {
+    let count = load.stop();
+    let (ma, mb) = (
+        a.wait_drained(Duration::from_secs(60)),
+        b.wait_drained(Duration::from_secs(60)),
+    );
+    assert!(
+        count.refused.is_empty() && count.unanswered.is_empty(),
+        "every request through nginx is answered 200 {when}: {}",
+        count.summary()
+    );
+    (count, ma, mb)
+}
+
+/// Sends a POST of `body` up to the middle of the body, then the rest after `pause`.
 fn slow_post(w: &mut std::net::TcpStream, body: &[u8], pause: Duration) {
     let req = raw_request("POST", "/v1/payloads", &[], body);
     let half = req.len() - body.len() / 2;
@@ -355,18 +368,9 @@ fn aged_connections_are_closed_without_an_error_at_nginx_and_both_instances_keep
         "1,000 payloads accepted by alpha, for at least 1 s",
         || accepted(&a) >= 1_000 && started.elapsed() >= Duration::from_secs(1),
     );
-    let count = load.stop();
-    let (ma, _) = (
-        a.wait_drained(Duration::from_secs(60)),
-        b.wait_drained(Duration::from_secs(60)),
-    );
     // nginx does not cache a connection whose answer said `Connection: close`, so the closes
     // cost no request: the client saw 200 every time.
-    assert!(
-        count.refused.is_empty() && count.unanswered.is_empty(),
-        "no errors at the balancer while connections age: {}",
-        count.summary()
-    );
+    let (count, ma, _) = stop_expecting_only_200s(load, &a, &b, "while connections age");
     let log = lb.log();
     let (ua, ub) = (a.addr.to_string(), b.addr.to_string());
     let closes = |u: &str| {
@@ -436,14 +440,9 @@ fn rolling_restart(name: &str, retry_posts: bool) -> (NumberedCount, usize) {
     b.wait_drained(Duration::from_secs(60));
     let retried = lb.log().iter().filter(|l| l.tries > 1).count();
 
-    let mut by_status: HashMap<u16, usize> = HashMap::new();
-    for s in count.refused.values() {
-        *by_status.entry(*s).or_default() += 1;
-    }
     eprintln!(
-        "rolling restart through nginx ({name}): {} payloads answered 200; non-200 answers (payloads, 10 per request): {by_status:?}; unanswered: {}; requests nginx retried on the other instance: {retried}; alpha drained and exited in {drained_in:?}",
-        count.ok.len(),
-        count.unanswered.len()
+        "rolling restart through nginx ({name}): {} (10 per request); requests nginx retried on the other instance: {retried}; alpha drained and exited in {drained_in:?}",
+        count.summary()
     );
     // A gateway error from nginx (502 when an instance closed an idle cached connection just
     // as nginx sent a POST on it) leaves the outcome unknown to the client, like a cut

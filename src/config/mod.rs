@@ -88,8 +88,9 @@ pub struct ServerConfig {
     /// On shutdown, requests in progress get this long to finish before their connections are
     /// closed.
     pub shutdown_grace_ms: u64,
-    /// Once a connection is this old, the answer to its next request carries
-    /// `Connection: close` and the connection is closed after it, so that a load balancer
+    /// Once a connection is this old, the answer to its next accepted request (2xx; a refusal
+    /// may leave part of its body unread) carries `Connection: close` and the connection is
+    /// closed after it, so that a load balancer
     /// gets to place the client's next connection again (after a restart or a scale-out,
     /// long-lived keep-alive connections would otherwise stay on the machines they started
     /// on). A request in progress is never cut; an idle connection is not closed for its age

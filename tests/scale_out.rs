@@ -4,7 +4,8 @@
 //! accepted its payloads, and both instances take traffic; `server.max_connection_age_ms`
 //! closes aged connections after an answer (never during a request) without a single error
 //! at the balancer; a rolling restart (SIGTERM, drain, start again on the same port) under
-//! load loses and duplicates nothing answered 200.
+//! load loses and duplicates nothing answered 200; behind a TCP (L4) balancer, aged
+//! connections spread to an instance that joins later.
 //!
 //! nginx is Debian's (`nginx-light`; `scripts/test.sh` installs it when missing), run in the
 //! foreground from a temp dir with ports the test picked.
@@ -173,39 +174,64 @@ struct LogLine {
     status: u16,
 }
 
-/// One corepost instance's configuration: its own `keys.instance`, the S3 sink with small
-/// NDJSON objects (few objects to read back), and `extra` TOML for `[server]`.
-fn instance_conf(name: &str, extra_server: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        f,
-        "[server]\n{extra_server}\n[keys]\ninstance = \"{name}\"\n[batch]\nmax_payloads = 100\nmax_age_ms = 200\n"
-    )
-    .unwrap();
-    f
+/// Two instances, `alpha` and `beta`, as a test sets them up: each with its own
+/// `keys.instance`, configuration file, fixed address and spill directory (kept across a
+/// restart), both with the S3 sink into Garage under one `prefix`, one shard, and small
+/// NDJSON objects (few objects to read back).
+struct Fleet {
+    prefix: String,
+    /// Per instance: configuration file, address, spill directory.
+    members: [(tempfile::NamedTempFile, SocketAddr, tempfile::TempDir); 2],
 }
 
-/// Starts corepost (one shard, s3 sink into Garage under `prefix`) on `addr` with `conf`, its
-/// spill directory `spill` (kept across a restart).
-fn instance(addr: SocketAddr, conf: &Path, spill: &Path, prefix: &str) -> Server {
-    Server::start_on(
-        addr,
-        &[
-            "--cores",
-            "1",
-            "--sink",
-            "s3",
-            "--config",
-            conf.to_str().unwrap(),
-            "--spill-dir",
-            spill.to_str().unwrap(),
-        ],
-        &garage().server_env(prefix),
-    )
-}
+/// `alpha` and `beta`, in [`Fleet::start`]'s numbering.
+const ALPHA: usize = 0;
+const BETA: usize = 1;
 
-fn fixed_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+impl Fleet {
+    /// `extra[i]` is TOML for instance `i`'s `[server]` section.
+    fn new(name: &str, extra: [&str; 2]) -> Fleet {
+        let member = |instance: &str, extra: &str| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            write!(
+                f,
+                "[server]\n{extra}\n[keys]\ninstance = \"{instance}\"\n[batch]\nmax_payloads = 100\nmax_age_ms = 200\n"
+            )
+            .unwrap();
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            (f, addr, tempfile::tempdir().unwrap())
+        };
+        Fleet {
+            prefix: format!("scale-out-{name}-{}", std::process::id()),
+            members: [member("alpha", extra[0]), member("beta", extra[1])],
+        }
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.members[i].1
+    }
+
+    /// Starts instance `i` (again, after a restart: same address, spill directory and name).
+    fn start(&self, i: usize) -> Server {
+        let (conf, addr, spill) = &self.members[i];
+        let (conf, spill) = (conf.path().display(), spill.path().display());
+        let args = format!("--cores 1 --sink s3 --config {conf} --spill-dir {spill}");
+        let args: Vec<&str> = args.split(' ').collect();
+        Server::start_on(*addr, &args, &garage().server_env(&self.prefix))
+    }
+
+    /// Reads back every object under the prefix and checks it against the load's answers
+    /// (every payload answered 200 stored exactly once, see [`check_numbered`]); returns how
+    /// many payloads each instance's objects hold, by the instance named in their keys.
+    fn stored_by_instance(&self, count: &NumberedCount) -> HashMap<String, u64> {
+        let objects = as_objects(garage().objects(&self.prefix));
+        check_numbered(&numbered_copies(&objects), count, true);
+        let mut by: HashMap<String, u64> = HashMap::new();
+        for o in &objects {
+            *by.entry(instance_of(&o.key).to_string()).or_default() += lines(o).len() as u64;
+        }
+        by
+    }
 }
 
 fn accepted(s: &Server) -> u64 {
@@ -218,26 +244,10 @@ fn instance_of(key: &str) -> &str {
     file.split('-').next().unwrap()
 }
 
-/// Reads back every object under `prefix` and checks it against the load's answers (every
-/// payload answered 200 stored exactly once, see [`check_numbered`]); returns how many
-/// payloads each instance's objects hold, by the instance named in their keys.
-fn stored_by_instance(prefix: &str, count: &NumberedCount) -> HashMap<String, u64> {
-    let objects = as_objects(garage().objects(prefix));
-    check_numbered(&numbered_copies(&objects), count, true);
-    let mut by: HashMap<String, u64> = HashMap::new();
-    for o in &objects {
-        *by.entry(instance_of(&o.key).to_string()).or_default() += lines(o).len() as u64;
-    }
-    by
-}
-
 #[test]
 fn two_instances_behind_nginx_store_every_payload_once_under_their_own_names() {
-    let prefix = format!("scale-out-{}", std::process::id());
-    let (conf_a, conf_b) = (instance_conf("alpha", ""), instance_conf("beta", ""));
-    let (spill_a, spill_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = instance(fixed_addr(), conf_a.path(), spill_a.path(), &prefix);
-    let b = instance(fixed_addr(), conf_b.path(), spill_b.path(), &prefix);
+    let fleet = Fleet::new("once", ["", ""]);
+    let (a, b) = (fleet.start(ALPHA), fleet.start(BETA));
     let lb = Nginx::start(&[a.addr, b.addr], false);
 
     let load = NumberedLoad::start(lb.addr, 6);
@@ -245,7 +255,7 @@ fn two_instances_behind_nginx_store_every_payload_once_under_their_own_names() {
         accepted(&a) + accepted(&b) >= 3_000
     });
     let (count, ma, mb) = stop_expecting_only_200s(load, &a, &b, "in steady state");
-    let by = stored_by_instance(&prefix, &count);
+    let by = fleet.stored_by_instance(&count);
     let (took_a, took_b) = (
         ma.sum("corepost_payloads_accepted_total"),
         mb.sum("corepost_payloads_accepted_total"),
@@ -285,6 +295,81 @@ fn stop_expecting_only_200s(
         count.summary()
     );
     (count, ma, mb)
+}
+
+/// A TCP (L4) balancer as simple as they come: each client connection goes to the next
+/// upstream in turn (skipping one that refuses the connection), and bytes are relayed both
+/// ways until either side closes. It never looks at HTTP, so a client stays on the instance
+/// its connection reached for as long as the connection lives.
+fn l4_balancer(upstreams: Vec<SocketAddr>) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut next = 0;
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let picked = (0..upstreams.len()).find_map(|i| {
+                let k = (next + i) % upstreams.len();
+                std::net::TcpStream::connect(upstreams[k])
+                    .ok()
+                    .map(|s| (k, s))
+            });
+            // No instance up: the client's connection is closed.
+            let Some((k, server)) = picked else { continue };
+            next = k + 1;
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn behind_an_l4_balancer_aged_connections_spread_to_an_instance_that_joins_later() {
+    let age = "max_connection_age_ms = 300";
+    let fleet = Fleet::new("l4", [age, age]);
+    let a = fleet.start(ALPHA);
+    let lb = l4_balancer(vec![fleet.addr(ALPHA), fleet.addr(BETA)]);
+    // Every client connection lands on alpha while beta is not there (as after a restart or
+    // before a scale-out).
+    let load = NumberedLoad::start(lb, 6);
+    wait_until(60, "alpha takes the load alone", || accepted(&a) >= 500);
+    let b = fleet.start(BETA);
+    // Within a few connection ages, clients whose connections aged out reconnect through the
+    // balancer and half of them reach beta. Without the age they would stay on alpha.
+    let joined = Instant::now();
+    let a_before = accepted(&a);
+    while joined.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (count, ma, mb) = stop_expecting_only_200s(load, &a, &b, "while connections age");
+    let (took_a, took_b) = (
+        ma.sum("corepost_payloads_accepted_total"),
+        mb.sum("corepost_payloads_accepted_total"),
+    );
+    eprintln!(
+        "L4 balancer, in the 2 s after beta started: alpha took {} payloads, beta {took_b}",
+        took_a - a_before
+    );
+    assert!(
+        took_b > 0,
+        "beta, started under load, takes traffic through an L4 balancer: alpha {took_a}, beta {took_b}"
+    );
+    assert!(ma.sum("corepost_connections_aged_total") > 0);
+    let by = fleet.stored_by_instance(&count);
+    assert_eq!(
+        by,
+        HashMap::from([("alpha".to_string(), took_a), ("beta".to_string(), took_b)])
+    );
+    assert!(a.stop(30).success());
+    assert!(b.stop(30).success());
 }
 
 /// Sends a POST of `body` up to the middle of the body, then the rest after `pause`.
@@ -351,13 +436,9 @@ fn a_connection_past_its_age_closes_after_its_answer_never_during_a_request() {
 
 #[test]
 fn aged_connections_are_closed_without_an_error_at_nginx_and_both_instances_keep_serving() {
-    let prefix = format!("scale-out-age-{}", std::process::id());
     // Only alpha ages its connections (quickly); beta never does.
-    let conf_a = instance_conf("alpha", "max_connection_age_ms = 200");
-    let conf_b = instance_conf("beta", "");
-    let (spill_a, spill_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = instance(fixed_addr(), conf_a.path(), spill_a.path(), &prefix);
-    let b = instance(fixed_addr(), conf_b.path(), spill_b.path(), &prefix);
+    let fleet = Fleet::new("age", ["max_connection_age_ms = 200", ""]);
+    let (a, b) = (fleet.start(ALPHA), fleet.start(BETA));
     let lb = Nginx::start(&[a.addr, b.addr], false);
 
     let load = NumberedLoad::start(lb.addr, 6);
@@ -399,7 +480,7 @@ fn aged_connections_are_closed_without_an_error_at_nginx_and_both_instances_keep
         served(&ub)
     );
     assert!(ma.sum("corepost_connections_aged_total") >= 5);
-    let by = stored_by_instance(&prefix, &count);
+    let by = fleet.stored_by_instance(&count);
     assert_eq!(by.values().sum::<u64>(), count.ok.len() as u64);
     drop(lb);
     assert!(a.stop(30).success());
@@ -412,12 +493,8 @@ fn aged_connections_are_closed_without_an_error_at_nginx_and_both_instances_keep
 /// every payload answered 200 is stored exactly once and returns what the clients saw and
 /// how many requests nginx retried on the other instance.
 fn rolling_restart(name: &str, retry_posts: bool) -> (NumberedCount, usize) {
-    let prefix = format!("scale-out-{name}-{}", std::process::id());
-    let (conf_a, conf_b) = (instance_conf("alpha", ""), instance_conf("beta", ""));
-    let (spill_a, spill_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let addr_a = fixed_addr();
-    let a = instance(addr_a, conf_a.path(), spill_a.path(), &prefix);
-    let b = instance(fixed_addr(), conf_b.path(), spill_b.path(), &prefix);
+    let fleet = Fleet::new(name, ["", ""]);
+    let (a, b) = (fleet.start(ALPHA), fleet.start(BETA));
     let lb = Nginx::start(&[a.addr, b.addr], retry_posts);
 
     let load = NumberedLoad::start(lb.addr, 6);
@@ -431,7 +508,7 @@ fn rolling_restart(name: &str, retry_posts: bool) -> (NumberedCount, usize) {
     wait_until(30, "beta alone takes the load", || {
         accepted(&b) >= b_before + 300
     });
-    let a = instance(addr_a, conf_a.path(), spill_a.path(), &prefix);
+    let a = fleet.start(ALPHA);
     wait_until(60, "the restarted alpha takes traffic again", || {
         accepted(&a) >= 500
     });
@@ -459,7 +536,7 @@ fn rolling_restart(name: &str, retry_posts: bool) -> (NumberedCount, usize) {
         checked.refused.remove(&id);
         checked.unanswered.insert(id);
     }
-    let by = stored_by_instance(&prefix, &checked);
+    let by = fleet.stored_by_instance(&checked);
     assert!(by.get("alpha").is_some_and(|&n| n > 0) && by.get("beta").is_some_and(|&n| n > 0));
     drop(lb);
     assert!(a.stop(30).success());

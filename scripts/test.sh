@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need (Garage for the S3
-# tests, Go for the baseline's build check, Python's requests and zstandard for the
-# compressed-body tests), then runs formatting and lint checks, every unit
-# and integration test (the S3 ones against a real Garage that the tests start themselves),
+# tests, nginx as the load balancer of the scale-out test, Go for the baseline's build check,
+# Python's requests and zstandard for the compressed-body tests), then runs formatting and
+# lint checks, every unit and integration test (the S3 ones against a real Garage that the tests start themselves),
 # checks that the benchmarks and the Go baseline build, and builds and checks the Debian package
 # (cargo-deb, installed when missing) and the systemd unit. No timed comparison runs here:
 # speed is measured by benches/e2e/run.sh.
@@ -15,16 +15,28 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Garage (real S3-compatible store for the S3 tests)"
 bash scripts/garage.sh ensure
 
-step "system tools the tests use (curl, mkfs.ext4 and mount for loop disks, prlimit)"
+step "system tools the tests use (curl, mkfs.ext4 and mount for loop disks, prlimit, nginx)"
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 command -v losetup >/dev/null 2>&1 || missing+=(mount)
-if ((${#missing[@]})); then
+# nginx is the load balancer of tests/scale_out.rs (which runs it from a temp dir; the
+# package's own service is not needed). Debian's smallest build is nginx-light (bookworm);
+# releases without it ship only nginx.
+nginx_missing=0
+[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || nginx_missing=1
+if ((${#missing[@]})) || ((nginx_missing)); then
     sudo=""
     [[ $(id -u) -eq 0 ]] || sudo=sudo
     $sudo apt-get update
+    if ((nginx_missing)); then
+        if apt-cache show nginx-light >/dev/null 2>&1; then
+            missing+=(nginx-light)
+        else
+            missing+=(nginx)
+        fi
+    fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
 fi
 

@@ -123,6 +123,10 @@ struct Opts {
     /// Directory of the per-shard durable spools (`ack = "durable"`).
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<String>,
+    /// Close a keep-alive connection after its next request once it is this old
+    /// (server.max_connection_age_ms; 0 = never), so a load balancer can place it again.
+    #[arg(long, value_name = "MS")]
+    max_connection_age_ms: Option<String>,
 }
 
 fn parse_sink(s: &str) -> Result<SinkKind, String> {
@@ -148,6 +152,7 @@ fn load(o: Opts, allowed: Option<Vec<usize>>) -> Result<config::Config, String> 
             cores: o.cores,
             spill_dir: o.spill_dir,
             spool_dir: o.spool_dir,
+            max_connection_age_ms: o.max_connection_age_ms,
         },
     };
     let cfg = config::load(&src).map_err(|e| e.to_string())?;

@@ -23,6 +23,8 @@ pub struct Flags {
     pub spill_dir: Option<String>,
     /// `--spool-dir DIR`
     pub spool_dir: Option<String>,
+    /// `--max-connection-age-ms MS`
+    pub max_connection_age_ms: Option<String>,
 }
 
 /// Everything `load` reads.
@@ -174,6 +176,11 @@ fn apply_env(cfg: &mut Config, env: &HashMap<String, String>, errs: &mut Vec<Con
     if let Some(v) = get("AWS_SECRET_ACCESS_KEY") {
         cfg.sink.s3.secret_access_key = Some(v.clone());
     }
+    if let Some(v) = get("COREPOST_MAX_CONNECTION_AGE_MS") {
+        if let Some(n) = parse_num("COREPOST_MAX_CONNECTION_AGE_MS", v, errs) {
+            cfg.server.max_connection_age_ms = n;
+        }
+    }
 }
 
 fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
@@ -191,6 +198,11 @@ fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
     }
     if let Some(v) = &flags.spool_dir {
         cfg.spool.dir = v.clone();
+    }
+    if let Some(v) = &flags.max_connection_age_ms {
+        if let Some(n) = parse_num("--max-connection-age-ms", v, errs) {
+            cfg.server.max_connection_age_ms = n;
+        }
     }
     if let Some(v) = &flags.cores {
         if v == "all" {
@@ -273,6 +285,31 @@ mod tests {
         };
         let msg = load(&src).unwrap_err().to_string();
         assert!(msg.starts_with("MAX_QUEUE:"), "{msg}");
+    }
+
+    #[test]
+    fn max_connection_age_from_file_env_and_flag() {
+        let conf = file("[server]\nmax_connection_age_ms = 1000\n");
+        let mut src = Sources {
+            config_file: Some(conf.path().into()),
+            ..Sources::default()
+        };
+        assert_eq!(load(&src).unwrap().server.max_connection_age_ms, 1000);
+        src.env.insert(
+            "COREPOST_MAX_CONNECTION_AGE_MS".to_string(),
+            "2000".to_string(),
+        );
+        assert_eq!(load(&src).unwrap().server.max_connection_age_ms, 2000);
+        src.flags.max_connection_age_ms = Some("3000".into());
+        assert_eq!(load(&src).unwrap().server.max_connection_age_ms, 3000);
+        src.flags.max_connection_age_ms = Some("soon".into());
+        let msg = load(&src).unwrap_err().to_string();
+        assert!(msg.starts_with("--max-connection-age-ms:"), "{msg}");
+        assert_eq!(
+            Config::default().server.max_connection_age_ms,
+            0,
+            "off by default"
+        );
     }
 
     #[test]

@@ -88,6 +88,18 @@ pub struct ServerConfig {
     /// On shutdown, requests in progress get this long to finish before their connections are
     /// closed.
     pub shutdown_grace_ms: u64,
+    /// Once a connection is this old, the answer to its next accepted request (2xx; a refusal
+    /// may leave part of its body unread) carries `Connection: close` and the connection is
+    /// closed after it, so that a load balancer gets to place the client's next connection
+    /// again (after a restart or a scale-out, long-lived keep-alive connections would
+    /// otherwise stay on the machines they started on). A request in progress is never cut;
+    /// an idle connection is not closed for its age (that would race a request the client is
+    /// sending on it). Each connection's age is
+    /// drawn between 90% and 100% of this, so connections opened together do not all
+    /// reconnect at once. 0 (the default) turns it off: L7 balancers (nginx, HAProxy, Envoy,
+    /// cloud ALBs) choose a machine per request anyway, and a client talking to one machine
+    /// gains nothing from reconnecting; set it behind L4 balancers (e.g. 300000).
+    pub max_connection_age_ms: u64,
     /// Value of `Retry-After` (seconds) on `503` answers.
     pub retry_after_secs: u32,
 }
@@ -107,6 +119,7 @@ impl Default for ServerConfig {
             write_timeout_ms: 30_000,
             max_header_bytes: 16 * 1024,
             shutdown_grace_ms: 10_000,
+            max_connection_age_ms: 0,
             retry_after_secs: 1,
         }
     }

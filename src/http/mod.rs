@@ -20,7 +20,7 @@ use bytes::Bytes;
 use decode::{BodyDecoder, Coding};
 use futures_lite::future;
 use http::header::{
-    HeaderValue, ACCEPT_ENCODING, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    HeaderValue, ACCEPT_ENCODING, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -29,7 +29,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use std::convert::Infallible;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Every answer is a small in-memory body.
 pub type Resp = Response<Full<Bytes>>;
@@ -52,10 +52,21 @@ pub async fn serve_connection(stream: glommio::net::TcpStream, shard: Rc<ShardCt
         return;
     }
     let io = HyperIo::new(stream, shard.scratch.clone());
+    let closes_at = closes_at(cfg.max_connection_age_ms);
     let svc_shard = shard.clone();
     let svc = service_fn(move |req| {
         let shard = svc_shard.clone();
-        async move { Ok::<_, Infallible>(handle(&shard, req, on).await) }
+        async move {
+            let mut resp = handle(&shard, req, on).await;
+            // One clock read per request, and only with the setting on.
+            if closes_at.is_some_and(|t| Instant::now() >= t) && resp.status().is_success() {
+                // hyper closes the connection once this answer is written.
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                inc(&shard.stats.connections_aged, 1);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -83,6 +94,18 @@ pub async fn serve_connection(stream: glommio::net::TcpStream, shard: Rc<ShardCt
         conn.as_mut().graceful_shutdown();
         let _ = conn.await;
     }
+}
+
+/// When a connection accepted now reaches `server.max_connection_age_ms` (`None`: never):
+/// between 90% and 100% of the age, drawn per connection, so that connections opened
+/// together (clients reconnecting after a restart) do not all close together.
+///
+/// Only answers that accepted their request (2xx) close the connection: a refusal may leave
+/// part of its body unread (read and dropped by `linger`), and closing then could reset the
+/// connection before the client reads the answer.
+fn closes_at(age_ms: u64) -> Option<Instant> {
+    (age_ms > 0)
+        .then(|| Instant::now() + Duration::from_millis(age_ms - fastrand::u64(0..=age_ms / 10)))
 }
 
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Resp {

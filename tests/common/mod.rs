@@ -72,6 +72,7 @@ impl Server {
             "S3_BUCKET",
             "S3_PREFIX",
             "S3_REGION",
+            "COREPOST_MAX_CONNECTION_AGE_MS",
         ] {
             cmd.env_remove(k);
         }
@@ -908,7 +909,7 @@ impl NumberedCount {
 
 /// Background load like [`Load`], except that client `c` sends `numbered_body(c, n, 10)` with
 /// `n` = 0, 10, 20, ... (never the same payload twice), so that each payload answered 200 can
-/// be looked for by value in the store.
+/// be looked for by value in the store, and that it honours `Connection: close`.
 pub struct NumberedLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handles: Vec<std::thread::JoinHandle<NumberedCount>>,
@@ -951,6 +952,14 @@ impl NumberedLoad {
                         } else {
                             None
                         };
+                        // As HTTP clients do: after an answer saying `Connection: close`, the
+                        // next request goes on a new connection.
+                        if answer.as_ref().is_some_and(|a| {
+                            a.header("connection")
+                                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                        }) {
+                            conn = None;
+                        }
                         match answer {
                             Some(resp) if resp.status == 200 => out.ok.extend(ids),
                             Some(resp) => {

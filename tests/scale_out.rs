@@ -224,7 +224,7 @@ impl Fleet {
     /// (every payload answered 200 stored exactly once, see [`check_numbered`]); returns how
     /// many payloads each instance's objects hold, by the instance named in their keys.
     fn stored_by_instance(&self, count: &NumberedCount) -> HashMap<String, u64> {
-        let objects = as_objects(garage().objects(&self.prefix));
+        let objects = garage().objects(&self.prefix);
         check_numbered(&numbered_copies(&objects), count, true);
         let mut by: HashMap<String, u64> = HashMap::new();
         for o in &objects {

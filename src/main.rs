@@ -123,6 +123,12 @@ struct Opts {
     /// Directory of the per-shard durable spools (`ack = "durable"`).
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<String>,
+    /// TLS on the public listener: PEM certificate chain (`tls.cert_file`).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// TLS on the public listener: PEM private key (`tls.key_file`).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
 }
 
 fn parse_sink(s: &str) -> Result<SinkKind, String> {
@@ -148,6 +154,8 @@ fn load(o: Opts, allowed: Option<Vec<usize>>) -> Result<config::Config, String> 
             cores: o.cores,
             spill_dir: o.spill_dir,
             spool_dir: o.spool_dir,
+            tls_cert: o.tls_cert,
+            tls_key: o.tls_key,
         },
     };
     let cfg = config::load(&src).map_err(|e| e.to_string())?;

@@ -84,6 +84,10 @@ pub struct ShardStats {
     pub connections_open: AtomicU64,
     /// Connections closed at once because `shards.max_connections` was reached.
     pub connections_rejected: AtomicU64,
+    /// Connections on the TLS listener closed before their handshake completed: not TLS,
+    /// no handshake within `tls.handshake_timeout_ms`, or a failed handshake (e.g. no valid
+    /// client certificate).
+    pub tls_handshake_failures: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -234,7 +238,7 @@ type SpoolField = fn(&crate::spool::SpoolStats) -> u64;
 /// Renders all shards in Prometheus text format.
 pub fn render(shards: &[ShardView], ready: bool) -> String {
     let mut out = String::with_capacity(8192);
-    let counters: [(&str, &str, Field); 19] = [
+    let counters: [(&str, &str, Field); 20] = [
         (
             "corepost_payloads_accepted_total",
             "Payloads answered 200 for.",
@@ -325,6 +329,11 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             "corepost_connections_rejected_total",
             "Connections refused at the per-shard limit.",
             |s| &s.connections_rejected,
+        ),
+        (
+            "corepost_tls_handshake_failures_total",
+            "Connections closed before their TLS handshake completed (not TLS, timeout, failed).",
+            |s| &s.tls_handshake_failures,
         ),
     ];
     for (name, help, get) in counters {

@@ -23,6 +23,10 @@ pub struct Flags {
     pub spill_dir: Option<String>,
     /// `--spool-dir DIR`
     pub spool_dir: Option<String>,
+    /// `--tls-cert FILE` (`tls.cert_file`)
+    pub tls_cert: Option<String>,
+    /// `--tls-key FILE` (`tls.key_file`)
+    pub tls_key: Option<String>,
 }
 
 /// Everything `load` reads.
@@ -174,6 +178,15 @@ fn apply_env(cfg: &mut Config, env: &HashMap<String, String>, errs: &mut Vec<Con
     if let Some(v) = get("AWS_SECRET_ACCESS_KEY") {
         cfg.sink.s3.secret_access_key = Some(v.clone());
     }
+    if let Some(v) = get("COREPOST_TLS_CERT_FILE") {
+        cfg.tls.get_or_insert_with(Default::default).cert_file = v.clone();
+    }
+    if let Some(v) = get("COREPOST_TLS_KEY_FILE") {
+        cfg.tls.get_or_insert_with(Default::default).key_file = v.clone();
+    }
+    if let Some(v) = get("COREPOST_TLS_CLIENT_CA_FILE") {
+        cfg.tls.get_or_insert_with(Default::default).client_ca_file = Some(v.clone());
+    }
 }
 
 fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
@@ -191,6 +204,13 @@ fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
     }
     if let Some(v) = &flags.spool_dir {
         cfg.spool.dir = v.clone();
+    }
+    // Either flag turns TLS on; the other file must then come from a layer too.
+    if let Some(v) = &flags.tls_cert {
+        cfg.tls.get_or_insert_with(Default::default).cert_file = v.clone();
+    }
+    if let Some(v) = &flags.tls_key {
+        cfg.tls.get_or_insert_with(Default::default).key_file = v.clone();
     }
     if let Some(v) = &flags.cores {
         if v == "all" {

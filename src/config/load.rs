@@ -323,6 +323,40 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags_and_env_turn_tls_on_and_errors_name_key_and_file() {
+        let mut env = HashMap::new();
+        env.insert(
+            "COREPOST_TLS_CLIENT_CA_FILE".to_string(),
+            "/nonexistent/ca.pem".to_string(),
+        );
+        let mut src = Sources {
+            env,
+            flags: Flags {
+                tls_cert: Some("/nonexistent/cert.pem".into()),
+                ..Flags::default()
+            },
+            ..Sources::default()
+        };
+        let msg = load(&src).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "tls.key_file: required with [tls] (--tls-cert, --tls-key)"
+        );
+        src.flags.tls_key = Some("/nonexistent/key.pem".into());
+        let msg = load(&src).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("tls.cert_file: /nonexistent/cert.pem: cannot read"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("\ntls.client_ca_file: /nonexistent/ca.pem: cannot read"),
+            "{msg}"
+        );
+        // Without any of them, no [tls] at all.
+        assert_eq!(load(&Sources::default()).unwrap().tls, None);
+    }
+
+    #[test]
     fn shipped_profiles_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning");
         let mut n = 0;

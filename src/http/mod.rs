@@ -53,15 +53,23 @@ pub async fn serve_connection(stream: glommio::net::TcpStream, shard: Rc<ShardCt
     }
     // `[tls]` covers the public listener only; the admin listener stays plain HTTP.
     match (&shard.tls, on) {
-        (Some(tls), Listener::Public) => match tls.accept(stream).await {
-            Ok(tls_stream) => {
-                serve_http(HyperIo::new(tls_stream, shard.scratch.clone()), shard, on).await
+        (Some(tls), Listener::Public) => {
+            // A handshake in progress at shutdown is dropped: no request has started on it.
+            let handshake = future::or(async { Some(tls.accept(stream).await) }, async {
+                shard.shutdown.wait().await;
+                None
+            });
+            match handshake.await {
+                None => {}
+                Some(Ok(tls_stream)) => {
+                    serve_http(HyperIo::new(tls_stream, shard.scratch.clone()), shard, on).await
+                }
+                Some(Err(e)) => {
+                    inc(&shard.stats.tls_handshake_failures, 1);
+                    tracing::debug!(shard = shard.id, error = %e, "TLS handshake failed; connection closed");
+                }
             }
-            Err(e) => {
-                inc(&shard.stats.tls_handshake_failures, 1);
-                tracing::debug!(shard = shard.id, error = %e, "TLS handshake failed; connection closed");
-            }
-        },
+        }
         _ => serve_http(HyperIo::new(stream, shard.scratch.clone()), shard, on).await,
     }
 }

@@ -15,9 +15,10 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Garage (real S3-compatible store for the S3 tests)"
 bash scripts/garage.sh ensure
 
-step "system tools the tests use (curl, mkfs.ext4 and mount for loop disks, prlimit, nginx)"
+step "system tools the tests use (curl, openssl for tests/tls.rs certificates, mkfs.ext4 and mount for loop disks, prlimit, nginx)"
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 command -v losetup >/dev/null 2>&1 || missing+=(mount)

@@ -13,6 +13,8 @@
 //! - [`upload`]: upload workers, sinks (s3, fs, discard), retries with backoff.
 //! - [`metrics`]: per-shard counters and the Prometheus text rendering.
 //! - [`http`]: hyper http1 on glommio streams, routing, the API's answers.
+//! - [`tls`]: `[tls]`: certificate and key from PEM files (swapped on SIGHUP), client
+//!   certificates, the bounded handshake of the public listener's connections.
 //! - [`listen`]: the start-up probe for a port in use and the shards' listening sockets
 //!   (`SO_REUSEADDR`, so a restart is not held up by the last run's TIME_WAIT connections).
 //! - [`fd_limit`]: the file descriptor limit raised at start, connections fitted to it.
@@ -57,5 +59,6 @@ pub mod queue;
 pub mod reload;
 pub mod shard;
 pub mod spool;
+pub mod tls;
 pub mod tune;
 pub mod upload;

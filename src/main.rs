@@ -127,6 +127,12 @@ struct Opts {
     /// (server.max_connection_age_ms; 0 = never), so a load balancer can place it again.
     #[arg(long, value_name = "MS")]
     max_connection_age_ms: Option<String>,
+    /// TLS on the public listener: PEM certificate chain (`tls.cert_file`).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// TLS on the public listener: PEM private key (`tls.key_file`).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
 }
 
 fn parse_sink(s: &str) -> Result<SinkKind, String> {
@@ -153,6 +159,8 @@ fn load(o: Opts, allowed: Option<Vec<usize>>) -> Result<config::Config, String> 
             spill_dir: o.spill_dir,
             spool_dir: o.spool_dir,
             max_connection_age_ms: o.max_connection_age_ms,
+            tls_cert: o.tls_cert,
+            tls_key: o.tls_key,
         },
     };
     let cfg = config::load(&src).map_err(|e| e.to_string())?;

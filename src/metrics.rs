@@ -87,6 +87,10 @@ pub struct ShardStats {
     /// Connections closed after an answer because they reached
     /// `server.max_connection_age_ms`.
     pub connections_aged: AtomicU64,
+    /// Connections on the TLS listener closed before their handshake completed: not TLS,
+    /// no handshake within `tls.handshake_timeout_ms`, or a failed handshake (e.g. no valid
+    /// client certificate).
+    pub tls_handshake_failures: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BOUNDS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -237,7 +241,7 @@ type SpoolField = fn(&crate::spool::SpoolStats) -> u64;
 /// Renders all shards in Prometheus text format.
 pub fn render(shards: &[ShardView], ready: bool) -> String {
     let mut out = String::with_capacity(8192);
-    let counters: [(&str, &str, Field); 20] = [
+    let counters: [(&str, &str, Field); 21] = [
         (
             "corepost_payloads_accepted_total",
             "Payloads answered 200 for.",
@@ -333,6 +337,11 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             "corepost_connections_aged_total",
             "Connections closed after an answer (Connection: close) because they reached server.max_connection_age_ms.",
             |s| &s.connections_aged,
+        ),
+        (
+            "corepost_tls_handshake_failures_total",
+            "Connections closed before their TLS handshake completed (not TLS, timeout, failed).",
+            |s| &s.tls_handshake_failures,
         ),
     ];
     for (name, help, get) in counters {

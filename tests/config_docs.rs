@@ -173,7 +173,9 @@ fn overrides() -> BTreeMap<String, Vec<String>> {
             }
         }
         if let Some(rest) = l.strip_prefix("cfg.") {
+            // `cfg.tls.get_or_insert_with(Default::default).cert_file = ...` sets `tls.cert_file`.
             if let Some((key, _)) = rest.split_once(" = ") {
+                let key = drop_calls(key);
                 if !pending.is_empty() && !key.contains(' ') {
                     let entry = out.entry(key.to_string()).or_default();
                     for p in pending.drain(..) {
@@ -185,6 +187,23 @@ fn overrides() -> BTreeMap<String, Vec<String>> {
             }
         }
     }
+    out
+}
+
+/// `a.f(x).b = y` without its method calls: `a.b = y`.
+fn drop_calls(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(open) = rest.find('(') {
+        let Some(close) = rest[open..].find(')') else {
+            break;
+        };
+        let head = &rest[..open];
+        // Drop `.name` before the parenthesis, and the call itself.
+        out.push_str(head.rfind('.').map_or(head, |dot| &head[..dot]));
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
     out
 }
 

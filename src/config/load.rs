@@ -25,6 +25,10 @@ pub struct Flags {
     pub spool_dir: Option<String>,
     /// `--max-connection-age-ms MS`
     pub max_connection_age_ms: Option<String>,
+    /// `--tls-cert FILE` (`tls.cert_file`)
+    pub tls_cert: Option<String>,
+    /// `--tls-key FILE` (`tls.key_file`)
+    pub tls_key: Option<String>,
 }
 
 /// Everything `load` reads.
@@ -181,6 +185,15 @@ fn apply_env(cfg: &mut Config, env: &HashMap<String, String>, errs: &mut Vec<Con
             cfg.server.max_connection_age_ms = n;
         }
     }
+    if let Some(v) = get("COREPOST_TLS_CERT_FILE") {
+        cfg.tls.get_or_insert_with(Default::default).cert_file = v.clone();
+    }
+    if let Some(v) = get("COREPOST_TLS_KEY_FILE") {
+        cfg.tls.get_or_insert_with(Default::default).key_file = v.clone();
+    }
+    if let Some(v) = get("COREPOST_TLS_CLIENT_CA_FILE") {
+        cfg.tls.get_or_insert_with(Default::default).client_ca_file = Some(v.clone());
+    }
 }
 
 fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
@@ -203,6 +216,13 @@ fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
         if let Some(n) = parse_num("--max-connection-age-ms", v, errs) {
             cfg.server.max_connection_age_ms = n;
         }
+    }
+    // Either flag turns TLS on; the other file must then come from a layer too.
+    if let Some(v) = &flags.tls_cert {
+        cfg.tls.get_or_insert_with(Default::default).cert_file = v.clone();
+    }
+    if let Some(v) = &flags.tls_key {
+        cfg.tls.get_or_insert_with(Default::default).key_file = v.clone();
     }
     if let Some(v) = &flags.cores {
         if v == "all" {
@@ -337,6 +357,40 @@ mod tests {
         assert_eq!(c.sink.s3.bucket.as_deref(), Some("b"));
         assert_eq!(c.sink.s3.region, "garage");
         assert_eq!(c.keys.prefix, "p");
+    }
+
+    #[test]
+    fn tls_flags_and_env_turn_tls_on_and_errors_name_key_and_file() {
+        let mut env = HashMap::new();
+        env.insert(
+            "COREPOST_TLS_CLIENT_CA_FILE".to_string(),
+            "/nonexistent/ca.pem".to_string(),
+        );
+        let mut src = Sources {
+            env,
+            flags: Flags {
+                tls_cert: Some("/nonexistent/cert.pem".into()),
+                ..Flags::default()
+            },
+            ..Sources::default()
+        };
+        let msg = load(&src).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "tls.key_file: required with [tls] (--tls-cert, --tls-key)"
+        );
+        src.flags.tls_key = Some("/nonexistent/key.pem".into());
+        let msg = load(&src).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("tls.cert_file: /nonexistent/cert.pem: cannot read"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("\ntls.client_ca_file: /nonexistent/ca.pem: cannot read"),
+            "{msg}"
+        );
+        // Without any of them, no [tls] at all.
+        assert_eq!(load(&Sources::default()).unwrap().tls, None);
     }
 
     #[test]

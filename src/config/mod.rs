@@ -39,6 +39,40 @@ pub struct Config {
     pub keys: KeysConfig,
     /// Knobs passed to each glommio executor.
     pub glommio: GlommioConfig,
+    /// TLS on the public listener; absent (the default) means plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS on the public listener (`[tls]`). With it, `server.listen` speaks only TLS 1.2/1.3
+/// (ALPN `http/1.1`): a client that sends anything else is disconnected without an answer.
+/// The admin listener (`server.admin_listen`), meant for a private network, stays plain HTTP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's certificate first (`--tls-cert`,
+    /// `COREPOST_TLS_CERT_FILE`). Re-read on SIGHUP.
+    pub cert_file: String,
+    /// PEM private key of that certificate: PKCS#8, PKCS#1 (RSA) or SEC1 (EC) (`--tls-key`,
+    /// `COREPOST_TLS_KEY_FILE`). Re-read on SIGHUP. Never printed.
+    pub key_file: String,
+    /// PEM CA certificates; when set, every client must present a certificate that chains to
+    /// one of them, or its handshake fails (`COREPOST_TLS_CLIENT_CA_FILE`). Read at start.
+    pub client_ca_file: Option<String>,
+    /// A client must complete its TLS handshake within this time after connecting, or the
+    /// connection is closed: a client that connects and stalls holds no connection slot for
+    /// longer. (`server.header_read_timeout_ms` then applies to the request head.)
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: None,
+            handshake_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// HTTP front-end settings.
@@ -660,6 +694,9 @@ impl Config {
                 );
             }
         }
+        if let Some(tls) = &self.tls {
+            self.validate_tls(tls, &mut bad);
+        }
         if self.glommio.io_memory_kib < 64 {
             bad("glommio.io_memory_kib", "must be at least 64".into());
         }
@@ -720,6 +757,31 @@ impl Config {
                         ),
                     );
                 }
+            }
+        }
+    }
+
+    /// Both files named and usable (read, parsed, the key matching the certificate): a bad
+    /// file is reported at start (and by `check-config`) with its name.
+    fn validate_tls(&self, tls: &TlsConfig, bad: &mut impl FnMut(&str, String)) {
+        if tls.handshake_timeout_ms == 0 {
+            bad("tls.handshake_timeout_ms", "must be greater than 0".into());
+        }
+        let mut named = true;
+        for (key, v) in [
+            ("tls.cert_file", &tls.cert_file),
+            ("tls.key_file", &tls.key_file),
+        ] {
+            if v.is_empty() {
+                bad(key, "required with [tls] (--tls-cert, --tls-key)".into());
+                named = false;
+            }
+        }
+        if named {
+            for e in crate::tls::check(tls) {
+                // Each message starts with its key.
+                let (key, msg) = e.split_once(": ").unwrap_or(("tls", e.as_str()));
+                bad(key, msg.to_string());
             }
         }
     }

@@ -18,21 +18,22 @@ use std::time::{Duration, Instant};
 /// hyper's uninitialised read buffer is filled by a safe copy instead of an unsafe cast.
 pub type Scratch = Rc<RefCell<Box<[u8]>>>;
 
-/// A glommio TCP stream as hyper sees it. Errors stay errors; only a real EOF reads as EOF.
+/// A glommio TCP stream (or a TLS stream over one) as hyper sees it. Errors stay errors; only
+/// a real EOF reads as EOF.
 #[derive(Debug)]
-pub struct HyperIo {
-    stream: TcpStream,
+pub struct HyperIo<S = TcpStream> {
+    stream: S,
     scratch: Scratch,
 }
 
-impl HyperIo {
+impl<S> HyperIo<S> {
     /// Wraps an accepted stream.
-    pub fn new(stream: TcpStream, scratch: Scratch) -> Self {
+    pub fn new(stream: S, scratch: Scratch) -> Self {
         Self { stream, scratch }
     }
 }
 
-impl hyper::rt::Read for HyperIo {
+impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -52,7 +53,7 @@ impl hyper::rt::Read for HyperIo {
     }
 }
 
-impl hyper::rt::Write for HyperIo {
+impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -51,7 +51,35 @@ pub async fn serve_connection(stream: glommio::net::TcpStream, shard: Rc<ShardCt
         tracing::debug!(error = %e, "cannot set the write timeout; closing the connection");
         return;
     }
-    let io = HyperIo::new(stream, shard.scratch.clone());
+    // `[tls]` covers the public listener only; the admin listener stays plain HTTP.
+    match (&shard.tls, on) {
+        (Some(tls), Listener::Public) => {
+            // A handshake in progress at shutdown is dropped: no request has started on it.
+            let handshake = future::or(async { Some(tls.accept(stream).await) }, async {
+                shard.shutdown.wait().await;
+                None
+            });
+            match handshake.await {
+                None => {}
+                Some(Ok(tls_stream)) => {
+                    serve_http(HyperIo::new(tls_stream, shard.scratch.clone()), shard, on).await
+                }
+                Some(Err(e)) => {
+                    inc(&shard.stats.tls_handshake_failures, 1);
+                    tracing::debug!(shard = shard.id, error = %e, "TLS handshake failed; connection closed");
+                }
+            }
+        }
+        _ => serve_http(HyperIo::new(stream, shard.scratch.clone()), shard, on).await,
+    }
+}
+
+/// Serves HTTP/1.1 on a connection (plain, or TLS once its handshake is done).
+async fn serve_http<S>(io: HyperIo<S>, shard: Rc<ShardCtx>, on: Listener)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+{
+    let cfg = &shard.config.server;
     let closes_at = closes_at(cfg.max_connection_age_ms);
     let svc_shard = shard.clone();
     let svc = service_fn(move |req| {

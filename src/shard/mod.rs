@@ -88,6 +88,8 @@ pub struct ShardCtx {
     open: Cell<usize>,
     /// The durable spool (`ack = "durable"`) and the handle the worker releases records with.
     pub spool: Option<(Rc<Spool>, Releaser)>,
+    /// TLS of the public listener (`[tls]`), with this shard's certificate slot.
+    pub tls: Option<crate::tls::ShardTls>,
 }
 
 impl ShardCtx {
@@ -223,6 +225,18 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
         }
         None => None,
     };
+    // Read (and checked) before any shard starts: a bad file stops the start, naming it.
+    let tls = match &config.tls {
+        Some(t) => Some(Arc::new(
+            crate::tls::Tls::new(t, placement.len()).map_err(|e| anyhow!(e))?,
+        )),
+        None => None,
+    };
+    let reloaders = crate::reload::Reloaders::default();
+    if let Some(tls) = &tls {
+        let tls = tls.clone();
+        reloaders.add("tls certificate", move || tls.reload());
+    }
     let mut admin_bound = None;
     let mut stops = Vec::new();
     let mut executors = Vec::new();
@@ -237,6 +251,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
         let hurry = hurry.clone();
         let instance = instance.clone();
         let shard = p.shard;
+        let shard_tls = tls.as_ref().map(|t| t.shards[shard].clone());
         let g = &config.glommio;
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(p.cpu))
             .name(&format!("shard-{shard}"))
@@ -295,6 +310,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
                     stopping,
                     open: Cell::new(0),
                     spool: spool.as_ref().map(|(sp, rel, _)| (sp.clone(), rel.clone())),
+                    tls: shard_tls,
                     config: cfg,
                 });
                 if let Some((_, _, report)) = spool {
@@ -331,7 +347,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
         drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
         hurry,
         stopping,
-        reloaders: crate::reload::Reloaders::default(),
+        reloaders,
         _locks: locks,
     })
 }

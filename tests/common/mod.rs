@@ -224,12 +224,12 @@ impl Resp {
 }
 
 /// Reads one response (Content-Length bodies only, which is all corepost sends).
-pub fn read_response(r: &mut BufReader<TcpStream>) -> Resp {
+pub fn read_response(r: &mut impl BufRead) -> Resp {
     try_read_response(r).expect("a complete HTTP response")
 }
 
 /// Reads one response; `None` when the connection fails or closes first.
-pub fn try_read_response(r: &mut BufReader<TcpStream>) -> Option<Resp> {
+pub fn try_read_response(r: &mut impl BufRead) -> Option<Resp> {
     let mut line = String::new();
     if r.read_line(&mut line).ok()? == 0 {
         return None;

@@ -123,6 +123,10 @@ struct Opts {
     /// Directory of the per-shard durable spools (`ack = "durable"`).
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<String>,
+    /// File of bearer tokens (and their tenants): payload requests without a listed token
+    /// get `401`. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    tokens_file: Option<String>,
 }
 
 fn parse_sink(s: &str) -> Result<SinkKind, String> {
@@ -148,6 +152,7 @@ fn load(o: Opts, allowed: Option<Vec<usize>>) -> Result<config::Config, String> 
             cores: o.cores,
             spill_dir: o.spill_dir,
             spool_dir: o.spool_dir,
+            tokens_file: o.tokens_file,
         },
     };
     let cfg = config::load(&src).map_err(|e| e.to_string())?;

@@ -242,6 +242,20 @@ fn listed_tokens_store_under_their_tenants_and_anything_else_is_401_storing_noth
         "Bearer error=\"invalid_token\"",
     );
 
+    // The header is checked before any of the body is read or any room reserved: a wrong
+    // token asking `Expect: 100-continue` for a body larger than any limit gets its 401 at
+    // once, with no `100 Continue` and no 413.
+    let (mut w, mut rd) = connect(s.addr);
+    let auth = format!("Bearer {WRONG}");
+    w.write_all(
+        format!(
+            "POST /v1/payloads HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\nExpect: 100-continue\r\nContent-Length: 1073741824\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_401(&read_response(&mut rd), "Bearer error=\"invalid_token\"");
+
     // The operational endpoints stay open.
     for path in ["/healthz", "/readyz", "/metrics"] {
         wait_until(30, "ready", || {
@@ -258,7 +272,7 @@ fn listed_tokens_store_under_their_tenants_and_anything_else_is_401_storing_noth
     );
     assert_eq!(
         m.sum_with("corepost_auth_refused_total", "reason=\"invalid\""),
-        8
+        9
     );
     let metrics_text = request(s.addr, "GET", "/metrics", &[], b"");
     assert_no_token(&String::from_utf8_lossy(&metrics_text.body), "/metrics");

@@ -17,9 +17,11 @@
 //!
 //! # Reloading without locks on the hot path
 //! The set in force is an `Arc<TokenSet>` behind a mutex, plus a generation counter. Each
-//! shard caches the `Arc` with the generation it saw; per request it does one relaxed
-//! atomic load of the generation (a cache line that is only written by a reload) and takes
-//! the mutex only when the generation moved, once per shard per reload.
+//! shard keeps its own copy of the set with the generation it saw; per request it does one
+//! atomic load of the generation (a cache line that only a reload writes, so it stays shared
+//! in every core's cache) and takes the mutex only when the generation moved, once per shard
+//! per reload. The copy has tenant names of its own: the `Arc` a request takes for its tenant
+//! is counted on a cache line no other shard touches.
 #![forbid(unsafe_code)]
 
 use sha2::{Digest, Sha256};
@@ -104,6 +106,34 @@ pub fn valid_tenant(t: &str) -> bool {
 }
 
 impl TokenSet {
+    /// A copy whose tenant names are allocated anew (one per distinct tenant), so that the
+    /// copy shares no reference count with the original.
+    fn localized(&self) -> TokenSet {
+        let mut names: HashMap<&str, Tenant> = HashMap::new();
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|(&k, entries)| {
+                let entries = entries
+                    .iter()
+                    .map(|e| Entry {
+                        digest: e.digest,
+                        tenant: e
+                            .tenant
+                            .as_deref()
+                            .map(|t| names.entry(t).or_insert_with(|| Tenant::from(t)).clone()),
+                    })
+                    .collect();
+                (k, entries)
+            })
+            .collect();
+        TokenSet {
+            buckets,
+            tokens: self.tokens,
+            tenants: self.tenants,
+        }
+    }
+
     /// Parses the text of a tokens file. Errors name the line, never the token.
     pub fn parse(text: &str) -> Result<TokenSet, String> {
         let mut set = TokenSet::default();
@@ -242,25 +272,30 @@ impl Tokens {
     }
 }
 
-/// One shard's view of the token set: the set it last saw, refreshed when a reload moved the
-/// generation.
+/// One shard's view of the token set: its own copy of the set it last saw, refreshed when a
+/// reload moved the generation.
 #[derive(Debug)]
 pub struct ShardTokens {
     shared: Arc<Tokens>,
-    cached: RefCell<(u64, Arc<TokenSet>)>,
+    cached: RefCell<(u64, TokenSet)>,
 }
 
 impl ShardTokens {
     /// A shard's view of `shared`.
     pub fn new(shared: Arc<Tokens>) -> Self {
-        let cached = RefCell::new(shared.snapshot());
+        let cached = RefCell::new(Self::copy(&shared));
         Self { shared, cached }
+    }
+
+    fn copy(shared: &Tokens) -> (u64, TokenSet) {
+        let (generation, set) = shared.snapshot();
+        (generation, set.localized())
     }
 
     /// The tenant of `token`, or why it is refused.
     pub fn check(&self, token: &[u8]) -> Result<Option<Tenant>, Refusal> {
         if self.shared.generation.load(Ordering::Acquire) != self.cached.borrow().0 {
-            *self.cached.borrow_mut() = self.shared.snapshot();
+            *self.cached.borrow_mut() = Self::copy(&self.shared);
         }
         self.cached.borrow().1.lookup(token).ok_or(Refusal::Invalid)
     }

@@ -304,7 +304,7 @@ impl ShardTokens {
 /// The token of an `Authorization: Bearer TOKEN` header value (scheme case-insensitive).
 pub fn bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(6)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.first().is_some_and(|&c| c == b' ') {
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
         return None;
     }
     let token = rest.trim_ascii();

@@ -31,7 +31,7 @@ cargo build --release --locked --quiet
 BIN=$ROOT/target/release/corepost
 RUN=$(mktemp -d -p "$ROOT/target" token-cost.XXXXXX)
 RES=$RUN/results.tsv
-PORT=18241
+PORT=${TOKEN_COST_PORT:-18377}
 # shellcheck source=benches/e2e/pinned-server.sh
 . benches/e2e/pinned-server.sh
 trap 'stop_pinned' EXIT

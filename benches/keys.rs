@@ -13,7 +13,7 @@ fn keys(c: &mut Criterion) {
     g.bench_function("format", |b| {
         b.iter(|| {
             seq += 1;
-            black_box(ks.key(black_box(1_795_910_399), seq, "json"))
+            black_box(ks.key(None, black_box(1_795_910_399), seq, "json"))
         })
     });
     g.finish();

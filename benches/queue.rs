@@ -40,6 +40,7 @@ fn handoff(c: &mut Criterion) {
                             spans: vec![(0, 1); 10],
                             first_seq: sent,
                             received_secs: 0,
+                            tenant: None,
                             ack: None,
                             spooled: None,
                         };

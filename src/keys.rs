@@ -1,4 +1,5 @@
-//! Object keys: `{prefix}/{yyyy}/{mm}/{dd}/{hh}/{instance}-{shard}-{start}-{seq}.json`.
+//! Object keys: `{prefix}/{yyyy}/{mm}/{dd}/{hh}/{instance}-{shard}-{start}-{seq}.json`, and
+//! `{prefix}/{tenant}/{yyyy}/...` for the payloads of a token with a tenant (`[auth]`).
 //!
 //! `instance` names the process, `start` is its start time in microseconds and `seq` counts
 //! per shard, so two keys collide only if the same host name starts two processes within the
@@ -35,32 +36,39 @@ impl KeySpace {
     /// (see `spool`), and the `s` keeps these apart from [`KeySpace::key`]'s.
     pub fn spooled_key(
         &self,
+        tenant: Option<&str>,
         unix_secs: u64,
         segment: u64,
         offset: u64,
         index: usize,
         ext: &str,
     ) -> String {
-        let mut k = self.dated(unix_secs);
+        let mut k = self.dated(tenant, unix_secs);
         let _ = write!(k, "{}{segment}-{offset}-{index}.{ext}", self.spool_stem);
         k
     }
 
-    /// `{prefix}/{yyyy}/{mm}/{dd}/{hh}/`
-    fn dated(&self, unix_secs: u64) -> String {
+    /// `{prefix}/{tenant}/{yyyy}/{mm}/{dd}/{hh}/` (without `{tenant}/` when there is none)
+    fn dated(&self, tenant: Option<&str>, unix_secs: u64) -> String {
         let (y, m, d, h) = civil_hour(unix_secs);
-        let mut k = String::with_capacity(self.prefix.len() + self.stem.len() + 48);
+        let tenant_len = tenant.map_or(0, |t| t.len() + 1);
+        let mut k = String::with_capacity(self.prefix.len() + tenant_len + self.stem.len() + 48);
         if !self.prefix.is_empty() {
             k.push_str(&self.prefix);
+            k.push('/');
+        }
+        if let Some(t) = tenant {
+            k.push_str(t);
             k.push('/');
         }
         let _ = write!(k, "{y:04}/{m:02}/{d:02}/{h:02}/");
         k
     }
 
-    /// The key of payload `seq`, received at `unix_secs`, with the given extension.
-    pub fn key(&self, unix_secs: u64, seq: u64, ext: &str) -> String {
-        let mut k = self.dated(unix_secs);
+    /// The key of payload `seq` of `tenant`, received at `unix_secs`, with the given
+    /// extension.
+    pub fn key(&self, tenant: Option<&str>, unix_secs: u64, seq: u64, ext: &str) -> String {
+        let mut k = self.dated(tenant, unix_secs);
         // Writing into a String cannot fail.
         let _ = write!(k, "{}{seq}.{ext}", self.stem);
         k
@@ -128,14 +136,39 @@ mod tests {
     fn key_layout() {
         let ks = KeySpace::new("events/", "host-a", 1, 1_700_000_000_000_000);
         assert_eq!(
-            ks.key(1_795_910_399, 42, "json"),
+            ks.key(None, 1_795_910_399, 42, "json"),
             "events/2026/11/28/23/host-a-1-1700000000000000-42.json"
         );
         let bare = KeySpace::new("", "h", 0, 5);
-        assert_eq!(bare.key(0, 0, "json"), "1970/01/01/00/h-0-5-0.json");
+        assert_eq!(bare.key(None, 0, 0, "json"), "1970/01/01/00/h-0-5-0.json");
         assert_eq!(
-            ks.spooled_key(1_795_910_399, 1_700_000_000_000_001, 4096, 3, "ndjson.zst"),
+            ks.spooled_key(
+                None,
+                1_795_910_399,
+                1_700_000_000_000_001,
+                4096,
+                3,
+                "ndjson.zst"
+            ),
             "events/2026/11/28/23/host-a-1-s1700000000000001-4096-3.ndjson.zst"
+        );
+    }
+
+    #[test]
+    fn a_tenant_is_the_segment_after_the_prefix() {
+        let ks = KeySpace::new("events", "h", 0, 5);
+        assert_eq!(
+            ks.key(Some("acme"), 0, 3, "json"),
+            "events/acme/1970/01/01/00/h-0-5-3.json"
+        );
+        assert_eq!(
+            ks.spooled_key(Some("acme"), 0, 9, 4096, 0, "ndjson"),
+            "events/acme/1970/01/01/00/h-0-s9-4096-0.ndjson"
+        );
+        let bare = KeySpace::new("", "h", 0, 5);
+        assert_eq!(
+            bare.key(Some("t"), 0, 0, "json"),
+            "t/1970/01/01/00/h-0-5-0.json"
         );
     }
 
@@ -143,10 +176,10 @@ mod tests {
     fn keys_differ_across_shards_restarts_and_instances() {
         let t = 1_795_910_399;
         let keys = [
-            KeySpace::new("p", "a", 0, 1).key(t, 7, "json"),
-            KeySpace::new("p", "a", 1, 1).key(t, 7, "json"),
-            KeySpace::new("p", "a", 0, 2).key(t, 7, "json"),
-            KeySpace::new("p", "b", 0, 1).key(t, 7, "json"),
+            KeySpace::new("p", "a", 0, 1).key(None, t, 7, "json"),
+            KeySpace::new("p", "a", 1, 1).key(None, t, 7, "json"),
+            KeySpace::new("p", "a", 0, 2).key(None, t, 7, "json"),
+            KeySpace::new("p", "b", 0, 1).key(None, t, 7, "json"),
         ];
         let mut uniq = keys.to_vec();
         uniq.sort();

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`config`]: defaults, config file, tuning profile, environment and flags; validation;
 //!   CPU placement.
+//! - [`auth`]: bearer tokens (`[auth] tokens_file`), their tenants, reloads on SIGHUP.
 //! - [`ingest`]: request body → validated payload byte ranges (simd-json or serde_json).
 //! - [`keys`]: object keys that never collide across shards, restarts or machines.
 //! - [`queue`]: the per-shard queue to the upload worker, bounded by payloads and bytes.
@@ -46,6 +47,7 @@ macro_rules! crash_point {
     };
 }
 
+pub mod auth;
 pub mod config;
 pub mod dirlock;
 pub mod fd_limit;

@@ -133,6 +133,10 @@ struct Opts {
     /// TLS on the public listener: PEM private key (`tls.key_file`).
     #[arg(long, value_name = "FILE")]
     tls_key: Option<String>,
+    /// File of bearer tokens (and their tenants): payload requests without a listed token
+    /// get `401`. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    tokens_file: Option<String>,
 }
 
 fn parse_sink(s: &str) -> Result<SinkKind, String> {
@@ -161,6 +165,7 @@ fn load(o: Opts, allowed: Option<Vec<usize>>) -> Result<config::Config, String> 
             max_connection_age_ms: o.max_connection_age_ms,
             tls_cert: o.tls_cert,
             tls_key: o.tls_key,
+            tokens_file: o.tokens_file,
         },
     };
     let cfg = config::load(&src).map_err(|e| e.to_string())?;

@@ -26,7 +26,10 @@ pub enum Route {
 }
 
 const ROUTES: [&str; 5] = ["payloads", "healthz", "readyz", "metrics", "other"];
-const STATUSES: [u16; 11] = [200, 400, 404, 405, 408, 413, 500, 503, 204, 431, 0];
+const STATUSES: [u16; 12] = [200, 400, 404, 405, 408, 413, 500, 503, 204, 431, 401, 0];
+/// Reasons counted in `corepost_auth_refused_total`, in [`crate::auth::Refusal`] order.
+const AUTH_REASONS: [crate::auth::Refusal; 2] =
+    [crate::auth::Refusal::Missing, crate::auth::Refusal::Invalid];
 /// Upload latency histogram bucket bounds, in seconds.
 const LATENCY_BOUNDS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -91,6 +94,8 @@ pub struct ShardStats {
     /// no handshake within `tls.handshake_timeout_ms`, or a failed handshake (e.g. no valid
     /// client certificate).
     pub tls_handshake_failures: AtomicU64,
+    /// Payload requests refused `401` (`[auth]`), by reason: missing, invalid.
+    auth_refused: [AtomicU64; 2],
     latency_buckets: [AtomicU64; LATENCY_BOUNDS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -143,6 +148,12 @@ pub fn dec(c: &AtomicU64, n: u64) {
 }
 
 impl ShardStats {
+    /// Counts one payload request refused `401`.
+    pub fn auth_refused(&self, why: crate::auth::Refusal) {
+        let i = AUTH_REASONS.iter().position(|&r| r == why).unwrap_or(0);
+        inc(&self.auth_refused[i], 1);
+    }
+
     /// Counts one answered request.
     pub fn request(&self, route: Route, status: u16) {
         inc(&self.requests[route as usize][status_index(status)], 1);
@@ -372,6 +383,20 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
                     );
                 }
             }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP corepost_auth_refused_total Payload requests refused 401 ([auth]): no token (missing) or one not listed (invalid).\n# TYPE corepost_auth_refused_total counter"
+    );
+    for (i, sh) in shards.iter().enumerate() {
+        for (k, why) in AUTH_REASONS.iter().enumerate() {
+            let v = sh.stats.auth_refused[k].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "corepost_auth_refused_total{{shard=\"{i}\",reason=\"{}\"}} {v}",
+                why.label()
+            );
         }
     }
     series(

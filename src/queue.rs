@@ -19,6 +19,9 @@ pub struct Job {
     pub first_seq: u64,
     /// When the request was accepted (Unix seconds), for the key's date path.
     pub received_secs: u64,
+    /// The tenant of the token it was accepted with: its objects' keys start
+    /// `{prefix}/{tenant}/`, and an object holds one tenant's payloads only.
+    pub tenant: Option<crate::auth::Tenant>,
     /// With `ack = "uploaded"`: told what became of the request's payloads once all of them
     /// are stored (or could not be).
     pub ack: Option<tokio::sync::oneshot::Sender<Delivery>>,
@@ -293,6 +296,7 @@ mod tests {
             spans: vec![(0, 1); n],
             first_seq: 0,
             received_secs: 0,
+            tenant: None,
             ack: None,
             spooled: None,
         }

@@ -3,14 +3,16 @@
 # pinned to CPU 1 with the discard sink, started and stopped the same way for every run.
 # Run from the repository root (the probe POST reads benches/workload/body10.json).
 
-# start_pinned BINARY CONFIG LOG PORT SPILL_DIR: starts the server, waits for its ready line and
-# sends one probe POST; sets PINNED_PID. Exits the calling script if the server dies or is not
-# ready within 30 s.
+# start_pinned BINARY CONFIG LOG PORT SPILL_DIR [SERVE_ARGS...]: starts the server (with any
+# further `serve` arguments), waits for its ready line and sends one probe POST (body10, whose
+# body token is `bench-token`); sets PINNED_PID. Exits the calling script if the server dies or
+# is not ready within 30 s.
 start_pinned() {
     local bin=$1 config=$2 log=$3 port=$4 spill=$5
+    shift 5
     sync  # write back earlier dirty pages (a build, a deleted spool) before, not during, the run
     taskset -c 1 "$bin" serve --listen "127.0.0.1:$port" --cores 1 --sink discard \
-        --config "$config" --spill-dir "$spill" >"$log" 2>&1 &
+        --config "$config" --spill-dir "$spill" "$@" >"$log" 2>&1 &
     PINNED_PID=$!
     # Wait for the ready line (creating a spool's first segments takes a while): a run must not
     # start against a server that is still starting, nor leave one behind on the port.

@@ -48,7 +48,7 @@ fn strict_variant() -> bool {
 
 fn run(parser: &mut BodyParser, body: &[u8]) -> Result<Vec<Span>, IngestError> {
     let mut spans = Vec::new();
-    parser.parse(body, &mut spans).map(|()| spans)
+    parser.parse(body, &mut spans).map(|_token| spans)
 }
 
 /// Deepest nesting of `[`/`{` outside strings (exact for valid JSON).

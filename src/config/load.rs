@@ -29,6 +29,8 @@ pub struct Flags {
     pub tls_cert: Option<String>,
     /// `--tls-key FILE` (`tls.key_file`)
     pub tls_key: Option<String>,
+    /// `--tokens-file FILE`
+    pub tokens_file: Option<String>,
 }
 
 /// Everything `load` reads.
@@ -194,6 +196,9 @@ fn apply_env(cfg: &mut Config, env: &HashMap<String, String>, errs: &mut Vec<Con
     if let Some(v) = get("COREPOST_TLS_CLIENT_CA_FILE") {
         cfg.tls.get_or_insert_with(Default::default).client_ca_file = Some(v.clone());
     }
+    if let Some(v) = get("COREPOST_TOKENS_FILE") {
+        cfg.auth.tokens_file = Some(v.clone());
+    }
 }
 
 fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
@@ -223,6 +228,9 @@ fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
     }
     if let Some(v) = &flags.tls_key {
         cfg.tls.get_or_insert_with(Default::default).key_file = v.clone();
+    }
+    if let Some(v) = &flags.tokens_file {
+        cfg.auth.tokens_file = Some(v.clone());
     }
     if let Some(v) = &flags.cores {
         if v == "all" {
@@ -391,6 +399,42 @@ mod tests {
         );
         // Without any of them, no [tls] at all.
         assert_eq!(load(&Sources::default()).unwrap().tls, None);
+    }
+
+    #[test]
+    fn tokens_file_layers_and_a_malformed_file_names_its_line() {
+        let good = file("secret-a acme\n");
+        let bad = file("# x\nsecret-b Not_A_Tenant\n");
+        let conf = file(&format!(
+            "[auth]\ntokens_file = {:?}\n",
+            bad.path().to_str().unwrap()
+        ));
+        let mut env = HashMap::new();
+        env.insert(
+            "COREPOST_TOKENS_FILE".to_string(),
+            good.path().to_str().unwrap().to_string(),
+        );
+        // The environment over the file: the good one is used.
+        let src = Sources {
+            config_file: Some(conf.path().into()),
+            env: env.clone(),
+            ..Sources::default()
+        };
+        let c = load(&src).unwrap();
+        assert_eq!(c.auth.tokens_file.as_deref(), good.path().to_str());
+        // The flag over the environment: the bad one, refused naming key and line.
+        let src = Sources {
+            env,
+            flags: Flags {
+                tokens_file: Some(bad.path().to_str().unwrap().into()),
+                ..Flags::default()
+            },
+            ..Sources::default()
+        };
+        let msg = load(&src).unwrap_err().to_string();
+        assert!(msg.starts_with("auth.tokens_file: "), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(!msg.contains("secret-b"), "{msg}");
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Config {
     pub glommio: GlommioConfig,
     /// TLS on the public listener; absent (the default) means plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// Who may post: bearer tokens and their tenants.
+    pub auth: AuthConfig,
 }
 
 /// TLS on the public listener (`[tls]`). With it, `server.listen` speaks only TLS 1.2/1.3
@@ -73,6 +75,19 @@ impl Default for TlsConfig {
             handshake_timeout_ms: 10_000,
         }
     }
+}
+
+/// Bearer tokens (see the `auth` module and the README's "Tokens and tenants").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file of tokens, one per line, each optionally followed by whitespace and a tenant
+    /// (`[a-z0-9][a-z0-9._-]*`) whose payloads are stored under `{keys.prefix}/{tenant}/`;
+    /// `#` comment lines. When set, every payload request must carry a listed token
+    /// (`Authorization: Bearer TOKEN`, or the body's `token` field) or gets `401`. SIGHUP
+    /// re-reads it. Unset (the default): anyone who reaches the port may post.
+    /// `--tokens-file`, `COREPOST_TOKENS_FILE`.
+    pub tokens_file: Option<String>,
 }
 
 /// HTTP front-end settings.
@@ -696,6 +711,13 @@ impl Config {
         }
         if let Some(tls) = &self.tls {
             self.validate_tls(tls, &mut bad);
+        }
+        if let Some(path) = &self.auth.tokens_file {
+            // Read here so that `check-config` and start-up refuse a malformed file; the
+            // message names the line, never a token.
+            if let Err(e) = crate::auth::TokenSet::load(std::path::Path::new(path)) {
+                bad("auth.tokens_file", e);
+            }
         }
         if self.glommio.io_memory_kib < 64 {
             bad("glommio.io_memory_kib", "must be at least 64".into());

@@ -2,7 +2,7 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | `POST /v1/payloads`, `POST /` | `200 {"accepted": N}`, `400`, `408`, `413`, `415`, `503` |
+//! | `POST /v1/payloads`, `POST /` | `200 {"accepted": N}`, `400`, `401`, `408`, `413`, `415`, `503` |
 //! | other method on a payload path | `405` with `Allow: POST` |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness, Prometheus text |
 
@@ -20,7 +20,8 @@ use bytes::Bytes;
 use decode::{BodyDecoder, Coding};
 use futures_lite::future;
 use http::header::{
-    HeaderValue, ACCEPT_ENCODING, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    HeaderValue, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
+    RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -167,6 +168,17 @@ fn refuse(shard: &ShardCtx, e: &IngestError) -> Resp {
             HeaderValue::from(shard.config.server.retry_after_secs),
         );
     }
+    if let IngestError::Unauthorized(why) = e {
+        // RFC 6750 3: a request without a token gets the bare challenge; a wrong one says
+        // `invalid_token`.
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(match why {
+                crate::auth::Refusal::Missing => "Bearer",
+                crate::auth::Refusal::Invalid => "Bearer error=\"invalid_token\"",
+            }),
+        );
+    }
     if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
         // RFC 9110 15.5.16: a 415 for a content coding lists the accepted ones.
         r.headers_mut()
@@ -307,6 +319,22 @@ async fn accept(
     started: &mut bool,
 ) -> Result<usize, IngestError> {
     let cfg = &shard.config.server;
+    // With `[auth]`: an `Authorization` header decides, before any of the body is read or
+    // any room reserved (a body `token` is then not looked at); without one, the body's
+    // `token` field is checked once the body is parsed, before anything is queued.
+    let mut tenant = None;
+    let mut body_token_due = false;
+    if let Some(tokens) = &shard.tokens {
+        match headers.get(AUTHORIZATION) {
+            Some(v) => {
+                let checked = crate::auth::bearer(v.as_bytes())
+                    .ok_or(crate::auth::Refusal::Invalid)
+                    .and_then(|t| tokens.check(t));
+                tenant = shard.authorized(checked)?;
+            }
+            None => body_token_due = true,
+        }
+    }
     // An unknown coding is refused before any of the body is read.
     let coding = Coding::of_request(headers)?;
     let limit = cfg.max_body_bytes;
@@ -350,7 +378,16 @@ async fn accept(
     .await?;
     room.shrink_to(body.len());
     let mut spans = Vec::new();
-    shard.parser.borrow_mut().parse(&body, &mut spans)?;
+    {
+        let token = shard.parser.borrow_mut().parse(&body, &mut spans)?;
+        if body_token_due {
+            let checked = match (&shard.tokens, token) {
+                (Some(tokens), Some(t)) => tokens.check(&t),
+                _ => Err(crate::auth::Refusal::Missing),
+            };
+            tenant = shard.authorized(checked)?;
+        }
+    }
     let n = spans.len();
     if n == 0 {
         return Ok(0);
@@ -365,7 +402,8 @@ async fn accept(
         // the committer writes must then still be queued (else it sits live in the spool,
         // undelivered, until a restart). The request only waits for the task's outcome.
         let delivery =
-            glommio::spawn_local(spool_and_queue(shard.clone(), body, spans, room)).detach();
+            glommio::spawn_local(spool_and_queue(shard.clone(), body, spans, tenant, room))
+                .detach();
         return delivery.await.unwrap_or(Err(IngestError::SpoolFailed));
     }
     let (ack, stored) = match cfg.ack {
@@ -380,6 +418,7 @@ async fn accept(
         spans,
         first_seq: shard.take_seq(n),
         received_secs: crate::keys::unix_secs(),
+        tenant,
         ack,
         spooled: None,
     };
@@ -411,6 +450,7 @@ async fn spool_and_queue(
     shard: Rc<ShardCtx>,
     body: Bytes,
     spans: Vec<crate::ingest::Span>,
+    tenant: Option<crate::auth::Tenant>,
     reservation: crate::queue::Reservation,
 ) -> Result<usize, IngestError> {
     let Some((spool, releaser)) = shard.spool.clone() else {
@@ -419,10 +459,13 @@ async fn spool_and_queue(
     let (n, len) = (spans.len(), body.len());
     let received_secs = crate::keys::unix_secs();
     // One buffer for both: the spool writes the record, the worker reads the body part of it
-    // (the spans are relative to the body).
-    let record = Bytes::from(crate::spool::request_record(received_secs, &body));
+    // (the spans are relative to the body). The tenant is recorded, so a replay stores the
+    // payloads under it whatever the tokens file says by then.
+    let record = crate::spool::request_record(received_secs, tenant.as_deref(), &body);
+    let header = record.len() - body.len();
+    let record = Bytes::from(record);
     drop(body);
-    let body = record.slice(crate::spool::RECORD_HEADER..);
+    let body = record.slice(header..);
     let appended = spool.append(record).await;
     match &appended {
         Ok(_) => shard.stats.spool_write(Ok(())),
@@ -448,6 +491,7 @@ async fn spool_and_queue(
         spans,
         first_seq: 0,
         received_secs,
+        tenant,
         ack: None,
         spooled: Some(Spooled {
             id,

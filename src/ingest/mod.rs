@@ -39,6 +39,10 @@ pub enum IngestError {
     /// Containers nested deeper than [`MAX_DEPTH`].
     #[error("nesting deeper than {0} levels")]
     TooDeep(usize),
+    /// `[auth]` is set and the request has no listed token: `401` with `WWW-Authenticate:
+    /// Bearer`. The message never contains the token.
+    #[error("{}", refusal_words(.0))]
+    Unauthorized(crate::auth::Refusal),
     /// The body is larger than `server.max_body_bytes`.
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
@@ -111,6 +115,13 @@ pub enum IngestError {
     StoreRefused,
 }
 
+fn refusal_words(r: &crate::auth::Refusal) -> &'static str {
+    match r {
+        crate::auth::Refusal::Missing => "a token is required: send `Authorization: Bearer TOKEN` (or the body's \"token\" field)",
+        crate::auth::Refusal::Invalid => "invalid token: send `Authorization: Bearer TOKEN` with a listed token",
+    }
+}
+
 fn at_byte(at: &Option<usize>) -> String {
     at.map(|a| format!(" at byte {a}")).unwrap_or_default()
 }
@@ -176,6 +187,7 @@ impl IngestError {
             | IngestError::Body(_)
             | IngestError::BadEncoding { .. }
             | IngestError::TooDeep(_) => StatusCode::BAD_REQUEST,
+            IngestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             IngestError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::TooLarge(_)
             | IngestError::DecodedTooLarge(_)
@@ -203,12 +215,18 @@ struct Collection<'a> {
     #[serde(borrow, default)]
     #[allow(dead_code)]
     version: Option<Cow<'a, str>>,
+    /// Raw, so that the token is borrowed from the body (serde's `Option<Cow<str>>` always
+    /// copies); checked to be a string or `null` in [`raw_token`].
     #[serde(borrow, default)]
-    #[allow(dead_code)]
-    token: Option<Cow<'a, str>>,
+    token: Option<&'a RawValue>,
     #[serde(borrow)]
     data: Vec<&'a RawValue>,
 }
+
+/// The body's `token` field, as the string's bytes with its escapes decoded: borrowed from
+/// the body (no copy) unless it has escapes; `None` when absent or `null`. Checked against
+/// `[auth]` when a request has no `Authorization` header.
+pub type BodyToken<'b> = Option<Cow<'b, [u8]>>;
 
 /// A body parser with its reusable buffers; one per shard.
 #[derive(Debug)]
@@ -227,7 +245,12 @@ impl BodyParser {
     }
 
     /// Validates `body` and appends the byte range of each payload to `spans` (cleared first).
-    pub fn parse(&mut self, body: &[u8], spans: &mut Vec<Span>) -> Result<(), IngestError> {
+    /// Returns the body's `token` field (see [`BodyToken`]).
+    pub fn parse<'b>(
+        &mut self,
+        body: &'b [u8],
+        spans: &mut Vec<Span>,
+    ) -> Result<BodyToken<'b>, IngestError> {
         spans.clear();
         if body.len() > u32::MAX as usize {
             return Err(IngestError::TooLarge(u32::MAX as usize));
@@ -239,7 +262,7 @@ impl BodyParser {
     }
 }
 
-fn parse_serde(body: &[u8], spans: &mut Vec<Span>) -> Result<(), IngestError> {
+fn parse_serde<'b>(body: &'b [u8], spans: &mut Vec<Span>) -> Result<BodyToken<'b>, IngestError> {
     // serde_json does not look inside values it skips (unknown fields), so UTF-8 is checked
     // for the whole body here, as simd-json does.
     if let Err(e) = std::str::from_utf8(body) {
@@ -257,7 +280,22 @@ fn parse_serde(body: &[u8], spans: &mut Vec<Span>) -> Result<(), IngestError> {
         }
         spans.push((start as u32, (start + s.len()) as u32));
     }
-    check_depth(body, spans, MAX_DEPTH)
+    let token = c.token.map(raw_token).transpose()?.flatten();
+    check_depth(body, spans, MAX_DEPTH)?;
+    Ok(token)
+}
+
+/// The bytes of a raw `token` value: borrowed unless it has escapes; `None` for `null`.
+fn raw_token(raw: &RawValue) -> Result<Option<Cow<'_, [u8]>>, IngestError> {
+    let text = raw.get();
+    match text.as_bytes() {
+        b"null" => Ok(None),
+        [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => Ok(Some(Cow::Borrowed(inner))),
+        [b'"', ..] => serde_json::from_str::<String>(text)
+            .map(|s| Some(Cow::Owned(s.into_bytes())))
+            .map_err(|_| IngestError::json(describe::ESCAPE)),
+        _ => Err(IngestError::Shape("`token` must be a string".into())),
+    }
 }
 
 /// A serde_json error in words: wrong shapes keep serde's own account of what is wrong, syntax
@@ -520,7 +558,7 @@ mod tests {
             .map(|k| {
                 let mut p = BodyParser::new(k);
                 let mut spans = Vec::new();
-                p.parse(body, &mut spans).map(|()| {
+                p.parse(body, &mut spans).map(|_| {
                     spans
                         .iter()
                         .map(|&(s, e)| {
@@ -584,6 +622,46 @@ mod tests {
         assert!(ok(r#"{"version":"1","token":"t","data":[]}"#).is_empty());
         assert_eq!(ok(r#"{"data":[{}],"extra":{"data":[1,2]}}"#), ["{}"]);
         assert_eq!(ok(r#"{"version":null,"data":[ 7 ]}"#), ["7"]);
+    }
+
+    /// The `token` each parser gives back: `[serde, simd]`.
+    fn tokens(body: &[u8]) -> [Option<Vec<u8>>; 2] {
+        [ParserKind::Serde, ParserKind::Simd].map(|k| {
+            let mut spans = Vec::new();
+            BodyParser::new(k)
+                .parse(body, &mut spans)
+                .unwrap_or_else(|e| panic!("{k:?}: {e}"))
+                .map(|t| t.into_owned())
+        })
+    }
+
+    #[test]
+    fn both_parsers_give_back_the_token() {
+        let same = |body: &str, want: Option<&[u8]>| {
+            let want = want.map(<[u8]>::to_vec);
+            assert_eq!(tokens(body.as_bytes()), [want.clone(), want], "{body}");
+        };
+        same(r#"{"token":"abc","data":[1]}"#, Some(b"abc"));
+        same(r#"{"data":[1], "token" : "a-b.c_d" }"#, Some(b"a-b.c_d"));
+        same(r#"{"data":[1],"token":"a\u0062c\"d\\"}"#, Some(b"abc\"d\\"));
+        same(
+            r#"{"data":[1],"token":"\u00e9"}"#,
+            Some("\u{e9}".as_bytes()),
+        );
+        same(r#"{"data":[1],"token":""}"#, Some(b""));
+        same(r#"{"data":[1],"token":null}"#, None);
+        same(r#"{"data":[1]}"#, None);
+        same(
+            r#"{"data":[{"token":"inner"}],"x":{"token":"nested"}}"#,
+            None,
+        );
+        // Borrowed from the body (no copy) when it has no escapes.
+        let body = br#"{"token":"abc","data":[]}"#;
+        for k in [ParserKind::Serde, ParserKind::Simd] {
+            let mut spans = Vec::new();
+            let t = BodyParser::new(k).parse(body, &mut spans).unwrap();
+            assert!(matches!(t, Some(Cow::Borrowed(b"abc"))), "{k:?}");
+        }
     }
 
     #[test]

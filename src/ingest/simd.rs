@@ -47,7 +47,11 @@ fn lost() -> IngestError {
 }
 
 impl SimdState {
-    pub(super) fn parse(&mut self, body: &[u8], spans: &mut Vec<Span>) -> Result<(), IngestError> {
+    pub(super) fn parse<'b>(
+        &mut self,
+        body: &'b [u8],
+        spans: &mut Vec<Span>,
+    ) -> Result<super::BodyToken<'b>, IngestError> {
         let len = body.len();
         self.scratch.clear();
         self.scratch.extend_from_slice(body);
@@ -201,7 +205,8 @@ fn is_ws(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-/// Decodes the key whose opening quote is at `start` and whose `:` is at `colon`.
+/// Decodes the string (a key, or the `token` value) whose opening quote is at `start` and
+/// which the structural character at `colon` follows.
 fn key_at(body: &[u8], start: usize, colon: usize) -> Result<KeyBytes<'_>, IngestError> {
     let mut end = colon;
     while end > start && is_ws(body[end - 1]) {
@@ -224,10 +229,16 @@ fn key_at(body: &[u8], start: usize, colon: usize) -> Result<KeyBytes<'_>, Inges
 type KeyBytes<'a> = std::borrow::Cow<'a, [u8]>;
 
 /// Walks the top-level object of valid JSON by its structural indexes (every `{}[]:,` plus the
-/// first byte of each scalar or string) and records the span of each element of `data`.
-fn walk(body: &[u8], idx: &[u32], spans: &mut Vec<Span>) -> Result<(), IngestError> {
+/// first byte of each scalar or string), records the span of each element of `data`, and
+/// returns the `token` string's bytes.
+fn walk<'b>(
+    body: &'b [u8],
+    idx: &[u32],
+    spans: &mut Vec<Span>,
+) -> Result<super::BodyToken<'b>, IngestError> {
     let mut t = 1; // token 0 is the object's `{`
     let (mut seen_data, mut seen_version, mut seen_token) = (false, false, false);
+    let mut token = None;
     loop {
         let (pos, c) = at(body, idx, t)?;
         if c == b'}' {
@@ -282,7 +293,13 @@ fn walk(body: &[u8], idx: &[u32], spans: &mut Vec<Span>) -> Result<(), IngestErr
                 if v != b'"' && v != b'n' {
                     return Err(shape(format!("`{name}` must be a string")));
                 }
+                let (start, _) = at(body, idx, t)?;
                 t = skip_value(body, idx, t)?;
+                if v == b'"' && &key[..] == b"token" {
+                    // The string runs up to the next structural character (`,` or `}`).
+                    let (next, _) = at(body, idx, t)?;
+                    token = Some(key_at(body, start, next)?);
+                }
             }
             _ => t = skip_value(body, idx, t)?,
         }
@@ -290,7 +307,7 @@ fn walk(body: &[u8], idx: &[u32], spans: &mut Vec<Span>) -> Result<(), IngestErr
     if !seen_data {
         return Err(shape("missing field `data`"));
     }
-    Ok(())
+    Ok(token)
 }
 
 #[cfg(test)]

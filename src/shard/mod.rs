@@ -90,6 +90,8 @@ pub struct ShardCtx {
     pub spool: Option<(Rc<Spool>, Releaser)>,
     /// TLS of the public listener (`[tls]`), with this shard's certificate slot.
     pub tls: Option<crate::tls::ShardTls>,
+    /// The token set in force (`[auth]`); `None`: payload requests need no token.
+    pub tokens: Option<crate::auth::ShardTokens>,
 }
 
 impl ShardCtx {
@@ -98,6 +100,17 @@ impl ShardCtx {
         let first = self.seq.get();
         self.seq.set(first + n as u64);
         first
+    }
+
+    /// The outcome of a token check, with a refusal counted (by reason; never the token).
+    pub fn authorized(
+        &self,
+        checked: Result<Option<crate::auth::Tenant>, crate::auth::Refusal>,
+    ) -> Result<Option<crate::auth::Tenant>, IngestError> {
+        checked.map_err(|why| {
+            self.stats.auth_refused(why);
+            IngestError::Unauthorized(why)
+        })
     }
 
     /// Queues a job whose room was reserved.
@@ -164,6 +177,17 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
     let stopping = Arc::new(AtomicBool::new(false));
     let hurry = Arc::new(AtomicBool::new(false));
 
+    // The token set every shard checks against; SIGHUP replaces it (registered below).
+    let tokens = match &config.auth.tokens_file {
+        Some(path) => Some(
+            crate::auth::Tokens::load(Path::new(path))
+                .map_err(|e| anyhow!("auth.tokens_file: {e}"))?,
+        ),
+        None => None,
+    };
+    if let Some(t) = &tokens {
+        tracing::info!("auth: {}", t.describe());
+    }
     // Before anything reads or writes a data directory: no other process may be using it.
     let locks = lock_data_dirs(&config)?;
     if config.server.ack == Ack::Durable {
@@ -250,6 +274,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
         let (cfg, views, stopping) = (config.clone(), views.clone(), stopping.clone());
         let hurry = hurry.clone();
         let instance = instance.clone();
+        let tokens = tokens.clone();
         let shard = p.shard;
         let shard_tls = tls.as_ref().map(|t| t.shards[shard].clone());
         let g = &config.glommio;
@@ -311,6 +336,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
                     open: Cell::new(0),
                     spool: spool.as_ref().map(|(sp, rel, _)| (sp.clone(), rel.clone())),
                     tls: shard_tls,
+                    tokens: tokens.map(crate::auth::ShardTokens::new),
                     config: cfg,
                 });
                 if let Some((_, _, report)) = spool {
@@ -335,6 +361,9 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
         admin_bound = admin_bound.or(admin);
         stops.push(stop_tx);
         executors.push(handle);
+    }
+    if let Some(t) = tokens {
+        reloaders.add("tokens", move || t.reload());
     }
     Ok(Server {
         addr,
@@ -469,7 +498,7 @@ async fn replay_spool(ctx: Rc<ShardCtx>, report: RecoveryReport) {
             );
             match spool.read_record(&rec).await {
                 Ok(data) => {
-                    let body = crate::spool::split_record(&data).map_or(&data[..], |(_, b)| b);
+                    let body = crate::spool::split_record(&data).map_or(&data[..], |r| r.body);
                     dead_letter(&ctx, &releaser, id, body, &why)
                 }
                 Err(e) => {
@@ -495,17 +524,23 @@ async fn replay_spool(ctx: Rc<ShardCtx>, report: RecoveryReport) {
                 continue;
             }
         };
-        let Some((secs, _)) = crate::spool::split_record(&data) else {
+        let Some((secs, tenant, header)) = crate::spool::split_record(&data).map(|r| {
+            (
+                r.received_secs,
+                r.tenant.map(crate::auth::Tenant::from),
+                r.header_len,
+            )
+        }) else {
             dead_letter(
                 &ctx,
                 &releaser,
                 id,
                 &data,
-                "record too short to hold a request",
+                "record too short to hold a request, or its tenant unreadable",
             );
             continue;
         };
-        let body = bytes::Bytes::from(data).slice(crate::spool::RECORD_HEADER..);
+        let body = bytes::Bytes::from(data).slice(header..);
         let mut spans = Vec::new();
         if let Err(e) = ctx.parser.borrow_mut().parse(&body, &mut spans) {
             dead_letter(
@@ -545,6 +580,7 @@ async fn replay_spool(ctx: Rc<ShardCtx>, report: RecoveryReport) {
             spans,
             first_seq: 0,
             received_secs: secs,
+            tenant,
             ack: None,
             spooled: Some(crate::queue::Spooled {
                 id,

@@ -149,6 +149,8 @@ enum Name {
 struct Open {
     builder: ObjectBuilder,
     name: Name,
+    /// The tenant all its payloads belong to (an object never mixes tenants).
+    tenant: Option<crate::auth::Tenant>,
     received_secs: u64,
     opened: Instant,
     members: Vec<Rc<Request>>,
@@ -249,14 +251,16 @@ async fn run(s: WorkerSetup) {
     // closed at its `max_age_ms` even if nothing else arrives.
     let window = Duration::from_micros(ctx.config.upload.queue_poll_us);
     let max_age = Duration::from_millis(ctx.config.batch.max_age_ms);
-    let mut open: Option<Open> = None;
+    // The objects being filled: one per tenant that has payloads waiting (a batch holds one
+    // tenant's payloads only), a single one without `[auth]` tenants.
+    let mut opens: Vec<Open> = Vec::new();
     loop {
-        let first = match open.as_ref().map(|o| o.opened + max_age) {
+        let first = match oldest(&opens).map(|t| t + max_age) {
             None => s.rx.recv_async().await,
             Some(due) => tokio::select! {
                 job = s.rx.recv_async() => job,
                 _ = tokio::time::sleep_until(due.into()) => {
-                    close(&ctx, &permits, &mut open).await;
+                    close_aged(&ctx, &permits, &mut opens, max_age).await;
                     continue;
                 }
             },
@@ -271,28 +275,54 @@ async fn run(s: WorkerSetup) {
                 add(&ctx, &permits, &mut own, job).await;
                 close(&ctx, &permits, &mut own).await;
             } else {
+                let mut open = opens
+                    .iter()
+                    .position(|o| o.tenant == job.tenant)
+                    .map(|i| opens.swap_remove(i));
                 add(&ctx, &permits, &mut open, job).await;
+                opens.extend(open);
             }
             next = s.rx.try_recv().ok();
         }
         if !window.is_zero() {
             let mut until = Instant::now() + window;
-            if let Some(o) = &open {
-                until = until.min(o.opened + max_age);
+            if let Some(first) = oldest(&opens) {
+                until = until.min(first + max_age);
             }
             tokio::time::sleep_until(until.into()).await;
-            if open.as_ref().is_some_and(|o| o.opened.elapsed() >= max_age) {
-                close(&ctx, &permits, &mut open).await;
-            }
+            close_aged(&ctx, &permits, &mut opens, max_age).await;
         }
     }
-    // The queue is closed and empty: close the last object, wait for the uploads in flight.
-    close(&ctx, &permits, &mut open).await;
+    // The queue is closed and empty: close the last objects, wait for the uploads in flight.
+    close_aged(&ctx, &permits, &mut opens, Duration::ZERO).await;
     let _ = permits.acquire_many(max as u32).await;
     if ctx.stats.payloads_spilled.load(Relaxed) > 0 {
         sync_dir_fs(ctx.spill.root());
     }
     tracing::debug!(shard = ctx.shard, "upload worker drained");
+}
+
+/// When the oldest of the objects being filled was opened.
+fn oldest(opens: &[Open]) -> Option<Instant> {
+    opens.iter().map(|o| o.opened).min()
+}
+
+/// Closes every object being filled that has been open for `max_age` or longer.
+async fn close_aged(
+    ctx: &Rc<Ctx>,
+    permits: &Arc<Semaphore>,
+    opens: &mut Vec<Open>,
+    max_age: Duration,
+) {
+    let mut i = 0;
+    while i < opens.len() {
+        if opens[i].opened.elapsed() >= max_age {
+            let mut o = Some(opens.swap_remove(i));
+            close(ctx, permits, &mut o).await;
+        } else {
+            i += 1;
+        }
+    }
 }
 
 /// Readiness of the sink: checks it at start (the shard is not ready until a check has
@@ -403,6 +433,7 @@ async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>, j
                     *open = Some(Open {
                         builder,
                         name,
+                        tenant: job.tenant.clone(),
                         received_secs: job.received_secs,
                         opened: Instant::now(),
                         members: Vec::new(),
@@ -451,13 +482,16 @@ async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>)
         }
     };
     let key = match &o.name {
-        Name::Seq(seq) => ctx.keys.key(o.received_secs, *seq, format.ext),
+        Name::Seq(seq) => ctx
+            .keys
+            .key(o.tenant.as_deref(), o.received_secs, *seq, format.ext),
         Name::Spooled {
             segment,
             offset,
             index,
             keys,
         } => keys.as_deref().unwrap_or(&ctx.keys).spooled_key(
+            o.tenant.as_deref(),
             o.received_secs,
             *segment,
             *offset,

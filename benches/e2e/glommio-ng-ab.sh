@@ -5,18 +5,22 @@
 #   ngp  this tree as shipped: glommio-ng 0.12 + vendor/patches/glommio-ng-0.12.0.patch.
 # Scenario (a): ack=queued, discard sink, body10; scenario (d): ack=durable (fresh spool per run
 # under target/), discard sink. Server on CPU 1 (--cores 1), wrk -t1 -c64 on CPU 0, as
-# glommio-coop-ab.sh and run.sh's per-core mode; nginx answering 204 (worker_processes 1, CPU 1)
+# run.sh's per-core mode; nginx answering 204 (worker_processes 1, CPU 1)
 # runs in every round as the HTTP-only ceiling. Prints and writes a markdown table of medians.
 #
-# usage: benches/e2e/glommio-ng-ab.sh [--base REV] [--rounds N] [--duration S] [--out FILE]
-#                                     [--no-build]
+# usage: benches/e2e/glommio-ng-ab.sh [--base REV | --g09-bin FILE] [--rounds N] [--duration S]
+#                                     [--out FILE] [--no-build]
+#   --g09-bin FILE  take this glommio 0.9 build of corepost (e.g. main's target/release/corepost)
+#                   instead of building --base
+#   --no-build      run the binaries already in target/ab/bin
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-BASE=main ROUNDS=5 DURATION=5 OUT="" BUILD=1
+BASE=main ROUNDS=5 DURATION=5 OUT="" BUILD=1 G09_BIN=""
 while (($#)); do
     case $1 in
         --base) BASE=$2; shift 2 ;;
+        --g09-bin) G09_BIN=$(realpath "$2"); shift 2 ;;
         --rounds) ROUNDS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
@@ -36,14 +40,26 @@ HEAD_REV=$(git rev-parse --short HEAD)
 # ---- the three builds (one target dir: the dependencies they share are built once)
 if ((BUILD)); then
     mkdir -p "$BIN"
-    rm -rf "$AB/g09-src" "$AB/glommio-ng-unpatched"
-    mkdir -p "$AB/g09-src"
-    git archive "$BASE" | tar -x -C "$AB/g09-src"
-    grep -q '^glommio = "0.9"' "$AB/g09-src/Cargo.toml" || { echo "$BASE is not on glommio 0.9" >&2; exit 1; }
-    log "g09: corepost $BASE_REV on glommio 0.9"
-    cargo build --release --locked --quiet --manifest-path "$AB/g09-src/Cargo.toml" --target-dir "$ROOT/target"
-    cp target/release/corepost "$BIN/g09"
-    scripts/vendor-glommio-ng.sh --unpatched "$AB/glommio-ng-unpatched" >/dev/null
+    rm -rf "$AB/g09-src"
+    if [[ -n $G09_BIN ]]; then
+        cp "$G09_BIN" "$BIN/g09"
+    else
+        mkdir -p "$AB/g09-src"
+        git archive "$BASE" | tar -x -C "$AB/g09-src"
+        grep -q '^glommio = "0.9"' "$AB/g09-src/Cargo.toml" || { echo "$BASE is not on glommio 0.9" >&2; exit 1; }
+        log "g09: corepost $BASE_REV on glommio 0.9"
+        cargo build --release --locked --quiet --manifest-path "$AB/g09-src/Cargo.toml" --target-dir "$ROOT/target"
+        cp target/release/corepost "$BIN/g09"
+    fi
+    # Rewritten only when it changed: new mtimes would make cargo rebuild it and corepost.
+    rm -rf "$AB/glommio-ng-unpatched.new"
+    scripts/vendor-glommio-ng.sh --unpatched "$AB/glommio-ng-unpatched.new" >/dev/null
+    if diff -rq "$AB/glommio-ng-unpatched.new" "$AB/glommio-ng-unpatched" >/dev/null 2>&1; then
+        rm -rf "$AB/glommio-ng-unpatched.new"
+    else
+        rm -rf "$AB/glommio-ng-unpatched"
+        mv "$AB/glommio-ng-unpatched.new" "$AB/glommio-ng-unpatched"
+    fi
     log "ng: this tree on glommio-ng 0.12 as published"
     # A [patch] given in --config wins over Cargo.toml's (cargo's documented precedence).
     cargo build --release --locked --quiet \
@@ -142,6 +158,10 @@ done
 
 # ---- the table
 CMD="benches/e2e/glommio-ng-ab.sh --base $BASE --rounds $ROUNDS --duration $DURATION"
+if [[ -n $G09_BIN ]]; then
+    CMD="benches/e2e/glommio-ng-ab.sh --g09-bin $G09_BIN --rounds $ROUNDS --duration $DURATION"
+    BASE_REV="$G09_BIN, built $(date -r "$G09_BIN" '+%F %T')"
+fi
 python3 - "$RES" "$CMD" "$DURATION" "$BASE_REV" "$HEAD_REV" "$(getconf CLK_TCK)" <<'EOF' | tee "${OUT:-/dev/null}"
 import statistics as st, sys
 res, cmd, dur, base, head, tck = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6])

@@ -189,7 +189,9 @@ impl<T: Clone> Clone for OnThread<T> {
 
 impl<T: std::fmt::Debug> std::fmt::Debug for OnThread<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OnThread").field("owner", &self.owner).finish_non_exhaustive()
+        f.debug_struct("OnThread")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
     }
 }
 

@@ -33,7 +33,7 @@ while (($#)); do
 done
 
 CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
-find_crate() { ls "$CARGO_HOME"/registry/cache/*/glommio-ng-$VERSION.crate 2>/dev/null | head -1; }
+find_crate() { ls "$CARGO_HOME"/registry/cache/*/glommio-ng-$VERSION.crate 2>/dev/null | head -1 || true; }
 CRATE=$(find_crate)
 if [[ -z $CRATE ]]; then
     # corepost's own `cargo fetch` does not download it (the [patch] replaces it), so fetch it
@@ -73,7 +73,8 @@ out = re.sub(r"\n{3,}", "\n\n", out)
 open(path, "w").write(out if out.endswith("\n") else out + "\n")
 EOF
 if [[ $MODE != unpatched ]]; then
-    patch --quiet -p1 -d "$OUT" --no-backup-if-mismatch <"$PATCH"
+    # git apply works outside a repository too, and git is on every machine that cloned this.
+    (cd "$OUT" && git apply -p1 --whitespace=nowarn "$PATCH")
 fi
 # Fixed modes and no stray files, whatever the umask or the patch tool left.
 find "$OUT" -name '*.orig' -delete

@@ -41,6 +41,9 @@ if ((${#missing[@]})) || ((nginx_missing)); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
 fi
 
+step "vendor/glommio-ng is glommio-ng from crates.io plus vendor/patches (scripts/vendor-glommio-ng.sh --check)"
+bash scripts/vendor-glommio-ng.sh --check
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

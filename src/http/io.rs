@@ -1,5 +1,6 @@
 //! hyper on glommio: an adapter from glommio's `TcpStream` to `hyper::rt::Read`/`Write`, and a
-//! `hyper::rt::Timer` on glommio timers (hyper's header-read timeout needs one).
+//! `hyper::rt::Timer` on glommio timers (hyper's header-read timeout needs one), which keeps one
+//! reactor registration per connection instead of one per request.
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -71,40 +72,62 @@ impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
     }
 }
 
-/// hyper's timer on the shard's glommio executor.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GlommioTimer;
+/// hyper's timer for one connection, on the shard's glommio executor.
+///
+/// hyper arms a header-read timer for every request head it waits for (on a keep-alive
+/// connection: after every answer) and drops it once the head is in. A glommio timer for each
+/// would be a registration with the reactor and its removal per request. Instead the
+/// connection keeps one registration: a sleep whose deadline is not earlier than the
+/// registered one (the next request's, `header_read_timeout_ms` later than the last) leaves it
+/// in place, and when it fires before a sleep's own deadline, that sleep registers again at its
+/// deadline. A busy keep-alive connection thus registers about once per
+/// `header_read_timeout_ms`, and a stalled client is still cut at its own deadline.
+#[derive(Debug, Clone)]
+pub struct GlommioTimer {
+    armed: OnThread<Armed>,
+}
+
+/// The connection's one registration with the reactor: its deadline and the glommio timer
+/// (registered once, with the connection task's waker, and never polled again; dropping it
+/// removes it from the reactor).
+type Armed = Rc<RefCell<Option<(Instant, glommio::timer::Timer)>>>;
+
+impl GlommioTimer {
+    /// A timer for a connection served on this thread.
+    pub fn new() -> Self {
+        Self {
+            armed: OnThread::new(Rc::default()),
+        }
+    }
+}
+
+impl Default for GlommioTimer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl hyper::rt::Timer for GlommioTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(LocalSleep {
-            timer: ManuallyDrop::new(glommio::timer::Timer::new(duration)),
-            owner: std::thread::current().id(),
-        })
+        self.sleep_until(Instant::now() + duration)
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        self.sleep(deadline.saturating_duration_since(Instant::now()))
+        Box::pin(LocalSleep(OnThread::new(SleepState {
+            deadline,
+            armed: self.armed.get().clone(),
+        })))
     }
 }
 
-/// A glommio timer that hyper may hold as `Send + Sync`. glommio timers are `Rc`-based and
-/// must stay on their executor's thread; hyper only ever polls and drops them inside the
-/// connection future, which runs on that same executor. The owner check turns any violation
-/// into a panic (poll) or a leak (drop) instead of a data race.
-struct LocalSleep {
-    timer: ManuallyDrop<glommio::timer::Timer>,
-    owner: ThreadId,
+/// One of hyper's sleeps: a deadline, and the connection's registration that wakes it.
+#[derive(Debug)]
+struct SleepState {
+    deadline: Instant,
+    armed: Armed,
 }
 
-// SAFETY: the inner `Rc`-based timer is only touched on the thread that created it: `poll`
-// checks the thread before touching it and `drop` leaks it when run elsewhere. `&LocalSleep`
-// exposes nothing, so sharing a reference across threads (`Sync`) allows no access at all.
-#[allow(unsafe_code)]
-unsafe impl Send for LocalSleep {}
-// SAFETY: see the `Send` impl above.
-#[allow(unsafe_code)]
-unsafe impl Sync for LocalSleep {}
+struct LocalSleep(OnThread<SleepState>);
 
 impl hyper::rt::Sleep for LocalSleep {}
 
@@ -112,23 +135,84 @@ impl Future for LocalSleep {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        assert_eq!(
-            std::thread::current().id(),
-            this.owner,
-            "a glommio timer was polled off its executor's thread"
-        );
-        Pin::new(&mut *this.timer).poll(cx).map(|_| ())
+        let sleep = self.get_mut().0.get();
+        let now = Instant::now();
+        if now >= sleep.deadline {
+            return Poll::Ready(());
+        }
+        let mut armed = sleep.armed.borrow_mut();
+        // The registration wakes this sleep in time if it is still to come and not after
+        // this sleep's deadline; otherwise (none, fired, or too late) it is replaced.
+        let in_time = matches!(&*armed, Some((at, _)) if *at > now && *at <= sleep.deadline);
+        if !in_time {
+            let mut timer = glommio::timer::Timer::new(sleep.deadline - now);
+            // Registers it with this (the connection's) task's waker; it stays registered
+            // until it fires or is dropped.
+            let _ = Pin::new(&mut timer).poll(cx);
+            *armed = Some((sleep.deadline, timer));
+        }
+        Poll::Pending
     }
 }
 
-impl Drop for LocalSleep {
+/// A value of the shard's thread that hyper may hold as `Send + Sync`. glommio timers are
+/// `Rc`-based and must stay on their executor's thread; hyper only ever uses its timer and
+/// sleeps inside the connection future, which runs on that same executor. The owner check
+/// turns any violation into a panic (use) or a leak (drop) instead of a data race.
+struct OnThread<T> {
+    value: ManuallyDrop<T>,
+    owner: ThreadId,
+}
+
+impl<T> OnThread<T> {
+    fn new(value: T) -> Self {
+        Self {
+            value: ManuallyDrop::new(value),
+            owner: std::thread::current().id(),
+        }
+    }
+
+    fn get(&self) -> &T {
+        assert_eq!(
+            std::thread::current().id(),
+            self.owner,
+            "a glommio timer was used off its executor's thread"
+        );
+        &self.value
+    }
+}
+
+impl<T: Clone> Clone for OnThread<T> {
+    fn clone(&self) -> Self {
+        Self::new(self.get().clone())
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for OnThread<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnThread")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the inner value is only touched on the thread that created it: `get` (and so
+// `clone`) checks the thread before touching it and `drop` leaks it when run elsewhere.
+// `&OnThread` exposes nothing without that check, so sharing a reference across threads
+// (`Sync`) allows no unchecked access.
+#[allow(unsafe_code)]
+unsafe impl<T> Send for OnThread<T> {}
+// SAFETY: see the `Send` impl above.
+#[allow(unsafe_code)]
+unsafe impl<T> Sync for OnThread<T> {}
+
+impl<T> Drop for OnThread<T> {
     fn drop(&mut self) {
         if std::thread::current().id() == self.owner {
             // SAFETY: dropped exactly once, here, on the owning thread (see `Send` above).
             #[allow(unsafe_code)]
             unsafe {
-                ManuallyDrop::drop(&mut self.timer)
+                ManuallyDrop::drop(&mut self.value)
             }
         }
     }

@@ -99,7 +99,7 @@ where
     });
     let mut builder = http1::Builder::new();
     builder
-        .timer(GlommioTimer)
+        .timer(GlommioTimer::new())
         .header_read_timeout(Duration::from_millis(cfg.header_read_timeout_ms))
         // hyper refuses a head larger than its read buffer with 431; 8 KiB is hyper's minimum.
         .max_buf_size(cfg.max_header_bytes.max(8192))
@@ -371,11 +371,21 @@ async fn accept(
             }
         }
     };
-    let body = future::or(read, async {
-        glommio::timer::sleep(Duration::from_millis(timeout)).await;
-        Err(IngestError::BodyTimeout(timeout))
-    })
-    .await?;
+    // A body that is already in hand (hyper read it with the head, as for most small
+    // requests) is taken without arming a timer; only a read that has to wait gets one.
+    let body = {
+        futures_lite::pin!(read);
+        match future::poll_once(read.as_mut()).await {
+            Some(body) => body,
+            None => {
+                future::or(read, async {
+                    glommio::timer::sleep(Duration::from_millis(timeout)).await;
+                    Err(IngestError::BodyTimeout(timeout))
+                })
+                .await
+            }
+        }
+    }?;
     room.shrink_to(body.len());
     let mut spans = Vec::new();
     {

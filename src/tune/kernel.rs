@@ -1,7 +1,7 @@
 //! What the running kernel's version means for io_uring.
 #![forbid(unsafe_code)]
 
-/// The oldest kernel glommio 0.9 runs on (it needs `IORING_OP_*` networking operations).
+/// The oldest kernel glommio runs on (it needs `IORING_OP_*` networking operations).
 pub const GLOMMIO_MIN: (u32, u32) = (5, 8);
 
 /// Kernels before this count io_uring rings (not only registered buffers) against

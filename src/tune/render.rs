@@ -210,7 +210,7 @@ pub fn profile(root: &Root, m: &Machine, p: &Plan) -> String {
             if !lacks.is_empty() {
                 c.line(format!("  lacks: {}", lacks.join(", ")));
             }
-            c.line("  (glommio 0.9 sets none of these setup flags itself; they say what a newer runtime could use)");
+            c.line("  (corepost's glommio-ng sets COOP_TASKRUN on its main ring where the kernel has it; the others say what a newer runtime could use)");
             c.line(format!(
                 "  rings counted in RLIMIT_MEMLOCK: {}",
                 if v < kernel::RINGS_UNLOCKED_FROM {

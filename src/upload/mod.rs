@@ -111,9 +111,12 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
 /// What became of one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
+    /// In the store.
     Stored,
-    /// Spilled; `true` if the store refused it for good.
-    Spilled(bool),
+    /// Not stored: kept for a later attempt, in the spill directory or (a spooled request's
+    /// object) in the durable spool, or lost when neither was possible (counted in
+    /// `payloads_failed`). `refused`: the store refused it for good, a retry cannot help.
+    NotStored { refused: bool },
 }
 
 /// One request's share of the worker's attention: its budget is released and its client told
@@ -476,7 +479,7 @@ async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>)
             tracing::error!(shard = ctx.shard, payloads, error = %e, "cannot finish an object; its payloads are LOST");
             inc(&ctx.stats.payloads_failed, payloads as u64);
             for m in &o.members {
-                ctx.finish(m, Some(Outcome::Spilled(true)));
+                ctx.finish(m, Some(Outcome::NotStored { refused: true }));
             }
             return;
         }
@@ -604,8 +607,10 @@ impl Ctx {
     /// payloads have been added); the last one releases the request's budget and answers it.
     fn finish(&self, req: &Request, outcome: Option<Outcome>) {
         match outcome {
-            Some(Outcome::Spilled(true)) => req.outcome.set(Delivery::Refused),
-            Some(Outcome::Spilled(false)) if req.outcome.get() == Delivery::Stored => {
+            Some(Outcome::NotStored { refused: true }) => req.outcome.set(Delivery::Refused),
+            Some(Outcome::NotStored { refused: false })
+                if req.outcome.get() == Delivery::Stored =>
+            {
                 req.outcome.set(Delivery::Deferred)
             }
             _ => {}
@@ -649,7 +654,9 @@ impl Ctx {
                 if !self.spilling.get() {
                     tracing::error!(shard = self.shard, key, payloads, error = %e, "object not stored; its request stays in the durable spool for the next start");
                 }
-                Outcome::Spilled(!e.retryable())
+                Outcome::NotStored {
+                    refused: !e.retryable(),
+                }
             }
             Err(e) => {
                 let permanent = !e.retryable();
@@ -662,7 +669,7 @@ impl Ctx {
                         tracing::error!(shard = self.shard, key, payloads, error = %e, "object not stored; kept in the spill directory");
                     }
                 }
-                Outcome::Spilled(permanent)
+                Outcome::NotStored { refused: permanent }
             }
         };
         dec(&self.stats.uploads_in_flight, 1);

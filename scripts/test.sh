@@ -15,13 +15,16 @@ step() { printf '\n==> %s\n' "$*"; }
 step "Garage (real S3-compatible store for the S3 tests)"
 bash scripts/garage.sh ensure
 
-step "system tools the tests use (curl, openssl for tests/tls.rs certificates, mkfs.ext4 and mount for loop disks, prlimit, nginx)"
+step "system tools the tests use (curl, openssl for tests/tls.rs certificates, mkfs.ext4 and mount for loop disks, prlimit, nginx, python3, systemd-analyze)"
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 command -v losetup >/dev/null 2>&1 || missing+=(mount)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# systemd-analyze verifies the packaged unit (scripts/verify-unit.sh): never skipped.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # nginx is the load balancer of tests/scale_out.rs (which runs it from a temp dir; the
 # package's own service is not needed). Debian's smallest build is nginx-light (bookworm);
 # releases without it ship only nginx.
@@ -54,8 +57,17 @@ step "cargo clippy with the crash points (failpoints feature)"
 cargo clippy --all-targets --locked --features failpoints -- -D warnings
 
 step "Python requests and zstandard (real clients of tests/edge_bodies.rs)"
-python3 -c 'import requests, zstandard' 2>/dev/null ||
-  python3 -m pip install --quiet requests zstandard
+# pip first (a pyenv or venv python); a Debian system python refuses pip installs
+# (EXTERNALLY-MANAGED) or has no pip, so then Debian's own packages.
+if ! python3 -c 'import requests, zstandard' 2>/dev/null; then
+    python3 -m pip install --quiet requests zstandard 2>/dev/null || {
+        sudo=""
+        [[ $(id -u) -eq 0 ]] || sudo=sudo
+        $sudo apt-get update
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y python3-requests python3-zstandard
+    }
+    python3 -c 'import requests, zstandard'
+fi
 
 step "cargo test (unit + integration + criterion benches run once as tests)"
 cargo test --locked --all-targets
@@ -81,11 +93,7 @@ step "Debian package: cargo deb, then its files, modes and conffiles (scripts/ch
 time deb=$(cargo deb --locked | tail -n 1)
 bash scripts/check-deb.sh "$deb"
 
-step "systemd unit: systemd-analyze verify (when systemd-analyze exists)"
-if command -v systemd-analyze >/dev/null 2>&1; then
-    bash scripts/verify-unit.sh packaging/systemd/corepost.service target/release/corepost
-else
-    echo "systemd-analyze not found: unit not verified"
-fi
+step "systemd unit: systemd-analyze verify"
+bash scripts/verify-unit.sh packaging/systemd/corepost.service target/release/corepost
 
 step "all tests passed"

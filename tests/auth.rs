@@ -21,14 +21,8 @@ const BETA: &str = "tok-beta-0c5e8a1f93b2d7";
 const PLAIN: &str = "tok-plain-6d2b7e9a04c1f5";
 const WRONG: &str = "tok-wrong-1a2b3c4d5e6f70";
 
-fn file(text: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-    f
-}
-
 fn tokens_file() -> tempfile::NamedTempFile {
-    file(&format!(
+    text_file(&format!(
         "# corepost tokens\n{ACME} acme\n\n{BETA}\tbeta\n{PLAIN}\n"
     ))
 }
@@ -295,15 +289,12 @@ fn batched_objects_hold_one_tenants_payloads_each() {
     let g = garage();
     let p = prefix("batch");
     let tokens = tokens_file();
-    let conf = file("[batch]\nmax_payloads = 1000\nmax_age_ms = 300\n");
-    let s = Server::start(
+    let (s, _conf) = config_server(
+        1,
+        "[batch]\nmax_payloads = 1000\nmax_age_ms = 300\n",
         &[
-            "--cores",
-            "1",
             "--sink",
             "s3",
-            "--config",
-            conf.path().to_str().unwrap(),
             "--tokens-file",
             tokens.path().to_str().unwrap(),
         ],
@@ -357,7 +348,7 @@ fn durable_requests_replay_after_kill_9_under_their_tenant_even_once_revoked() {
     let p = prefix("durable");
     let tokens = tokens_file();
     let spool = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let conf = file("[server]\nack = \"durable\"\n");
+    let conf = text_file("[server]\nack = \"durable\"\n");
     let args = |tokens: &Path| -> Vec<String> {
         [
             "--cores",
@@ -398,7 +389,7 @@ fn durable_requests_replay_after_kill_9_under_their_tenant_even_once_revoked() {
     drop(s);
     // Restart against the real store with acme and beta revoked: what was accepted is still
     // stored, under the tenant it was accepted for.
-    let only_plain = file(&format!("{PLAIN}\n"));
+    let only_plain = text_file(&format!("{PLAIN}\n"));
     let a = args(only_plain.path());
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let s = Server::start(&a, &g.server_env(&p));
@@ -429,7 +420,7 @@ fn fs_tenants(root: &Path, p: &str) -> BTreeMap<Option<String>, usize> {
 
 #[test]
 fn sighup_revokes_and_adds_tokens_and_a_bad_file_keeps_the_set_in_force() {
-    let tokens = file(&format!("{ACME} acme\n"));
+    let tokens = text_file(&format!("{ACME} acme\n"));
     let root = tempfile::tempdir().unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
     let p = "hup";
@@ -518,7 +509,7 @@ fn check_config_prints_the_path_and_a_malformed_file_is_refused_naming_its_line(
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(path));
 
-    let bad = file(&format!("{ACME} acme\n{BETA} Beta\n"));
+    let bad = text_file(&format!("{ACME} acme\n{BETA} Beta\n"));
     let out = Command::new(env!("CARGO_BIN_EXE_corepost"))
         .args([
             "check-config",

@@ -10,12 +10,6 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// A config file for the server (kept alive by the caller).
-fn conf(text: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-    f
-}
-
 fn start(g: &Garage, prefix: &str, conf: &tempfile::NamedTempFile) -> Server {
     let path = conf.path().to_str().unwrap().to_string();
     Server::start(
@@ -39,7 +33,7 @@ fn shard_and_seq(key: &str) -> (u64, u64) {
 fn every_payload_once_in_arrival_order_with_the_configured_object_count() {
     let g = garage();
     let p = prefix("order");
-    let c = conf("[batch]\nmax_payloads = 100\nmax_age_ms = 600000\n");
+    let c = text_file("[batch]\nmax_payloads = 100\nmax_age_ms = 600000\n");
     let s = start(g, &p, &c);
     // 16 connections: the kernel spreads them over the two shards' SO_REUSEPORT sockets by a
     // hash, and with 8 all of them landed on one shard about once in 128 runs.
@@ -119,7 +113,7 @@ fn a_quiet_batch_is_closed_by_max_age_and_by_shutdown() {
     let g = garage();
     // max_age closes it with no further traffic.
     let p = prefix("age");
-    let c = conf("[batch]\nmax_payloads = 1000\nmax_age_ms = 500\ncompression = \"zstd\"\n");
+    let c = text_file("[batch]\nmax_payloads = 1000\nmax_age_ms = 500\ncompression = \"zstd\"\n");
     let s = start(g, &p, &c);
     let t0 = Instant::now();
     assert_eq!(post(s.addr, BODY10).status, 200);
@@ -135,7 +129,7 @@ fn a_quiet_batch_is_closed_by_max_age_and_by_shutdown() {
 
     // Shutdown closes it when max_age is far away.
     let p = prefix("shutdown");
-    let c = conf("[batch]\nmax_payloads = 1000\nmax_age_ms = 600000\n");
+    let c = text_file("[batch]\nmax_payloads = 1000\nmax_age_ms = 600000\n");
     let s = start(g, &p, &c);
     assert_eq!(post(s.addr, BODY10).status, 200);
     std::thread::sleep(Duration::from_millis(1500));
@@ -161,7 +155,7 @@ fn gzip_and_zstd_objects_decompress_to_the_ndjson_sent() {
         ("zstd", ".ndjson.zst", "zstd"),
     ] {
         let p = prefix(compression);
-        let c = conf(&format!(
+        let c = text_file(&format!(
             "[batch]\nmax_payloads = 1000\nmax_age_ms = 200\ncompression = \"{compression}\"\nlevel = 5\n"
         ));
         let s = start(g, &p, &c);
@@ -184,7 +178,7 @@ fn large_objects_use_multipart_upload() {
     let g = garage();
     let p = prefix("multipart");
     // Eleven payloads of about 1 MB in one request: the count closes one 11 MB object.
-    let c = conf(
+    let c = text_file(
         "[server]\nmax_body_bytes = 16777216\n[batch]\nmax_payloads = 11\nmax_bytes = 12582912\nmax_age_ms = 600000\nmultipart_threshold_bytes = 5242880\npart_bytes = 5242880\n",
     );
     let s = start(g, &p, &c);
@@ -217,7 +211,7 @@ fn large_objects_use_multipart_upload() {
 fn ack_uploaded_answers_once_the_payloads_are_readable() {
     let g = garage();
     let p = prefix("ack");
-    let c = conf(
+    let c = text_file(
         "[server]\nack = \"uploaded\"\n[batch]\nmax_payloads = 50\nmax_age_ms = 100\ncompression = \"zstd\"\n",
     );
     let s = start(g, &p, &c);

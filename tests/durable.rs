@@ -19,12 +19,6 @@ fn spool_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
-fn conf(text: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-    f
-}
-
 fn start(
     cores: &str,
     spool: &Path,
@@ -55,7 +49,7 @@ fn sigkill_mid_load_loses_nothing_answered_200_and_stores_each_once() {
     let g = garage();
     let p = prefix("kill");
     let spool = spool_dir();
-    let c = conf(NDJSON_PER_REQUEST);
+    let c = text_file(NDJSON_PER_REQUEST);
     let s = start("2", spool.path(), &c, &g.server_env(&p));
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..8usize)
@@ -153,7 +147,7 @@ fn torn_tail_is_cut_and_corruption_in_the_middle_is_reported_while_the_rest_is_d
     let g = garage();
     let p = prefix("torn");
     let spool = spool_dir();
-    let c = conf(NDJSON_PER_REQUEST);
+    let c = text_file(NDJSON_PER_REQUEST);
     // A store that never answers: every request stays in the spool.
     let dead = unreachable_store_env(g, &p);
     let s = start("1", spool.path(), &c, &dead);
@@ -214,7 +208,7 @@ fn a_full_spool_gives_503_and_recovers_when_the_store_drains_it() {
     let p = prefix("full");
     let spool = spool_dir();
     // Two 128 KiB segments per shard; 8 KB requests.
-    let c = conf(
+    let c = text_file(
         "[server]\nack = \"durable\"\nmax_body_bytes = 65536\n[spool]\nsegment_bytes = 131072\nmax_bytes = 262144\n[upload]\nbackoff_max_ms = 300\n",
     );
     let s = start("1", spool.path(), &c, &g.server_env(&p));
@@ -267,7 +261,7 @@ fn the_default_relative_spool_dir_resolves_against_the_working_directory() {
     // directory, so the server must resolve it itself (it once refused to start here).
     let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let work = spool_dir();
-    let c = conf("[server]\nack = \"durable\"\n");
+    let c = text_file("[server]\nack = \"durable\"\n");
     let s = Server::start_in(
         Some(work.path()),
         &[
@@ -301,7 +295,7 @@ fn clients_that_reset_after_sending_leave_nothing_stuck_in_the_spool() {
     let g = garage();
     let p = prefix("reset");
     let spool = spool_dir();
-    let c = conf(
+    let c = text_file(
         "[server]\nack = \"durable\"\nmax_body_bytes = 65536\n[spool]\nsegment_bytes = 131072\nmax_bytes = 524288\ncommit_wait_us = 20000\n",
     );
     let s = start("1", spool.path(), &c, &g.server_env(&p));
@@ -371,7 +365,7 @@ fn an_undeliverable_record_goes_to_the_dead_letter_directory_and_blocks_nothing(
     let g = garage();
     let p = prefix("dead-letter");
     let spool = spool_dir();
-    let c = conf(NDJSON_PER_REQUEST);
+    let c = text_file(NDJSON_PER_REQUEST);
     let dead = unreachable_store_env(g, &p);
     let s = start("1", spool.path(), &c, &dead);
     assert_eq!(post(s.addr, &numbered_body(1, 0, 50)).status, 200);
@@ -382,7 +376,7 @@ fn an_undeliverable_record_goes_to_the_dead_letter_directory_and_blocks_nothing(
     let mut env = g.server_env(&p);
     env.push(("MAX_QUEUE".into(), "10".into()));
     // Objects of at most 10 payloads now, to fit the smaller queue.
-    let c = conf(&NDJSON_PER_REQUEST.replace("max_payloads = 100", "max_payloads = 10"));
+    let c = text_file(&NDJSON_PER_REQUEST.replace("max_payloads = 100", "max_payloads = 10"));
     let s = start("1", spool.path(), &c, &env);
     wait_spool_empty(&s, 60);
     let m = s.metrics();
@@ -414,7 +408,7 @@ fn a_reset_storm_with_default_settings_leaves_the_spool_empty_and_serves_others(
     let g = garage();
     let p = prefix("storm");
     let spool = spool_dir();
-    let c = conf(NDJSON_PER_REQUEST);
+    let c = text_file(NDJSON_PER_REQUEST);
     let s = start("1", spool.path(), &c, &g.server_env(&p));
     let stop = Arc::new(AtomicBool::new(false));
     let addr = s.addr;

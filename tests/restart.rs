@@ -106,12 +106,6 @@ fn disk_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
-fn conf(text: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-    f
-}
-
 /// `ack = "durable"` with small spool segments (quick to create).
 const DURABLE: &str = "[server]\nack = \"durable\"\nmax_body_bytes = 65536\n[spool]\nsegment_bytes = 131072\nmax_bytes = 262144\n";
 
@@ -141,7 +135,7 @@ fn assert_locked_out(args: &[&str], key: &str, dir: &Path, holder: &Server) {
 #[test]
 fn a_second_server_on_the_same_spool_dir_is_refused_until_the_first_is_killed() {
     let spool = disk_dir();
-    let c = conf(DURABLE);
+    let c = text_file(DURABLE);
     let (first_spill, second_spill) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let args = |spill: &Path| {
         vec![
@@ -269,7 +263,7 @@ fn overlapping_data_directories_are_refused_before_anything_starts() {
     );
     // The spool and the spill directory in one directory: `serve` refuses too, with the
     // configuration's exit code.
-    let c = conf(DURABLE);
+    let c = text_file(DURABLE);
     let (status, err) = serve_refused(
         &[
             "--listen",

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -22,18 +21,10 @@ fn a_second_sigterm_ends_a_long_drain_at_once_and_spills_what_is_left() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let mut conf = tempfile::NamedTempFile::new().unwrap();
-    conf.write_all(b"[upload]\ndrain_timeout_ms = 600000\nbackoff_max_ms = 100\n")
-        .unwrap();
-    let mut s = Server::start(
-        &[
-            "--cores",
-            "1",
-            "--sink",
-            "s3",
-            "--config",
-            conf.path().to_str().unwrap(),
-        ],
+    let (mut s, _conf) = config_server(
+        1,
+        "[upload]\ndrain_timeout_ms = 600000\nbackoff_max_ms = 100\n",
+        &["--sink", "s3"],
         &env,
     );
     for c in 0..3 {

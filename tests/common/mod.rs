@@ -800,6 +800,33 @@ pub struct FsFiles {
     _conf: tempfile::NamedTempFile,
 }
 
+/// A temp file holding `text` (a configuration or tokens file; kept alive by the caller).
+pub fn text_file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+/// Starts `cores` shards with `config` (TOML text, may be empty) as the configuration file,
+/// plus `args`; returns the file with the server.
+pub fn config_server(
+    cores: usize,
+    config: &str,
+    args: &[&str],
+    env: &[(String, String)],
+) -> (Server, tempfile::NamedTempFile) {
+    let conf = text_file(config);
+    let cores = cores.to_string();
+    let mut all = vec![
+        "--cores",
+        cores.as_str(),
+        "--config",
+        conf.path().to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    (Server::start(&all, env), conf)
+}
+
 /// Starts `cores` shards with the fs sink under `root` (a temp dir when `None`), `config`
 /// (TOML text, may be empty) as the configuration file, and `extra` flags.
 pub fn fs_server(
@@ -814,21 +841,9 @@ pub fn fs_server(
         || tmp.as_ref().unwrap().path().to_path_buf(),
         Path::to_path_buf,
     );
-    let mut conf = tempfile::NamedTempFile::new().unwrap();
-    conf.write_all(config.as_bytes()).unwrap();
-    let cores = cores.to_string();
-    let mut args = vec![
-        "--cores",
-        cores.as_str(),
-        "--sink",
-        "fs",
-        "--fs-root",
-        root.to_str().unwrap(),
-        "--config",
-        conf.path().to_str().unwrap(),
-    ];
+    let mut args = vec!["--sink", "fs", "--fs-root", root.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let s = Server::start(&args, env);
+    let (s, conf) = config_server(cores, config, &args, env);
     let files = FsFiles {
         root,
         _root: tmp,

@@ -43,19 +43,36 @@ pub const MAX_TOKEN: usize = 4096;
 
 /// Why a payload request was refused `401`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Denied {
     /// No `Authorization` header and no `token` field.
     Missing,
     /// A token that is not listed, or an `Authorization` header that is not `Bearer TOKEN`.
     Invalid,
 }
 
-impl Refusal {
+impl Denied {
     /// The `reason` label of `corepost_auth_refused_total`.
     pub fn label(self) -> &'static str {
         match self {
-            Refusal::Missing => "missing",
-            Refusal::Invalid => "invalid",
+            Denied::Missing => "missing",
+            Denied::Invalid => "invalid",
+        }
+    }
+
+    /// What the client is told (never the token).
+    pub fn words(self) -> &'static str {
+        match self {
+            Denied::Missing => "a token is required: send `Authorization: Bearer TOKEN` (or the body's \"token\" field)",
+            Denied::Invalid => "invalid token: send `Authorization: Bearer TOKEN` with a listed token",
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750 3): a request without a token gets the bare
+    /// challenge; a wrong one says `invalid_token`.
+    pub fn challenge(self) -> &'static str {
+        match self {
+            Denied::Missing => "Bearer",
+            Denied::Invalid => "Bearer error=\"invalid_token\"",
         }
     }
 }
@@ -293,11 +310,11 @@ impl ShardTokens {
     }
 
     /// The tenant of `token`, or why it is refused.
-    pub fn check(&self, token: &[u8]) -> Result<Option<Tenant>, Refusal> {
+    pub fn check(&self, token: &[u8]) -> Result<Option<Tenant>, Denied> {
         if self.shared.generation.load(Ordering::Acquire) != self.cached.borrow().0 {
             *self.cached.borrow_mut() = Self::copy(&self.shared);
         }
-        self.cached.borrow().1.lookup(token).ok_or(Refusal::Invalid)
+        self.cached.borrow().1.lookup(token).ok_or(Denied::Invalid)
     }
 }
 
@@ -374,15 +391,15 @@ mod tests {
         let shared = Tokens::load(&path).unwrap();
         let shard = ShardTokens::new(shared.clone());
         assert_eq!(shard.check(b"one"), Ok(None));
-        assert_eq!(shard.check(b"two"), Err(Refusal::Invalid));
+        assert_eq!(shard.check(b"two"), Err(Denied::Invalid));
         std::fs::write(&path, "two t2\n").unwrap();
         let line = shared.reload().unwrap();
         assert!(line.contains("1 tokens") && !line.contains("two"), "{line}");
-        assert_eq!(shard.check(b"one"), Err(Refusal::Invalid));
+        assert_eq!(shard.check(b"one"), Err(Denied::Invalid));
         assert_eq!(shard.check(b"two"), Ok(Some("t2".into())));
         std::fs::write(&path, "three BAD\n").unwrap();
         assert!(shared.reload().unwrap_err().contains("line 1"));
         assert_eq!(shard.check(b"two"), Ok(Some("t2".into())));
-        assert_eq!(shard.check(b"three"), Err(Refusal::Invalid));
+        assert_eq!(shard.check(b"three"), Err(Denied::Invalid));
     }
 }

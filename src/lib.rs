@@ -5,6 +5,8 @@
 //!   CPU placement.
 //! - [`auth`]: bearer tokens (`[auth] tokens_file`), their tenants, reloads on SIGHUP.
 //! - [`ingest`]: request body → validated payload byte ranges (simd-json or serde_json).
+//! - [`intake`]: what a shard does with a request: its token, room in the queue budget,
+//!   parsing, then the ack mode's strategy (queued, uploaded, durable); spool replay.
 //! - [`keys`]: object keys that never collide across shards, restarts or machines.
 //! - [`queue`]: the per-shard queue to the upload worker, bounded by payloads and bytes.
 //! - [`spool`]: the per-shard durable write-ahead spool (group-committed, O_DIRECT) behind
@@ -13,7 +15,8 @@
 //!   for the process's life, so two processes never share one.
 //! - [`upload`]: upload workers, sinks (s3, fs, discard), retries with backoff.
 //! - [`metrics`]: per-shard counters and the Prometheus text rendering.
-//! - [`http`]: hyper http1 on glommio streams, routing, the API's answers.
+//! - [`http`]: hyper http1 on glommio streams, connections, bodies, routing, and the one
+//!   table from refusals to statuses.
 //! - [`tls`]: `[tls]`: certificate and key from PEM files (swapped on SIGHUP), client
 //!   certificates, the bounded handshake of the public listener's connections.
 //! - [`listen`]: the start-up probe for a port in use and the shards' listening sockets
@@ -21,6 +24,7 @@
 //! - [`fd_limit`]: the file descriptor limit raised at start, connections fitted to it.
 //! - [`reload`]: SIGHUP: the files re-read while running (tokens, TLS certificate).
 //! - [`shard`]: executors pinned per core, listeners, start-up and graceful shutdown.
+//! - [`shutdown`]: the shard-local shutdown signal.
 //! - [`notify`]: systemd's readiness protocol (`READY=1` to `NOTIFY_SOCKET`) for
 //!   `Type=notify` units.
 //! - [`tune`]: `corepost tune`: reads the machine (CPUs, NUMA, NIC queues and IRQs, limits,
@@ -53,6 +57,7 @@ pub mod dirlock;
 pub mod fd_limit;
 pub mod http;
 pub mod ingest;
+pub mod intake;
 pub mod keys;
 pub mod listen;
 pub mod metrics;
@@ -60,6 +65,7 @@ pub mod notify;
 pub mod queue;
 pub mod reload;
 pub mod shard;
+pub mod shutdown;
 pub mod spool;
 pub mod tls;
 pub mod tune;

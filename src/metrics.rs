@@ -27,9 +27,9 @@ pub enum Route {
 
 const ROUTES: [&str; 5] = ["payloads", "healthz", "readyz", "metrics", "other"];
 const STATUSES: [u16; 12] = [200, 400, 404, 405, 408, 413, 500, 503, 204, 431, 401, 0];
-/// Reasons counted in `corepost_auth_refused_total`, in [`crate::auth::Refusal`] order.
-const AUTH_REASONS: [crate::auth::Refusal; 2] =
-    [crate::auth::Refusal::Missing, crate::auth::Refusal::Invalid];
+/// Reasons counted in `corepost_auth_refused_total`, in [`crate::auth::Denied`] order.
+const AUTH_REASONS: [crate::auth::Denied; 2] =
+    [crate::auth::Denied::Missing, crate::auth::Denied::Invalid];
 /// Upload latency histogram bucket bounds, in seconds.
 const LATENCY_BOUNDS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -149,7 +149,7 @@ pub fn dec(c: &AtomicU64, n: u64) {
 
 impl ShardStats {
     /// Counts one payload request refused `401`.
-    pub fn auth_refused(&self, why: crate::auth::Refusal) {
+    pub fn auth_refused(&self, why: crate::auth::Denied) {
         let i = AUTH_REASONS.iter().position(|&r| r == why).unwrap_or(0);
         inc(&self.auth_refused[i], 1);
     }

@@ -2,7 +2,7 @@
 //! backpressure: bounded by payload count and by bytes, a request is queued whole or not at all.
 #![forbid(unsafe_code)]
 
-use crate::ingest::{IngestError, Span};
+use crate::ingest::Span;
 use crate::spool::{RecordId, Releaser};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -69,6 +69,34 @@ pub enum Delivery {
     Refused,
 }
 
+/// Why a request found no room in its shard's queue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoRoom {
+    /// No room now: the queue is full (`503`, a retry later can succeed).
+    #[error("overloaded")]
+    Overloaded,
+    /// More payloads than the shard's whole queue holds (`queue.max_payloads`): it could
+    /// never be accepted, so a retry cannot help.
+    #[error("{n} payloads in one request; at most {max} per request (queue.max_payloads)")]
+    TooManyPayloads {
+        /// Payloads in the request.
+        n: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A body larger than the shard's whole queue (`queue.max_bytes`).
+    #[error("body of {len} bytes; at most {max} per request (queue.max_bytes)")]
+    OverQueue {
+        /// The body's length (declared or read).
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The queue is closed: the shard is shutting down.
+    #[error("shutting down")]
+    Closed,
+}
+
 /// The shard's memory budget for payload data: what is queued or uploading. The shard
 /// reserves, the worker releases when a request's last payload is stored (or given up).
 #[derive(Debug)]
@@ -77,6 +105,8 @@ pub struct Budget {
     bytes: AtomicUsize,
     max_payloads: usize,
     max_bytes: usize,
+    /// Notified whenever room is returned, for those waiting for it ([`Budget::reserve_waiting`]).
+    freed: event_listener::Event,
 }
 
 impl Budget {
@@ -87,6 +117,23 @@ impl Budget {
             bytes: AtomicUsize::new(0),
             max_payloads,
             max_bytes,
+            freed: event_listener::Event::new(),
+        }
+    }
+
+    /// Reserves room for `payloads` and `bytes`, waiting for it as long as it takes (replays
+    /// of spooled and spilled requests, which must not be refused). The caller makes sure the
+    /// request fits at all ([`Budget::fits_at_all`]), else this never returns.
+    pub async fn reserve_waiting(&self, payloads: usize, bytes: usize) {
+        loop {
+            if self.try_reserve(payloads, bytes) {
+                return;
+            }
+            let freed = self.freed.listen();
+            if self.try_reserve(payloads, bytes) {
+                return;
+            }
+            freed.await;
         }
     }
 
@@ -118,15 +165,15 @@ impl Budget {
 
     /// Refuses, for good, a request larger than the whole budget: no amount of waiting would
     /// make room for it.
-    pub fn fits_at_all(&self, payloads: usize, bytes: usize) -> Result<(), IngestError> {
+    pub fn fits_at_all(&self, payloads: usize, bytes: usize) -> Result<(), NoRoom> {
         if payloads > self.max_payloads {
-            return Err(IngestError::TooManyPayloads {
+            return Err(NoRoom::TooManyPayloads {
                 n: payloads,
                 max: self.max_payloads,
             });
         }
         if bytes > self.max_bytes {
-            return Err(IngestError::OverQueue {
+            return Err(NoRoom::OverQueue {
                 len: bytes,
                 max: self.max_bytes,
             });
@@ -137,10 +184,10 @@ impl Budget {
     /// Reserves room for a request body of `bytes` before it is read (its payloads are added
     /// once it is parsed, with [`Reservation::add_payloads`]): `413` if the body could never
     /// fit, `503` if there is no room now.
-    pub fn reserve_bytes(self: &Arc<Self>, bytes: usize) -> Result<Reservation, IngestError> {
+    pub fn reserve_bytes(self: &Arc<Self>, bytes: usize) -> Result<Reservation, NoRoom> {
         self.fits_at_all(0, bytes)?;
         if !self.try_reserve(0, bytes) {
-            return Err(IngestError::Overloaded);
+            return Err(NoRoom::Overloaded);
         }
         Ok(Reservation {
             budget: self.clone(),
@@ -153,6 +200,7 @@ impl Budget {
     pub fn release(&self, payloads: usize, bytes: usize) {
         self.payloads.fetch_sub(payloads, Relaxed);
         self.bytes.fetch_sub(bytes, Relaxed);
+        self.freed.notify(usize::MAX);
     }
 
     /// Payloads and bytes held now.
@@ -177,11 +225,11 @@ impl Reservation {
     }
 
     /// Grows the body room to `bytes` (a chunked body that outgrew it), or says there is none.
-    pub fn grow_to(&mut self, bytes: usize) -> Result<(), IngestError> {
+    pub fn grow_to(&mut self, bytes: usize) -> Result<(), NoRoom> {
         let more = bytes.saturating_sub(self.bytes);
         self.budget.fits_at_all(0, bytes)?;
         if more > 0 && !self.budget.try_reserve(0, more) {
-            return Err(IngestError::Overloaded);
+            return Err(NoRoom::Overloaded);
         }
         self.bytes += more;
         Ok(())
@@ -197,13 +245,32 @@ impl Reservation {
 
     /// Adds room for `n` payloads (the parsed body's): `413` if the request could never fit,
     /// `503` if there is no room now.
-    pub fn add_payloads(&mut self, n: usize) -> Result<(), IngestError> {
+    pub fn add_payloads(&mut self, n: usize) -> Result<(), NoRoom> {
         self.budget.fits_at_all(self.payloads + n, self.bytes)?;
         if !self.budget.try_reserve(n, 0) {
-            return Err(IngestError::Overloaded);
+            return Err(NoRoom::Overloaded);
         }
         self.payloads += n;
         Ok(())
+    }
+}
+
+impl Reservation {
+    /// Room for a body of `bytes` that must not be refused (a replayed spool record), waiting
+    /// for it; the caller checked that it fits at all.
+    pub async fn wait_for_bytes(budget: &Arc<Budget>, bytes: usize) -> Reservation {
+        budget.reserve_waiting(0, bytes).await;
+        Reservation {
+            budget: budget.clone(),
+            payloads: 0,
+            bytes,
+        }
+    }
+
+    /// Adds room for `n` payloads, waiting for it; the caller checked that they fit at all.
+    pub async fn wait_for_payloads(&mut self, n: usize) {
+        self.budget.reserve_waiting(n, 0).await;
+        self.payloads += n;
     }
 }
 
@@ -237,7 +304,7 @@ impl JobSender {
     /// Reserves room for a request of `payloads` payloads and `bytes` bytes (for requests
     /// written to the durable spool before they are queued); the room is returned if the
     /// reservation is dropped unused.
-    pub fn reserve(&self, payloads: usize, bytes: usize) -> Result<Reservation, IngestError> {
+    pub fn reserve(&self, payloads: usize, bytes: usize) -> Result<Reservation, NoRoom> {
         self.budget.fits_at_all(payloads, bytes)?;
         if self.budget.try_reserve(payloads, bytes) {
             Ok(Reservation {
@@ -246,12 +313,12 @@ impl JobSender {
                 bytes,
             })
         } else {
-            Err(IngestError::Overloaded)
+            Err(NoRoom::Overloaded)
         }
     }
 
     /// Queues a request whose room was reserved. Only fails if the worker is gone (shutdown).
-    pub fn send_reserved(&self, job: Job, r: Reservation) -> Result<(), IngestError> {
+    pub fn send_reserved(&self, job: Job, r: Reservation) -> Result<(), NoRoom> {
         debug_assert_eq!((job.spans.len(), job.body.len()), (r.payloads, r.bytes));
         // The reservation's room now belongs to the job: the worker releases it.
         let r = std::mem::ManuallyDrop::new(r);
@@ -261,25 +328,25 @@ impl JobSender {
                 // Full cannot happen (the channel holds max_payloads jobs of at least one
                 // payload each, and the room was reserved); Disconnected means shutdown.
                 r.budget.release(r.payloads, r.bytes);
-                Err(IngestError::ShuttingDown)
+                Err(NoRoom::Closed)
             }
         }
     }
 
     /// Queues a whole request or refuses it; never waits.
-    pub fn send(&self, job: Job) -> Result<(), IngestError> {
+    pub fn send(&self, job: Job) -> Result<(), NoRoom> {
         let (n, bytes) = (job.spans.len(), job.body.len());
         self.budget.fits_at_all(n, bytes)?;
         if !self.budget.try_reserve(n, bytes) {
-            return Err(IngestError::Overloaded);
+            return Err(NoRoom::Overloaded);
         }
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.budget.release(n, bytes);
                 Err(match e {
-                    flume::TrySendError::Full(_) => IngestError::Overloaded,
-                    flume::TrySendError::Disconnected(_) => IngestError::ShuttingDown,
+                    flume::TrySendError::Full(_) => NoRoom::Overloaded,
+                    flume::TrySendError::Disconnected(_) => NoRoom::Closed,
                 })
             }
         }
@@ -307,10 +374,10 @@ mod tests {
         let budget = Arc::new(Budget::new(10, 1000));
         let (tx, rx) = channel(budget.clone());
         tx.send(job(6, 100)).unwrap();
-        assert_eq!(tx.send(job(5, 100)), Err(IngestError::Overloaded));
+        assert_eq!(tx.send(job(5, 100)), Err(NoRoom::Overloaded));
         assert_eq!(budget.depth(), (6, 100));
         tx.send(job(4, 100)).unwrap();
-        assert_eq!(tx.send(job(1, 1)), Err(IngestError::Overloaded));
+        assert_eq!(tx.send(job(1, 1)), Err(NoRoom::Overloaded));
         let first = rx.recv().unwrap();
         budget.release(first.spans.len(), first.body.len());
         tx.send(job(1, 1)).unwrap();
@@ -322,11 +389,8 @@ mod tests {
         let budget = Arc::new(Budget::new(100, 250));
         let (tx, _rx) = channel(budget.clone());
         tx.send(job(1, 200)).unwrap();
-        assert_eq!(tx.send(job(1, 51)), Err(IngestError::Overloaded));
-        assert_eq!(
-            budget.reserve_bytes(51).unwrap_err(),
-            IngestError::Overloaded
-        );
+        assert_eq!(tx.send(job(1, 51)), Err(NoRoom::Overloaded));
+        assert_eq!(budget.reserve_bytes(51).unwrap_err(), NoRoom::Overloaded);
         assert_eq!(budget.reserve_bytes(50).unwrap().bytes(), 50);
     }
 
@@ -338,19 +402,19 @@ mod tests {
         assert_eq!(budget.depth(), (0, 600));
         assert_eq!(
             r.grow_to(1001).unwrap_err(),
-            IngestError::OverQueue {
+            NoRoom::OverQueue {
                 len: 1001,
                 max: 1000
             }
         );
         let other = budget.reserve_bytes(400).unwrap();
-        assert_eq!(r.grow_to(700).unwrap_err(), IngestError::Overloaded);
+        assert_eq!(r.grow_to(700).unwrap_err(), NoRoom::Overloaded);
         drop(other);
         r.shrink_to(250);
         assert_eq!(budget.depth(), (0, 250));
         assert_eq!(
             r.add_payloads(11).unwrap_err(),
-            IngestError::TooManyPayloads { n: 11, max: 10 }
+            NoRoom::TooManyPayloads { n: 11, max: 10 }
         );
         r.add_payloads(3).unwrap();
         assert_eq!(budget.depth(), (3, 250));
@@ -363,7 +427,7 @@ mod tests {
         let budget = Arc::new(Budget::new(10, 1000));
         let (tx, rx) = channel(budget.clone());
         let r = tx.reserve(6, 100).unwrap();
-        assert_eq!(tx.reserve(5, 1).unwrap_err(), IngestError::Overloaded);
+        assert_eq!(tx.reserve(5, 1).unwrap_err(), NoRoom::Overloaded);
         drop(r);
         assert_eq!(budget.depth(), (0, 0));
         let r = tx.reserve(2, 2).unwrap();
@@ -371,10 +435,7 @@ mod tests {
         assert_eq!(budget.depth(), (2, 2), "the queued job holds the room");
         drop(rx);
         let r = tx.reserve(1, 1).unwrap();
-        assert_eq!(
-            tx.send_reserved(job(1, 1), r),
-            Err(IngestError::ShuttingDown)
-        );
+        assert_eq!(tx.send_reserved(job(1, 1), r), Err(NoRoom::Closed));
         assert_eq!(budget.depth(), (2, 2));
     }
 
@@ -383,7 +444,7 @@ mod tests {
         let budget = Arc::new(Budget::new(10, 1000));
         let (tx, rx) = channel(budget.clone());
         drop(rx);
-        assert_eq!(tx.send(job(1, 1)), Err(IngestError::ShuttingDown));
+        assert_eq!(tx.send(job(1, 1)), Err(NoRoom::Closed));
         assert_eq!(budget.depth(), (0, 0));
     }
 }

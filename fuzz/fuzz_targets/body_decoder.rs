@@ -2,8 +2,8 @@
 //!
 //! A failed assertion is a finding. Invariants, for any bytes:
 //! 1. neither parser panics;
-//! 2. both accept, or both refuse with the same HTTP status (`IngestError::status()`);
-//!    with `COREPOST_FUZZ_STRICT_VARIANT=1` also with the same `IngestError` variant;
+//! 2. both accept, or both refuse with the same HTTP status (`corepost::http::answer::parse_status`);
+//!    with `COREPOST_FUZZ_STRICT_VARIANT=1` also with the same `ParseError` variant;
 //! 3. a simd parser that is reused across bodies (as a shard reuses it) answers exactly like a
 //!    fresh one (no state leaks from one body to the next);
 //! 4. when both accept they return identical spans; every span lies inside the body, spans are
@@ -20,7 +20,8 @@
 #![no_main]
 
 use corepost::config::ParserKind;
-use corepost::ingest::{describe, BodyParser, IngestError, Span, MAX_DEPTH};
+use corepost::http::answer::parse_status;
+use corepost::ingest::{describe, BodyParser, ParseError, Span, MAX_DEPTH};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use std::cell::RefCell;
@@ -46,7 +47,7 @@ fn strict_variant() -> bool {
         .get_or_init(|| std::env::var_os("COREPOST_FUZZ_STRICT_VARIANT").is_some_and(|v| v == "1"))
 }
 
-fn run(parser: &mut BodyParser, body: &[u8]) -> Result<Vec<Span>, IngestError> {
+fn run(parser: &mut BodyParser, body: &[u8]) -> Result<Vec<Span>, ParseError> {
     let mut spans = Vec::new();
     parser.parse(body, &mut spans).map(|_token| spans)
 }
@@ -166,31 +167,31 @@ fn has_lone_surrogate(body: &[u8]) -> bool {
 /// The accept/refuse disagreements already found and reported (fuzz/README.md, "Findings").
 fn known_disagreement(
     body: &[u8],
-    serde: &Result<Vec<Span>, IngestError>,
-    simd: &Result<Vec<Span>, IngestError>,
+    serde: &Result<Vec<Span>, ParseError>,
+    simd: &Result<Vec<Span>, ParseError>,
 ) -> Option<&'static str> {
     match (serde, simd) {
         // F1: a duplicate `version` or `token` key: serde refuses, simd accepts.
-        (Err(IngestError::Shape(m)), Ok(_))
+        (Err(ParseError::Shape(m)), Ok(_))
             if m.starts_with("duplicate field `version`")
                 || m.starts_with("duplicate field `token`") =>
         {
             Some("F1 duplicate version/token")
         }
         // F2: a number simd-json cannot represent: serde accepts, simd refuses.
-        (Ok(_), Err(IngestError::Json { what, .. }))
+        (Ok(_), Err(ParseError::Json { what, .. }))
             if what == describe::NUMBER && has_unrepresentable_number(body) =>
         {
             Some("F2 out-of-range number")
         }
         // F3: invalid UTF-8 inside a value serde_json skips: serde accepts, simd refuses.
-        (Ok(_), Err(IngestError::Json { what, .. }))
+        (Ok(_), Err(ParseError::Json { what, .. }))
             if what == describe::UTF8 && std::str::from_utf8(body).is_err() =>
         {
             Some("F3 invalid UTF-8 in an ignored field")
         }
         // F4: a lone surrogate escape: serde accepts, simd refuses.
-        (Ok(_), Err(IngestError::Json { what, .. }))
+        (Ok(_), Err(ParseError::Json { what, .. }))
             if what == describe::SURROGATE && has_lone_surrogate(body) =>
         {
             Some("F4 lone surrogate escape")
@@ -240,8 +241,8 @@ fuzz_target!(|body: &[u8]| {
         }
         (Err(a), Err(b)) => {
             assert_eq!(
-                a.status(),
-                b.status(),
+                parse_status(&a),
+                parse_status(&b),
                 "parsers refuse with different statuses: serde {a:?} / simd {b:?} on {}",
                 show(body)
             );

@@ -9,7 +9,7 @@
 //! is ever allocated for the output, however much the input would expand.
 #![forbid(unsafe_code)]
 
-use crate::ingest::IngestError;
+use super::body::BodyError;
 use crate::queue::Reservation;
 use http::header::CONTENT_ENCODING;
 use std::io::{self, Write};
@@ -42,11 +42,11 @@ impl Coding {
     /// The request body's coding from its `Content-Encoding` header(s): `None` when there is
     /// none (no header, or only `identity`), `415` for anything but exactly one of gzip,
     /// deflate and zstd.
-    pub fn of_request(headers: &http::HeaderMap) -> Result<Option<Coding>, IngestError> {
+    pub fn of_request(headers: &http::HeaderMap) -> Result<Option<Coding>, BodyError> {
         let mut found = None;
         for value in headers.get_all(CONTENT_ENCODING) {
             let text = value.to_str().map_err(|_| {
-                IngestError::UnsupportedEncoding(String::from_utf8_lossy(value.as_bytes()).into())
+                BodyError::UnsupportedEncoding(String::from_utf8_lossy(value.as_bytes()).into())
             })?;
             for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                 let coding = match token.to_ascii_lowercase().as_str() {
@@ -54,10 +54,10 @@ impl Coding {
                     "gzip" | "x-gzip" => Coding::Gzip,
                     "deflate" => Coding::Deflate,
                     "zstd" => Coding::Zstd,
-                    _ => return Err(IngestError::UnsupportedEncoding(token.into())),
+                    _ => return Err(BodyError::UnsupportedEncoding(token.into())),
                 };
                 if found.is_some() {
-                    return Err(IngestError::UnsupportedEncoding(text.trim().into()));
+                    return Err(BodyError::UnsupportedEncoding(text.trim().into()));
                 }
                 found = Some(coding);
             }
@@ -75,14 +75,14 @@ struct Decoded<'r> {
     queue_max: usize,
     room: &'r mut Reservation,
     /// Why the last write was refused (a limit, not corrupt input).
-    refused: Option<IngestError>,
+    refused: Option<BodyError>,
 }
 
 impl Write for Decoded<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let need = self.buf.len() + data.len();
         if need > self.cap {
-            return self.refuse(IngestError::DecodedTooLarge(self.cap));
+            return self.refuse(BodyError::DecodedTooLarge(self.cap));
         }
         if need > self.room.bytes() {
             let want = (self.room.bytes() * 2)
@@ -91,7 +91,7 @@ impl Write for Decoded<'_> {
                 .min(self.queue_max)
                 .max(need);
             if let Err(e) = self.room.grow_to(want) {
-                return self.refuse(e);
+                return self.refuse(e.into());
             }
             self.buf.reserve_exact(self.room.bytes() - self.buf.len());
         }
@@ -105,7 +105,7 @@ impl Write for Decoded<'_> {
 }
 
 impl Decoded<'_> {
-    fn refuse(&mut self, e: IngestError) -> io::Result<usize> {
+    fn refuse(&mut self, e: BodyError) -> io::Result<usize> {
         self.refused = Some(e);
         Err(io::Error::other("decoded body refused"))
     }
@@ -149,7 +149,7 @@ impl<'r> BodyDecoder<'r> {
         cap: usize,
         queue_max: usize,
         room: &'r mut Reservation,
-    ) -> Result<Self, IngestError> {
+    ) -> Result<Self, BodyError> {
         // The whole cap at once, as address space: pages are only resident once written, so
         // this costs memory only as the output grows, and growing never copies (a doubling
         // buffer holds the old and the new copy at once, and the allocator keeps freed pages
@@ -171,18 +171,17 @@ impl<'r> BodyDecoder<'r> {
             Coding::Gzip => Inner::Gzip(flate2::write::MultiGzDecoder::new(out)),
             Coding::Deflate => Inner::DeflateStart(out, Vec::with_capacity(2)),
             Coding::Zstd => {
-                let mut d = zstd::stream::write::Decoder::new(out).map_err(|e| {
-                    IngestError::BadEncoding {
+                let mut d =
+                    zstd::stream::write::Decoder::new(out).map_err(|e| BodyError::BadEncoding {
                         coding: coding.name(),
                         why: e.to_string(),
-                    }
-                })?;
+                    })?;
                 // A frame may ask for a window (the history the decoder keeps, allocated when
                 // the frame starts) of up to 2 GiB. Windows up to the cap are taken, and at
                 // least 8 MiB (2^23, what zstd's levels 1 to 19 use when streaming without a
                 // known size); a larger one is refused (`413`) rather than allocated.
                 d.window_log_max(window_log)
-                    .map_err(|e| IngestError::BadEncoding {
+                    .map_err(|e| BodyError::BadEncoding {
                         coding: coding.name(),
                         why: e.to_string(),
                     })?;
@@ -198,7 +197,7 @@ impl<'r> BodyDecoder<'r> {
 
     /// Decodes the next compressed frame: `413` as soon as the output passes the cap or the
     /// whole queue, `503` when the queue has no room for it now, `400` for corrupt data.
-    pub fn write(&mut self, data: &[u8]) -> Result<(), IngestError> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), BodyError> {
         let r = match &mut self.inner {
             Inner::DeflateStart(..) => return self.start_deflate(data),
             Inner::Gzip(d) => d.write_all(data),
@@ -214,7 +213,7 @@ impl<'r> BodyDecoder<'r> {
     /// header is `CMF FLG` with compression method 8, a window of at most 32 KiB and
     /// `(CMF * 256 + FLG) % 31 == 0`; raw deflate data starting like that would be a
     /// stored block with nonzero padding bits, which encoders do not write.
-    fn start_deflate(&mut self, data: &[u8]) -> Result<(), IngestError> {
+    fn start_deflate(&mut self, data: &[u8]) -> Result<(), BodyError> {
         let Inner::DeflateStart(_, head) = &mut self.inner else {
             return Ok(());
         };
@@ -241,10 +240,10 @@ impl<'r> BodyDecoder<'r> {
 
     /// Ends the body: `400` if the compressed data stopped before its end; otherwise the
     /// decoded body.
-    pub fn finish(mut self) -> Result<Vec<u8>, IngestError> {
+    pub fn finish(mut self) -> Result<Vec<u8>, BodyError> {
         let r = match &mut self.inner {
             Inner::DeflateStart(..) | Inner::Empty => {
-                return Err(IngestError::BadEncoding {
+                return Err(BodyError::BadEncoding {
                     coding: self.coding.name(),
                     why: "the body ends before the compressed data starts".into(),
                 })
@@ -267,7 +266,7 @@ impl<'r> BodyDecoder<'r> {
     }
 
     /// The refusal behind a failed write: a limit the output hit, or corrupt input.
-    fn error(&mut self, e: io::Error) -> IngestError {
+    fn error(&mut self, e: io::Error) -> BodyError {
         let out = match &mut self.inner {
             Inner::Gzip(d) => Some(d.get_mut()),
             Inner::Zlib(d) => Some(d.get_mut()),
@@ -281,7 +280,7 @@ impl<'r> BodyDecoder<'r> {
         }
         // zstd's words for a frame whose window is over `window_log_max`.
         if self.coding == Coding::Zstd && e.to_string().contains("too much memory") {
-            return IngestError::WindowTooLarge(self.window_max);
+            return BodyError::WindowTooLarge(self.window_max);
         }
         let why = match e.kind() {
             // A decoder that reached the end of its stream takes no more input.
@@ -289,7 +288,7 @@ impl<'r> BodyDecoder<'r> {
             io::ErrorKind::UnexpectedEof => "the compressed data ends early".into(),
             _ => e.to_string(),
         };
-        IngestError::BadEncoding {
+        BodyError::BadEncoding {
             coding: self.coding.name(),
             why,
         }
@@ -299,7 +298,9 @@ impl<'r> BodyDecoder<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::answer::body_status;
     use crate::queue::Budget;
+    use crate::queue::NoRoom;
     use std::sync::Arc;
 
     fn gzip(b: &[u8]) -> Vec<u8> {
@@ -325,12 +326,7 @@ mod tests {
     }
 
     /// Decodes `data` fed in `chunk`-byte frames with a fresh 64 MiB budget.
-    fn decode(
-        coding: Coding,
-        data: &[u8],
-        chunk: usize,
-        cap: usize,
-    ) -> Result<Vec<u8>, IngestError> {
+    fn decode(coding: Coding, data: &[u8], chunk: usize, cap: usize) -> Result<Vec<u8>, BodyError> {
         let budget = Arc::new(Budget::new(1000, 64 << 20));
         let mut room = budget.reserve_bytes(0).unwrap();
         let mut d = BodyDecoder::new(coding, cap, 64 << 20, &mut room)?;
@@ -397,8 +393,11 @@ mod tests {
                 .chunks(16 << 10)
                 .try_for_each(|c| d.write(c))
                 .expect_err("over the cap");
-            assert_eq!(e, IngestError::DecodedTooLarge(1 << 20), "{coding:?}");
-            assert_eq!(e.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+            assert!(
+                matches!(e, BodyError::DecodedTooLarge(c) if c == 1 << 20),
+                "{coding:?}"
+            );
+            assert_eq!(body_status(&e), http::StatusCode::PAYLOAD_TOO_LARGE);
             assert_eq!(
                 e.to_string(),
                 "decoded body larger than 1048576 bytes (server.max_decoded_bytes)"
@@ -427,7 +426,10 @@ mod tests {
         let held = budget.reserve_bytes(7 << 19).unwrap();
         let mut room = budget.reserve_bytes(0).unwrap();
         let mut d = BodyDecoder::new(Coding::Gzip, 16 << 20, 4 << 20, &mut room).unwrap();
-        assert_eq!(d.write(&gzip(&plain)), Err(IngestError::Overloaded));
+        assert!(matches!(
+            d.write(&gzip(&plain)),
+            Err(BodyError::NoRoom(NoRoom::Overloaded))
+        ));
         drop(d);
         drop(room);
         drop(held);
@@ -438,7 +440,7 @@ mod tests {
         let mut d = BodyDecoder::new(Coding::Zstd, 16 << 20, 512 << 10, &mut room).unwrap();
         let e = d.write(&zstd(&plain)).unwrap_err();
         assert!(
-            matches!(e, IngestError::OverQueue { max, .. } if max == 512 << 10),
+            matches!(e, BodyError::NoRoom(NoRoom::OverQueue { max, .. }) if max == 512 << 10),
             "{e}"
         );
         drop(d);
@@ -481,7 +483,11 @@ mod tests {
             (Coding::Zstd, Vec::new(), ""),
         ] {
             let e = decode(coding, &data, 5, 1 << 20).expect_err("refused");
-            assert_eq!(e.status(), http::StatusCode::BAD_REQUEST, "{coding:?} {e}");
+            assert_eq!(
+                body_status(&e),
+                http::StatusCode::BAD_REQUEST,
+                "{coding:?} {e}"
+            );
             let msg = e.to_string();
             assert!(
                 msg.starts_with(&format!("invalid {} data: ", coding.name())) && msg.contains(why),
@@ -498,8 +504,8 @@ mod tests {
         e.write_all(&body(2 << 20)).unwrap();
         let data = e.finish().unwrap();
         let err = decode(Coding::Zstd, &data, 1 << 20, 1 << 20).expect_err("refused");
-        assert_eq!(err, IngestError::WindowTooLarge(8 << 20));
-        assert_eq!(err.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(matches!(err, BodyError::WindowTooLarge(w) if w == 8 << 20));
+        assert_eq!(body_status(&err), http::StatusCode::PAYLOAD_TOO_LARGE);
         // The same data with a cap that covers its window decodes.
         assert_eq!(
             decode(Coding::Zstd, &data, 1 << 20, 128 << 20).unwrap(),
@@ -516,13 +522,13 @@ mod tests {
             }
             Coding::of_request(&h)
         };
-        assert_eq!(of(&[]), Ok(None));
-        assert_eq!(of(&["identity"]), Ok(None));
-        assert_eq!(of(&[""]), Ok(None));
-        assert_eq!(of(&["GZIP"]), Ok(Some(Coding::Gzip)));
-        assert_eq!(of(&["x-gzip"]), Ok(Some(Coding::Gzip)));
-        assert_eq!(of(&[" deflate "]), Ok(Some(Coding::Deflate)));
-        assert_eq!(of(&["zstd", "identity"]), Ok(Some(Coding::Zstd)));
+        assert_eq!(of(&[]).ok(), Some(None));
+        assert_eq!(of(&["identity"]).ok(), Some(None));
+        assert_eq!(of(&[""]).ok(), Some(None));
+        assert_eq!(of(&["GZIP"]).ok(), Some(Some(Coding::Gzip)));
+        assert_eq!(of(&["x-gzip"]).ok(), Some(Some(Coding::Gzip)));
+        assert_eq!(of(&[" deflate "]).ok(), Some(Some(Coding::Deflate)));
+        assert_eq!(of(&["zstd", "identity"]).ok(), Some(Some(Coding::Zstd)));
         for bad in [
             &["br"][..],
             &["snappy"],
@@ -532,7 +538,7 @@ mod tests {
         ] {
             let e = of(bad).expect_err("refused");
             assert_eq!(
-                e.status(),
+                body_status(&e),
                 http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "{bad:?}"
             );

@@ -427,7 +427,7 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
         (
             "corepost_spool_fsyncs_total",
             "Data syncs issued by the durable spool: one per commit (an O_DSYNC write) plus the fdatasyncs of segment creation.",
-            |s| s.fsyncs,
+            |s| s.data_syncs,
         ),
         (
             "corepost_spool_commits_total",

@@ -74,12 +74,15 @@
 
 mod files;
 mod format;
+mod release;
 mod request;
 #[cfg(test)]
 mod tests;
 mod writer;
 
 use files::*;
+pub use release::{Releaser, SpoolStats};
+use release::{SegState, Shared, FREE_POOL};
 pub use request::*;
 use writer::*;
 
@@ -267,165 +270,6 @@ impl SpoolError {
     }
 }
 
-/// Counters and gauges of a spool, readable from any thread through [`Releaser::stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SpoolStats {
-    /// Data syncs issued: commits (each an `O_DSYNC` write), and the fdatasyncs of segment
-    /// creation, the meta file and the directory.
-    pub fsyncs: u64,
-    /// Group commits done (one `O_DSYNC` write each).
-    pub commits: u64,
-    /// Records made durable by `append`.
-    pub records_appended: u64,
-    /// Data bytes of those records.
-    pub bytes_appended: u64,
-    /// Segment files not yet deleted (recovered, sealed or being written).
-    pub live_segments: u64,
-    /// Their total size: what counts against `max_bytes`.
-    pub live_bytes: u64,
-    /// Records appended or recovered and not yet released.
-    pub live_records: u64,
-}
-
-#[derive(Debug)]
-struct SegState {
-    /// Offsets of records not yet released.
-    live: BTreeSet<u64>,
-    /// No more records will be added: deleted once `live` is empty.
-    sealed: bool,
-    /// File size, counted against the budget.
-    bytes: u64,
-}
-
-#[derive(Debug, Default)]
-struct Table {
-    segments: BTreeMap<u64, SegState>,
-    /// Files on disk: live segments and the free pool.
-    live_bytes: u64,
-    /// Retired segment files kept for reuse (`{id}.free`), newest last.
-    free: Vec<u64>,
-}
-
-/// Retired segment files kept for reuse: a new segment is then a rename and one header
-/// write, not a file of `segment_bytes` zeros written while commits wait on the same disk
-/// (scenario (d): `benches/results/2026-11-28-d.md` before reuse, `-d-2.md` after).
-const FREE_POOL: usize = 2;
-
-/// What the shard and the releasers share.
-#[derive(Debug)]
-struct Shared {
-    dir: PathBuf,
-    /// Size of the files this run creates (the only ones reused).
-    segment_bytes: u64,
-    table: Mutex<Table>,
-    fsyncs: AtomicU64,
-    commits: AtomicU64,
-    records: AtomicU64,
-    bytes: AtomicU64,
-}
-
-impl Shared {
-    fn table(&self) -> MutexGuard<'_, Table> {
-        // The table stays consistent across a panic elsewhere: every update is one step.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn synced(&self) {
-        self.fsyncs.fetch_add(1, Relaxed);
-    }
-
-    fn seg_path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("{id:020}.seg"))
-    }
-
-    fn delete(&self, id: u64) {
-        remove_segment(&self.seg_path(id));
-    }
-
-    fn free_path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("{id:020}.free"))
-    }
-
-    /// Retires segment `id` if it is sealed and fully released: into the free pool (renamed
-    /// under the table lock, so the writer never takes a file not yet renamed) if there is
-    /// room and it has the standard size, else deleted.
-    fn retire_if_done(&self, t: &mut Table, id: u64) {
-        let bytes = match t.segments.get(&id) {
-            Some(s) if s.sealed && s.live.is_empty() => s.bytes,
-            _ => return,
-        };
-        t.segments.remove(&id);
-        crate::crash_point!("spool::retire::before");
-        if t.free.len() < FREE_POOL && bytes == self.segment_bytes {
-            match std::fs::rename(self.seg_path(id), self.free_path(id)) {
-                Ok(()) => {
-                    crate::crash_point!("spool::retire::after_rename");
-                    t.free.push(id);
-                    return;
-                }
-                // A segment whose creation failed may have no file.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(segment = id, error = %e, "spool: cannot keep a segment for reuse")
-                }
-            }
-        }
-        t.live_bytes -= bytes;
-        self.delete(id);
-    }
-
-    fn release(&self, id: RecordId) {
-        let mut t = self.table();
-        let known = t.segments.get_mut(&id.segment);
-        if known.is_some_and(|s| s.live.remove(&id.offset)) {
-            self.retire_if_done(&mut t, id.segment);
-        } else {
-            tracing::debug!(?id, "release of an unknown or released spool record");
-        }
-    }
-
-    fn seal(&self, id: u64) {
-        let mut t = self.table();
-        if let Some(s) = t.segments.get_mut(&id) {
-            s.sealed = true;
-        }
-        self.retire_if_done(&mut t, id);
-    }
-
-    fn stats(&self) -> SpoolStats {
-        let t = self.table();
-        SpoolStats {
-            fsyncs: self.fsyncs.load(Relaxed),
-            commits: self.commits.load(Relaxed),
-            records_appended: self.records.load(Relaxed),
-            bytes_appended: self.bytes.load(Relaxed),
-            live_segments: t.segments.len() as u64,
-            live_bytes: t.live_bytes,
-            live_records: t.segments.values().map(|s| s.live.len() as u64).sum(),
-        }
-    }
-}
-
-/// Marks records stored, from any thread (the upload worker's). Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Releaser {
-    shared: Arc<Shared>,
-}
-
-impl Releaser {
-    /// Marks record `id` stored. When that was the last live record of a sealed segment, its
-    /// file is deleted (here, with `std::fs::remove_file`) and its budget freed. Unknown or
-    /// already released ids are ignored.
-    pub fn release(&self, id: RecordId) {
-        self.shared.release(id);
-    }
-
-    /// The spool's counters and gauges.
-    pub fn stats(&self) -> SpoolStats {
-        self.shared.stats()
-    }
-}
-
 /// Where the committer leaves one append's outcome, and the waker of the task awaiting it.
 #[derive(Default)]
 struct SlotState {
@@ -518,7 +362,7 @@ impl Spool {
             dir: opts.dir.clone(),
             segment_bytes: opts.segment_bytes,
             table: Mutex::default(),
-            fsyncs: AtomicU64::new(0),
+            data_syncs: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),

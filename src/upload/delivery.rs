@@ -1,0 +1,260 @@
+//! Delivery: one object into the store, retried with backoff; spilled (or left in the durable
+//! spool) when it cannot be stored; each request answered once all its objects are done.
+#![forbid(unsafe_code)]
+
+use super::objects::Request;
+use super::{group_sync, FsSink, ObjectFormat, Sink, UploadError};
+use crate::config::Config;
+use crate::keys::KeySpace;
+use crate::metrics::{dec, inc, ShardStats};
+use crate::queue::{Budget, Delivery};
+use std::cell::Cell;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Delay before retry number `attempt` (1-based): full jitter over an exponential cap.
+pub fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
+    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+    let cap = exp.min(max_ms).max(1);
+    Duration::from_millis(fastrand::u64(0..=cap))
+}
+
+/// Delay before retry number `attempt` (1-based) after the store throttled the last attempt
+/// (`429`, `503`, `SlowDown`): the store asked for fewer requests, so this waits as if two
+/// attempts further along, with twice the cap (`2 × max_ms`), and with equal jitter instead of
+/// full jitter (at least half of that cap), so a throttled attempt is never retried at once:
+/// the first retry waits between `2 × base_ms` and `4 × base_ms`, where an ordinary one waits
+/// up to `base_ms`.
+pub fn throttled_backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
+    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_add(1).min(20));
+    let cap = exp.min(max_ms.saturating_mul(2)).max(2);
+    let floor = cap / 2;
+    Duration::from_millis(floor + fastrand::u64(0..=cap - floor))
+}
+
+/// What became of one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// In the store.
+    Stored,
+    /// Not stored: kept for a later attempt, in the spill directory or (a spooled request's
+    /// object) in the durable spool, or lost when neither was possible (counted in
+    /// `payloads_failed`). `refused`: the store refused it for good, a retry cannot help.
+    NotStored { refused: bool },
+}
+
+/// What the worker's tasks share.
+pub(super) struct Ctx {
+    pub(super) sink: Sink,
+    /// The fs sink under `ack = "durable"`: objects are synced (grouped) before they count as
+    /// stored, since storing one releases its spool record.
+    pub(super) fs_sync: Option<group_sync::GroupSync>,
+    pub(super) spill: FsSink,
+    pub(super) stats: Arc<ShardStats>,
+    pub(super) budget: Arc<Budget>,
+    pub(super) keys: KeySpace,
+    pub(super) config: Arc<Config>,
+    pub(super) shard: usize,
+    /// Set at the drain deadline: stop trying the store, spill instead.
+    pub(super) spilling: Cell<bool>,
+    pub(super) deadline: Notify,
+}
+
+impl Ctx {
+    /// Notes that one object holding some of `req`'s payloads is done (`None`: all its
+    /// payloads have been added); the last one releases the request's budget and answers it.
+    pub(super) fn finish(&self, req: &Request, outcome: Option<Outcome>) {
+        match outcome {
+            Some(Outcome::NotStored { refused: true }) => req.outcome.set(Delivery::Refused),
+            Some(Outcome::NotStored { refused: false })
+                if req.outcome.get() == Delivery::Stored =>
+            {
+                req.outcome.set(Delivery::Deferred)
+            }
+            _ => {}
+        }
+        req.pending.set(req.pending.get() - 1);
+        if req.pending.get() == 0 {
+            self.budget.release(req.payloads, req.bytes);
+            if let Some(sp) = &req.spooled {
+                if req.outcome.get() == Delivery::Stored {
+                    crate::crash_point!("upload::stored::before_release");
+                    sp.releaser.release(sp.id);
+                }
+            }
+            if let Some(ack) = req.ack.borrow_mut().take() {
+                // The client may have given up waiting; nothing to do then.
+                let _ = ack.send(req.outcome.get());
+            }
+        }
+    }
+
+    /// Stores one object of `payloads` payloads, retrying as configured; what cannot be
+    /// stored is spilled, unless it comes from the durable spool (`spooled`), which keeps it
+    /// for the next start. Counts and logs the outcome.
+    pub(super) async fn deliver(
+        &self,
+        key: &str,
+        data: &[u8],
+        format: ObjectFormat,
+        payloads: usize,
+        spooled: bool,
+    ) -> Outcome {
+        let n = payloads as u64;
+        inc(&self.stats.uploads_in_flight, 1);
+        let outcome = match self.store(key, data, format).await {
+            Ok(()) => {
+                inc(&self.stats.payloads_uploaded, n);
+                Outcome::Stored
+            }
+            Err(e) if spooled => {
+                inc(&self.stats.payloads_deferred, n);
+                if !self.spilling.get() {
+                    tracing::error!(shard = self.shard, key, payloads, error = %e, "object not stored; its request stays in the durable spool for the next start");
+                }
+                Outcome::NotStored {
+                    refused: !e.retryable(),
+                }
+            }
+            Err(e) => {
+                let permanent = !e.retryable();
+                if let Err(spill_err) = self.spill.put(key, data) {
+                    inc(&self.stats.payloads_failed, n);
+                    tracing::error!(shard = self.shard, key, payloads, error = %e, spill_error = %spill_err, "payloads LOST: not stored and not spilled");
+                } else {
+                    inc(&self.stats.payloads_spilled, n);
+                    if !self.spilling.get() {
+                        tracing::error!(shard = self.shard, key, payloads, error = %e, "object not stored; kept in the spill directory");
+                    }
+                }
+                Outcome::NotStored { refused: permanent }
+            }
+        };
+        dec(&self.stats.uploads_in_flight, 1);
+        outcome
+    }
+
+    /// Stores one object; with the fs sink under `ack = "durable"`, also waits for the group
+    /// sync that makes it survive a power cut.
+    pub(super) async fn put_synced(
+        &self,
+        key: &str,
+        data: &[u8],
+        format: ObjectFormat,
+    ) -> Result<(), UploadError> {
+        self.sink
+            .put(key, data, format, &self.stats.put_requests)
+            .await?;
+        if let Some(g) = &self.fs_sync {
+            g.sync()
+                .await
+                .map_err(|e| UploadError::Transient(e.to_string()))?;
+            self.stats.sink_syncs.store(g.syncs.get(), Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Tries the store until it succeeds, a permanent error, `max_attempts`, or the drain
+    /// deadline. Retries wait [`backoff`], or the longer [`throttled_backoff`] when the store
+    /// throttled the attempt (counted in `corepost_upload_throttled_total`).
+    pub(super) async fn store(
+        &self,
+        key: &str,
+        data: &[u8],
+        format: ObjectFormat,
+    ) -> Result<(), UploadError> {
+        let up = &self.config.upload;
+        let mut attempt = 0u32;
+        loop {
+            if self.spilling.get() {
+                return Err(UploadError::Transient("drain deadline reached".into()));
+            }
+            attempt += 1;
+            let t0 = Instant::now();
+            let result = tokio::select! {
+                r = self.put_synced(key, data, format) => r,
+                _ = self.deadline.notified() => Err(UploadError::Transient("drain deadline reached".into())),
+            };
+            if result.as_ref().is_err_and(UploadError::throttled) {
+                inc(&self.stats.upload_throttled, 1);
+            }
+            match result {
+                Ok(()) => {
+                    self.stats.observe_upload(t0.elapsed().as_secs_f64());
+                    inc(&self.stats.objects_uploaded, 1);
+                    inc(&self.stats.bytes_out, data.len() as u64);
+                    if self.stats.sink_failing.swap(false, Relaxed) {
+                        tracing::info!(shard = self.shard, "sink recovered");
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.retryable() && (up.max_attempts == 0 || attempt < up.max_attempts) => {
+                    if self.spilling.get() {
+                        return Err(e);
+                    }
+                    inc(&self.stats.upload_retries, 1);
+                    self.stats.set_sink_error(&e.to_string());
+                    if !self.stats.sink_failing.swap(true, Relaxed) {
+                        tracing::warn!(shard = self.shard, error = %e, "sink failing; retrying with backoff");
+                    }
+                    let pause = if e.throttled() {
+                        throttled_backoff(attempt, up.backoff_base_ms, up.backoff_max_ms)
+                    } else {
+                        backoff(attempt, up.backoff_base_ms, up.backoff_max_ms)
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.deadline.notified() => {}
+                    }
+                }
+                Err(e) => {
+                    self.stats.set_sink_error(&e.to_string());
+                    self.stats.sink_failing.store(true, Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        for attempt in 1..40 {
+            let d = backoff(attempt, 50, 5_000);
+            assert!(d <= Duration::from_millis(5_000));
+        }
+        for _ in 0..100 {
+            assert!(backoff(1, 50, 5_000) <= Duration::from_millis(50));
+            assert!(backoff(3, 50, 5_000) <= Duration::from_millis(200));
+        }
+        let distinct: std::collections::HashSet<_> =
+            (0..50).map(|_| backoff(10, 50, 5_000)).collect();
+        assert!(distinct.len() > 10, "full jitter spreads retries");
+    }
+
+    #[test]
+    fn throttled_backoff_waits_longer_and_never_zero() {
+        for _ in 0..100 {
+            let d = throttled_backoff(1, 50, 5_000);
+            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(200));
+            let d = throttled_backoff(3, 50, 5_000);
+            assert!(d >= Duration::from_millis(400) && d <= Duration::from_millis(800));
+        }
+        for attempt in 1..40 {
+            let d = throttled_backoff(attempt, 50, 5_000);
+            assert!(d <= Duration::from_millis(10_000), "cap doubled: {d:?}");
+            assert!(
+                d >= backoff(1, 50, 50),
+                "never below the first ordinary pause"
+            );
+        }
+        assert!(throttled_backoff(30, 50, 5_000) >= Duration::from_millis(5_000));
+        assert!(throttled_backoff(1, 1, 1) >= Duration::from_millis(1));
+    }
+}

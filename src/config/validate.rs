@@ -39,6 +39,30 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
         let mut bad = |key: &str, msg: String| errs.push(ConfigError(format!("{key}: {msg}")));
+        self.validate_listen(&mut bad);
+        self.validate_batch(&mut bad);
+        if self.server.ack == Ack::Durable {
+            self.validate_spool(&mut bad);
+        }
+        self.validate_timeouts(&mut bad);
+        self.validate_capacity(&mut bad);
+        self.validate_sink(&mut bad);
+        self.validate_data_dirs(&mut bad);
+        self.validate_keys(&mut bad);
+        if let Some(tls) = &self.tls {
+            self.validate_tls(tls, &mut bad);
+        }
+        self.validate_auth(&mut bad);
+        self.validate_glommio(&mut bad);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
+    /// Addresses and body limits.
+    fn validate_listen(&self, bad: &mut impl FnMut(&str, String)) {
         if let Some(a) = &self.server.admin_listen {
             if a.parse::<std::net::SocketAddr>().is_err() {
                 bad(
@@ -75,10 +99,10 @@ impl Config {
                 ),
             );
         }
-        self.validate_batch(&mut bad);
-        if self.server.ack == Ack::Durable {
-            self.validate_spool(&mut bad);
-        }
+    }
+
+    /// Timeouts and backoff (none may be zero), the header limit.
+    fn validate_timeouts(&self, bad: &mut impl FnMut(&str, String)) {
         for (key, v) in [
             (
                 "server.header_read_timeout_ms",
@@ -108,6 +132,10 @@ impl Config {
                 "must be at least upload.backoff_base_ms".into(),
             );
         }
+    }
+
+    /// Shards, connections, the queue and uploads in flight.
+    fn validate_capacity(&self, bad: &mut impl FnMut(&str, String)) {
         if let Cores::Named(name) = &self.shards.cores {
             if name != "all" {
                 bad(
@@ -143,6 +171,10 @@ impl Config {
                 "must be between 1 and 4096 (MAX_WORKERS)".into(),
             );
         }
+    }
+
+    /// The sink's own settings and the spill directory.
+    fn validate_sink(&self, bad: &mut impl FnMut(&str, String)) {
         if self.sink.kind == SinkKind::S3 {
             if self.sink.s3.bucket.as_deref().unwrap_or("").is_empty() {
                 bad(
@@ -171,7 +203,10 @@ impl Config {
         if self.sink.kind == SinkKind::Fs && self.sink.fs.root.is_empty() {
             bad("sink.fs.root", "must not be empty".into());
         }
-        self.validate_data_dirs(&mut bad);
+    }
+
+    /// The key prefix and instance name.
+    fn validate_keys(&self, bad: &mut impl FnMut(&str, String)) {
         if self.keys.prefix.starts_with('/') || self.keys.prefix.contains("..") {
             bad(
                 "keys.prefix",
@@ -186,9 +221,11 @@ impl Config {
                 );
             }
         }
-        if let Some(tls) = &self.tls {
-            self.validate_tls(tls, &mut bad);
-        }
+    }
+
+    /// `[auth] tokens_file`, read here so that `check-config` and start-up refuse a malformed
+    /// file.
+    fn validate_auth(&self, bad: &mut impl FnMut(&str, String)) {
         if let Some(path) = &self.auth.tokens_file {
             // Read here so that `check-config` and start-up refuse a malformed file; the
             // message names the line, never a token.
@@ -196,16 +233,15 @@ impl Config {
                 bad("auth.tokens_file", e);
             }
         }
+    }
+
+    /// The runtime's memory and ring sizes.
+    fn validate_glommio(&self, bad: &mut impl FnMut(&str, String)) {
         if self.glommio.io_memory_kib < 64 {
             bad("glommio.io_memory_kib", "must be at least 64".into());
         }
         if !(8..=32768).contains(&self.glommio.ring_depth) {
             bad("glommio.ring_depth", "must be between 8 and 32768".into());
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errs))
         }
     }
 

@@ -57,82 +57,15 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
     );
     config.shards.max_connections = fds.max_connections;
     let config = Arc::new(config);
-    let instance = config.keys.instance.clone().unwrap_or_else(host_name);
-    let start_micros = unix_micros();
-    let stopping = Arc::new(AtomicBool::new(false));
-
-    // The token set every shard checks against; SIGHUP replaces it (registered below).
-    let tokens = match &config.auth.tokens_file {
-        Some(path) => Some(
-            crate::auth::Tokens::load(Path::new(path))
-                .map_err(|e| anyhow!("auth.tokens_file: {e}"))?,
-        ),
-        None => None,
-    };
-    if let Some(t) = &tokens {
-        tracing::info!("auth: {}", t.describe());
-    }
+    let tokens = load_tokens(&config)?;
     // Before anything reads or writes a data directory: no other process may be using it.
     let locks = lock_data_dirs(&config)?;
     if config.server.ack == Ack::Durable {
         check_spool_dirs(&config.spool.dir, placement.len())?;
     }
-    let mut views = Vec::new();
-    let mut senders = Vec::new();
-    let mut workers = Vec::new();
-    let mut drains = Vec::new();
-    for p in &placement {
-        // Two deadlines at most: the first signal's, and an earlier one from a second signal.
-        let (drain_tx, drain_rx) = flume::bounded::<Instant>(2);
-        drains.push(drain_tx);
-        let stats = Arc::new(ShardStats::default());
-        let budget = Arc::new(Budget::new(
-            config.queue.max_payloads,
-            config.queue.max_bytes,
-        ));
-        let (tx, rx) = channel(budget.clone());
-        let keys = KeySpace::new(&config.keys.prefix, &instance, p.shard, start_micros);
-        workers.push(
-            upload::spawn(WorkerSetup {
-                shard: p.shard,
-                cpu: p.worker_cpu,
-                rx,
-                drain: drain_rx,
-                replay_spill: p.shard == 0,
-                budget: budget.clone(),
-                stats: stats.clone(),
-                keys,
-                config: config.clone(),
-            })
-            .context("starting an upload worker")?,
-        );
-        views.push(ShardView {
-            stats,
-            budget,
-            spool: Arc::new(std::sync::OnceLock::new()),
-            max_connections: config.shards.max_connections,
-        });
-        senders.push(tx);
-    }
-    let views = Arc::new(views);
-
-    let mut addr: SocketAddr = config.server.listen.parse().map_err(|_| {
-        anyhow!(
-            "server.listen: {:?} is not an address",
-            config.server.listen
-        )
-    })?;
-    crate::listen::check_port_free(addr)?;
-    let admin_addr: Option<SocketAddr> = match &config.server.admin_listen {
-        Some(a) => {
-            let a = a
-                .parse()
-                .map_err(|_| anyhow!("server.admin_listen: {a:?} is not an address"))?;
-            crate::listen::check_port_free(a)?;
-            Some(a)
-        }
-        None => None,
-    };
+    let instance = config.keys.instance.clone().unwrap_or_else(host_name);
+    let workers = start_workers(&config, &placement, &instance)?;
+    let (mut addr, admin_addr) = addresses(&config)?;
     // Read (and checked) before any shard starts: a bad file stops the start, naming it.
     let tls = match &config.tls {
         Some(t) => Some(Arc::new(
@@ -140,114 +73,28 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
         )),
         None => None,
     };
-    let reloaders = crate::reload::Reloaders::default();
-    if let Some(tls) = &tls {
-        let tls = tls.clone();
-        reloaders.add("tls certificate", move || tls.reload());
+    let common = Common {
+        config: config.clone(),
+        instance,
+        views: Arc::new(workers.views),
+        stopping: Arc::new(AtomicBool::new(false)),
+        tokens: tokens.clone(),
+        tls: tls.clone(),
+    };
+    let (mut admin_bound, mut stops, mut executors) = (None, Vec::new(), Vec::new());
+    // Shard 0 binds first so that port 0 resolves to one port that the others then share;
+    // it also serves the admin listener (the metrics cover every shard).
+    for (p, sender) in placement.iter().zip(workers.senders) {
+        let admin = admin_addr.filter(|_| p.shard == 0);
+        let started = spawn_shard(&common, p, sender, (addr, admin))?;
+        addr = started.addr;
+        admin_bound = admin_bound.or(started.admin);
+        stops.push(started.stop);
+        executors.push(started.executor);
     }
-    let mut admin_bound = None;
-    let mut stops = Vec::new();
-    let mut executors = Vec::new();
-    // Shard 0 binds first so that port 0 resolves to one port that the others then share.
-    for (p, sender) in placement.iter().zip(senders) {
-        let (stop_tx, stop_rx) = flume::bounded::<Stop>(2);
-        let (bound_tx, bound_rx) =
-            std::sync::mpsc::channel::<Result<(SocketAddr, Option<SocketAddr>), String>>();
-        // Shard 0 also serves the admin listener (the metrics cover every shard).
-        let admin_addr = admin_addr.filter(|_| p.shard == 0);
-        let (cfg, views, stopping) = (config.clone(), views.clone(), stopping.clone());
-        let instance = instance.clone();
-        let tokens = tokens.clone();
-        let shard = p.shard;
-        let shard_tls = tls.as_ref().map(|t| t.shards[shard].clone());
-        let g = &config.glommio;
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(p.cpu))
-            .name(&format!("shard-{shard}"))
-            .io_memory(g.io_memory_kib * 1024)
-            .ring_depth(g.ring_depth);
-        if g.spin_before_park_us > 0 {
-            builder = builder.spin_before_park(Duration::from_micros(g.spin_before_park_us));
-        }
-        let handle = builder
-            .spawn(move || async move {
-                let spool = if cfg.server.ack == Ack::Durable {
-                    match open_spool(&cfg, &instance, shard, &views[shard]).await {
-                        Ok(opened) => Some(opened),
-                        Err(e) => {
-                            let _ = bound_tx.send(Err(e));
-                            return;
-                        }
-                    }
-                } else {
-                    None
-                };
-                let listener = match crate::listen::shard_listener(addr) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = bound_tx
-                            .send(Err(format!("shard {shard}: cannot listen on {addr}: {e}")));
-                        return;
-                    }
-                };
-                let admin = match admin_addr.map(crate::listen::shard_listener) {
-                    None => None,
-                    Some(Ok(l)) => Some(l),
-                    Some(Err(e)) => {
-                        let _ = bound_tx.send(Err(format!(
-                            "cannot listen on server.admin_listen {admin_addr:?}: {e}"
-                        )));
-                        return;
-                    }
-                };
-                let bound = listener.local_addr().map_err(|e| e.to_string()).and_then(|a| {
-                    let admin = admin.as_ref().map(|l| l.local_addr()).transpose();
-                    Ok((a, admin.map_err(|e| e.to_string())?))
-                });
-                let _ = bound_tx.send(bound);
-                let view = &views[shard];
-                let shutdown = Rc::new(Shutdown::default());
-                let intake = Rc::new(Intake::new(Parts {
-                    shard,
-                    config: cfg.clone(),
-                    sender,
-                    stats: view.stats.clone(),
-                    tokens: tokens.map(crate::auth::ShardTokens::new),
-                    shutdown: shutdown.clone(),
-                    spool: spool.as_ref().map(|(sp, rel, _)| (sp.clone(), rel.clone())),
-                }));
-                if let Some((_, _, report)) = spool {
-                    if cfg.sink.kind == SinkKind::Discard {
-                        // Nothing would be stored, yet the records would be released: keep
-                        // an earlier run's requests for a run with a real sink.
-                        if !report.records.is_empty() {
-                            tracing::warn!(shard, records = report.records.len(), "sink discard: requests an earlier run left in the spool are kept for a run with a real sink");
-                        }
-                    } else {
-                        glommio::spawn_local(crate::intake::replay(intake.clone(), report))
-                            .detach();
-                    }
-                }
-                let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
-                let front = Rc::new(Front::new(FrontParts {
-                    id: shard,
-                    config: cfg,
-                    intake: intake.clone(),
-                    views,
-                    shutdown: shutdown.clone(),
-                    stopping,
-                    tls: shard_tls,
-                }));
-                shard_main(front, &intake, &shutdown, (listener, admin), stop_rx, grace).await;
-            })
-            .map_err(|e| anyhow!("starting shard {shard} on CPU {}: {e}", p.cpu))?;
-        let (bound, admin) = bound_rx
-            .recv()
-            .map_err(|_| anyhow!("shard {shard} stopped before binding"))?
-            .map_err(|e| anyhow!(e))?;
-        addr = bound;
-        admin_bound = admin_bound.or(admin);
-        stops.push(stop_tx);
-        executors.push(handle);
+    let reloaders = crate::reload::Reloaders::default();
+    if let Some(tls) = tls {
+        reloaders.add("tls certificate", move || tls.reload());
     }
     if let Some(t) = tokens {
         reloaders.add("tokens", move || t.reload());
@@ -258,13 +105,270 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
         shards: placement.len(),
         stops,
         executors,
-        workers,
-        drains,
+        workers: workers.threads,
+        drains: workers.drains,
         drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
-        stopping,
+        stopping: common.stopping,
         reloaders,
         _locks: locks,
     })
+}
+
+/// The token set every shard checks against (`[auth] tokens_file`); SIGHUP replaces it.
+fn load_tokens(config: &Config) -> anyhow::Result<Option<Arc<crate::auth::Tokens>>> {
+    let Some(path) = &config.auth.tokens_file else {
+        return Ok(None);
+    };
+    let tokens =
+        crate::auth::Tokens::load(Path::new(path)).map_err(|e| anyhow!("auth.tokens_file: {e}"))?;
+    tracing::info!("auth: {}", tokens.describe());
+    Ok(Some(tokens))
+}
+
+/// `server.listen` and `server.admin_listen`, parsed and checked to be free.
+fn addresses(config: &Config) -> anyhow::Result<(SocketAddr, Option<SocketAddr>)> {
+    let listen = &config.server.listen;
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| anyhow!("server.listen: {listen:?} is not an address"))?;
+    crate::listen::check_port_free(addr)?;
+    let admin = match &config.server.admin_listen {
+        Some(a) => {
+            let a = a
+                .parse()
+                .map_err(|_| anyhow!("server.admin_listen: {a:?} is not an address"))?;
+            crate::listen::check_port_free(a)?;
+            Some(a)
+        }
+        None => None,
+    };
+    Ok((addr, admin))
+}
+
+/// The upload workers, with each shard's counters, budget and end of its queue.
+struct Workers {
+    views: Vec<ShardView>,
+    senders: Vec<crate::queue::JobSender>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    drains: Vec<flume::Sender<Instant>>,
+}
+
+/// Starts one upload worker per shard, each with its shard's queue and budget.
+fn start_workers(
+    config: &Arc<Config>,
+    placement: &[crate::config::ShardPlacement],
+    instance: &str,
+) -> anyhow::Result<Workers> {
+    let start_micros = unix_micros();
+    let mut w = Workers {
+        views: Vec::new(),
+        senders: Vec::new(),
+        threads: Vec::new(),
+        drains: Vec::new(),
+    };
+    for p in placement {
+        // Two deadlines at most: the first signal's, and an earlier one from a second signal.
+        let (drain_tx, drain_rx) = flume::bounded::<Instant>(2);
+        let stats = Arc::new(ShardStats::default());
+        let budget = Arc::new(Budget::new(
+            config.queue.max_payloads,
+            config.queue.max_bytes,
+        ));
+        let (tx, rx) = channel(budget.clone());
+        let keys = KeySpace::new(&config.keys.prefix, instance, p.shard, start_micros);
+        let setup = WorkerSetup {
+            shard: p.shard,
+            cpu: p.worker_cpu,
+            rx,
+            drain: drain_rx,
+            replay_spill: p.shard == 0,
+            budget: budget.clone(),
+            stats: stats.clone(),
+            keys,
+            config: config.clone(),
+        };
+        w.threads
+            .push(upload::spawn(setup).context("starting an upload worker")?);
+        w.views.push(ShardView {
+            stats,
+            budget,
+            spool: Arc::new(std::sync::OnceLock::new()),
+            max_connections: config.shards.max_connections,
+        });
+        w.senders.push(tx);
+        w.drains.push(drain_tx);
+    }
+    Ok(w)
+}
+
+/// What every shard shares.
+struct Common {
+    config: Arc<Config>,
+    instance: String,
+    views: Arc<Vec<ShardView>>,
+    stopping: Arc<AtomicBool>,
+    tokens: Option<Arc<crate::auth::Tokens>>,
+    tls: Option<Arc<crate::tls::Tls>>,
+}
+
+/// A shard's executor, bound and serving.
+struct Started {
+    executor: glommio::ExecutorJoinHandle<()>,
+    stop: flume::Sender<Stop>,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+}
+
+/// What a shard reports once bound: its address and its admin listener's, or why it failed.
+type Bound = Result<(SocketAddr, Option<SocketAddr>), String>;
+
+/// Starts shard `p`'s executor on its CPU and waits until it is listening.
+fn spawn_shard(
+    common: &Common,
+    p: &crate::config::ShardPlacement,
+    sender: crate::queue::JobSender,
+    addrs: (SocketAddr, Option<SocketAddr>),
+) -> anyhow::Result<Started> {
+    let shard = p.shard;
+    let (stop_tx, stop_rx) = flume::bounded::<Stop>(2);
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Bound>();
+    let setup = ShardSetup {
+        shard,
+        config: common.config.clone(),
+        instance: common.instance.clone(),
+        views: common.views.clone(),
+        stopping: common.stopping.clone(),
+        tokens: common.tokens.clone(),
+        tls: common.tls.as_ref().map(|t| t.shards[shard].clone()),
+        sender,
+        stop: stop_rx,
+    };
+    let g = &common.config.glommio;
+    let mut builder = LocalExecutorBuilder::new(Placement::Fixed(p.cpu))
+        .name(&format!("shard-{shard}"))
+        .io_memory(g.io_memory_kib * 1024)
+        .ring_depth(g.ring_depth);
+    if g.spin_before_park_us > 0 {
+        builder = builder.spin_before_park(Duration::from_micros(g.spin_before_park_us));
+    }
+    let executor = builder
+        .spawn(move || run_shard(setup, addrs, bound_tx))
+        .map_err(|e| anyhow!("starting shard {shard} on CPU {}: {e}", p.cpu))?;
+    let (addr, admin) = bound_rx
+        .recv()
+        .map_err(|_| anyhow!("shard {shard} stopped before binding"))?
+        .map_err(|e| anyhow!(e))?;
+    Ok(Started {
+        executor,
+        stop: stop_tx,
+        addr,
+        admin,
+    })
+}
+
+/// What one shard's executor is started with.
+struct ShardSetup {
+    shard: usize,
+    config: Arc<Config>,
+    instance: String,
+    views: Arc<Vec<ShardView>>,
+    stopping: Arc<AtomicBool>,
+    tokens: Option<Arc<crate::auth::Tokens>>,
+    tls: Option<crate::tls::ShardTls>,
+    sender: crate::queue::JobSender,
+    stop: flume::Receiver<Stop>,
+}
+
+/// A shard's life on its executor: opens (and recovers) its spool, binds its listeners
+/// (reporting the addresses, or why not, on `bound`), replays its spool and serves until
+/// stopped.
+async fn run_shard(
+    s: ShardSetup,
+    addrs: (SocketAddr, Option<SocketAddr>),
+    bound: std::sync::mpsc::Sender<Bound>,
+) {
+    let (shard, cfg) = (s.shard, s.config.clone());
+    let spool = if cfg.server.ack == Ack::Durable {
+        match open_spool(&cfg, &s.instance, shard, &s.views[shard]).await {
+            Ok(opened) => Some(opened),
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let listeners = match bind(shard, addrs) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = bound.send(Err(e));
+            return;
+        }
+    };
+    let addr = listeners
+        .0
+        .local_addr()
+        .map_err(|e| e.to_string())
+        .and_then(|a| {
+            let admin = listeners.1.as_ref().map(|l| l.local_addr()).transpose();
+            Ok((a, admin.map_err(|e| e.to_string())?))
+        });
+    let _ = bound.send(addr);
+    let shutdown = Rc::new(Shutdown::default());
+    let intake = Rc::new(Intake::new(Parts {
+        shard,
+        config: cfg.clone(),
+        sender: s.sender,
+        stats: s.views[shard].stats.clone(),
+        tokens: s.tokens.map(crate::auth::ShardTokens::new),
+        shutdown: shutdown.clone(),
+        spool: spool.as_ref().map(|(sp, rel, _)| (sp.clone(), rel.clone())),
+    }));
+    if let Some((_, _, report)) = spool {
+        replay_unless_discarding(&intake, &cfg, shard, report);
+    }
+    let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
+    let front = Rc::new(Front::new(FrontParts {
+        id: shard,
+        config: cfg,
+        intake: intake.clone(),
+        views: s.views,
+        shutdown: shutdown.clone(),
+        stopping: s.stopping,
+        tls: s.tls,
+    }));
+    shard_main(front, &intake, &shutdown, listeners, s.stop, grace).await;
+}
+
+/// The shard's listeners: the public one, and the admin one if it has it.
+fn bind(
+    shard: usize,
+    (addr, admin): (SocketAddr, Option<SocketAddr>),
+) -> Result<(TcpListener, Option<TcpListener>), String> {
+    let listener = crate::listen::shard_listener(addr)
+        .map_err(|e| format!("shard {shard}: cannot listen on {addr}: {e}"))?;
+    let admin = admin
+        .map(crate::listen::shard_listener)
+        .transpose()
+        .map_err(|e| format!("cannot listen on server.admin_listen {admin:?}: {e}"))?;
+    Ok((listener, admin))
+}
+
+/// Starts the replay of what an earlier run left in the spool, unless the sink discards:
+/// nothing would be stored, yet the records would be released, so they are kept for a run
+/// with a real sink.
+fn replay_unless_discarding(
+    intake: &Rc<Intake>,
+    cfg: &Config,
+    shard: usize,
+    report: RecoveryReport,
+) {
+    if cfg.sink.kind != SinkKind::Discard {
+        glommio::spawn_local(crate::intake::replay(intake.clone(), report)).detach();
+    } else if !report.records.is_empty() {
+        tracing::warn!(shard, records = report.records.len(), "sink discard: requests an earlier run left in the spool are kept for a run with a real sink");
+    }
 }
 
 /// Locks every data directory this configuration uses (creating it if missing): the spool

@@ -74,6 +74,7 @@
 
 mod files;
 mod format;
+mod open;
 mod release;
 mod request;
 #[cfg(test)]
@@ -81,6 +82,7 @@ mod tests;
 mod writer;
 
 use files::*;
+use open::{check_options, fill_free_pool, read_meta, recover_segments};
 pub use release::{Releaser, SpoolStats};
 use release::{SegState, Shared, FREE_POOL};
 pub use request::*;
@@ -338,20 +340,7 @@ impl Spool {
     /// Opens (or creates) the spool in `opts.dir`: recovers every segment on disk (see the
     /// module doc), seals them, and starts the committer. Must run on a glommio executor.
     pub async fn open(opts: SpoolOptions) -> Result<(Spool, RecoveryReport), SpoolError> {
-        if !opts.segment_bytes.is_multiple_of(BLOCK) || opts.segment_bytes < 2 * BLOCK {
-            return Err(invalid(
-                "segment_bytes must be a multiple of 4096, at least 8192",
-            ));
-        }
-        if opts.max_bytes < opts.segment_bytes {
-            return Err(invalid("max_bytes must hold at least one segment"));
-        }
-        if opts.context.len() > format::MAX_CONTEXT {
-            return Err(invalid("context longer than 1024 bytes"));
-        }
-        let max_record =
-            (opts.segment_bytes - format::data_start(opts.context.len()) - format::FRAME_HEADER)
-                .min(u32::MAX as u64) as usize;
+        let max_record = check_options(&opts)?;
         std::fs::create_dir_all(&opts.dir)?;
         // glommio's Directory::open fails on a relative path (EBADF), and the default
         // `spool.dir` is relative: resolve it against the working directory once, here.
@@ -367,62 +356,10 @@ impl Spool {
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
         });
-        let meta = match std::fs::read(opts.dir.join(META_FILE)) {
-            Ok(buf) => format::decode_meta(&buf).or_else(|| {
-                tracing::warn!(dir = %opts.dir.display(), "spool.meta is invalid, ignored");
-                None
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e.into()),
-        };
-
+        let meta = read_meta(&opts.dir)?;
         let adopted = adopt_free_files(&opts.dir, opts.segment_bytes);
         let ids = list_segments(&opts.dir)?;
-        let mut report = RecoveryReport::default();
-        let mut empty = Vec::new();
-        for &id in &ids {
-            let buf = read_file(&shared.seg_path(id)).await?;
-            let scan = format::scan(id, &buf);
-            if let Some(t) = &scan.torn {
-                tracing::warn!(segment = id, offset = t.offset, bytes = t.bytes, reason = %t.reason,
-                    "spool: torn tail cut");
-            }
-            for c in &scan.corrupt {
-                tracing::error!(segment = id, offset = c.offset, length = c.length,
-                    reason = %c.reason, "spool: corrupt range skipped");
-            }
-            if let Some(reason) = &scan.stale {
-                tracing::warn!(segment = id, %reason,
-                    "spool: a recycled file without its new header; it holds no records of this segment");
-            }
-            let live: BTreeSet<u64> = scan.records.iter().map(|r| r.id.offset).collect();
-            let has_records = !live.is_empty();
-            if !has_records {
-                empty.push(id);
-            }
-            let bytes = buf.len() as u64;
-            let mut t = shared.table();
-            t.live_bytes += bytes;
-            let sealed = true;
-            t.segments.insert(
-                id,
-                SegState {
-                    live,
-                    sealed,
-                    bytes,
-                },
-            );
-            drop(t);
-            report.records.extend(scan.records);
-            report.torn_tails.extend(scan.torn);
-            report.corrupt.extend(scan.corrupt);
-            if let Some(context) = scan.context {
-                if has_records {
-                    report.contexts.insert(id, context);
-                }
-            }
-        }
-
+        let (report, empty) = recover_segments(&shared, &ids).await?;
         let disk_max = ids.last().copied();
         if disk_max > meta {
             // Before any segment goes, so that its id is never handed out again.
@@ -434,44 +371,11 @@ impl Spool {
             shared.seal(id);
         }
         let mut next_id = meta.max(disk_max).map_or(1, |m| m.saturating_add(1));
-        // The free pool: files left by the last run, then new ones written now, before any
-        // commit has to wait behind their zeros (budget permitting, with room left for the
-        // first segment).
         // New free files are named past the adopted ones (their names are not in spool.meta).
         if let Some(&m) = adopted.iter().max() {
             next_id = next_id.max(m.saturating_add(1));
         }
-        {
-            let mut t = shared.table();
-            for id in adopted {
-                t.free.push(id);
-                t.live_bytes += opts.segment_bytes;
-            }
-        }
-        let mut prepared = 0;
-        loop {
-            {
-                let t = shared.table();
-                if t.free.len() >= FREE_POOL
-                    || t.live_bytes + 2 * opts.segment_bytes > opts.max_bytes
-                {
-                    break;
-                }
-            }
-            let id = next_id.max(unix_micros());
-            next_id = id + 1;
-            write_zeros(
-                &shared.free_path(id),
-                opts.segment_bytes,
-                &[],
-                Duration::ZERO,
-            )
-            .await?;
-            let mut t = shared.table();
-            t.free.push(id);
-            t.live_bytes += opts.segment_bytes;
-            prepared += 1;
-        }
+        let prepared = fill_free_pool(&shared, &opts, adopted, &mut next_id).await?;
         if prepared > 0 {
             dir.sync().await?;
             shared.synced();

@@ -499,19 +499,9 @@ impl Load {
                     let req = raw_request("POST", "/v1/payloads", &[], BODY10);
                     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        if conn.is_none() {
-                            match TcpStream::connect(addr) {
-                                Ok(s) => {
-                                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                                    let r = BufReader::new(s.try_clone().unwrap());
-                                    conn = Some((s, r));
-                                }
-                                Err(_) => {
-                                    c.no_answer += 1;
-                                    std::thread::sleep(Duration::from_millis(20));
-                                    continue;
-                                }
-                            }
+                        if !reconnect(addr, &mut conn) {
+                            c.no_answer += 1;
+                            continue;
                         }
                         let Some((w, r)) = conn.as_mut() else {
                             continue;
@@ -922,6 +912,26 @@ impl NumberedCount {
     }
 }
 
+/// A load thread's connection: kept, or opened again when there is none (`false`, after a
+/// short pause, when the server refuses it).
+fn reconnect(addr: SocketAddr, conn: &mut Option<(TcpStream, BufReader<TcpStream>)>) -> bool {
+    if conn.is_some() {
+        return true;
+    }
+    match TcpStream::connect(addr) {
+        Ok(s) => {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let r = BufReader::new(s.try_clone().unwrap());
+            *conn = Some((s, r));
+            true
+        }
+        Err(_) => {
+            std::thread::sleep(Duration::from_millis(20));
+            false
+        }
+    }
+}
+
 /// Background load like [`Load`], except that client `c` sends `numbered_body(c, n, 10)` with
 /// `n` = 0, 10, 20, ... (never the same payload twice), so that each payload answered 200 can
 /// be looked for by value in the store, and that it honours `Connection: close`.
@@ -941,18 +951,8 @@ impl NumberedLoad {
                     let mut next = 0usize;
                     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        if conn.is_none() {
-                            match TcpStream::connect(addr) {
-                                Ok(s) => {
-                                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                                    let r = BufReader::new(s.try_clone().unwrap());
-                                    conn = Some((s, r));
-                                }
-                                Err(_) => {
-                                    std::thread::sleep(Duration::from_millis(20));
-                                    continue;
-                                }
-                            }
+                        if !reconnect(addr, &mut conn) {
+                            continue;
                         }
                         let Some((w, r)) = conn.as_mut() else {
                             continue;

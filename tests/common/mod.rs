@@ -471,82 +471,6 @@ impl Garage {
     }
 }
 
-/// Background load: `threads` clients POSTing body10 over keep-alive connections (reconnecting
-/// after errors) until stopped. Counts payloads answered 200 and every other outcome.
-pub struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handles: Vec<std::thread::JoinHandle<LoadCount>>,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct LoadCount {
-    /// Payloads in requests answered 200.
-    pub ok_payloads: u64,
-    /// Answers by status (other than 200).
-    pub other: HashMap<u16, u64>,
-    /// Requests that got no answer (connection refused or closed).
-    pub no_answer: u64,
-}
-
-impl Load {
-    pub fn start(addr: SocketAddr, threads: usize) -> Load {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let handles = (0..threads)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut c = LoadCount::default();
-                    let req = raw_request("POST", "/v1/payloads", &[], BODY10);
-                    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        if !reconnect(addr, &mut conn) {
-                            c.no_answer += 1;
-                            continue;
-                        }
-                        let Some((w, r)) = conn.as_mut() else {
-                            continue;
-                        };
-                        if w.write_all(&req).is_err() {
-                            c.no_answer += 1;
-                            conn = None;
-                            continue;
-                        }
-                        match try_read_response(r) {
-                            Some(resp) if resp.status == 200 => c.ok_payloads += 10,
-                            Some(resp) => {
-                                *c.other.entry(resp.status).or_default() += 1;
-                                if resp.status == 503 {
-                                    std::thread::sleep(Duration::from_millis(5));
-                                }
-                            }
-                            None => {
-                                c.no_answer += 1;
-                                conn = None;
-                            }
-                        }
-                    }
-                    c
-                })
-            })
-            .collect();
-        Load { stop, handles }
-    }
-
-    pub fn stop(self) -> LoadCount {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut total = LoadCount::default();
-        for h in self.handles {
-            let c = h.join().unwrap();
-            total.ok_payloads += c.ok_payloads;
-            total.no_answer += c.no_answer;
-            for (k, v) in c.other {
-                *total.other.entry(k).or_default() += v;
-            }
-        }
-        total
-    }
-}
-
 /// Runs `corepost serve args` expecting it to refuse to start: waits for it to exit (killed and
 /// failing the test if it still runs after `secs`) and returns its exit status and stderr.
 pub fn serve_refused(args: &[&str], secs: u64) -> (std::process::ExitStatus, String) {
@@ -932,7 +856,8 @@ fn reconnect(addr: SocketAddr, conn: &mut Option<(TcpStream, BufReader<TcpStream
     }
 }
 
-/// Background load like [`Load`], except that client `c` sends `numbered_body(c, n, 10)` with
+/// Background load: `threads` clients POSTing over keep-alive connections (reconnecting after
+/// errors) until stopped, where client `c` sends `numbered_body(c, n, 10)` with
 /// `n` = 0, 10, 20, ... (never the same payload twice), so that each payload answered 200 can
 /// be looked for by value in the store, and that it honours `Connection: close`.
 pub struct NumberedLoad {

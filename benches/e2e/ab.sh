@@ -100,22 +100,27 @@ def cpu(b, sc, k="sat"): return v(b, sc, k, lambda r: float(r[5]) / tck / (float
 def col6(b, sc, k): return v(b, sc, k, lambda r: float(r[6]) * (1 if k == "fixed" else 1e3 / tck))
 def f(x, d=0): return "n/a" if not x else f"{st.median(x):,.{d}f} ({min(x):,.{d}f}–{max(x):,.{d}f})"
 def q(a, b): return "n/a" if not a or not b else f"{st.median(a) / st.median(b):.2f}x"
+def paired(fn, sc, k="sat"):  # B/A of each round (same machine state), median (min–max)
+    a = {r[2]: x for r, x in zip([r for r in rows if r[0] == "A" and r[1] == sc and r[3] == k], fn("A", sc, k))}
+    b = {r[2]: x for r, x in zip([r for r in rows if r[0] == "B" and r[1] == sc and r[3] == k], fn("B", sc, k))}
+    v = [b[i] / a[i] for i in a if i in b and a[i]]
+    return "n/a" if not v else f"{st.median(v):.2f}x ({min(v):.2f}–{max(v):.2f})"
 print(f"Command: `{cmd}`; {len(rps('nginx', 'a'))} rounds, medians (min–max).\n")
-print("| scenario | figure | A | B | B / A | A / nginx | B / nginx |\n|---|---|---|---|---|---|---|")
+print("| scenario | figure | A | B | B / A | B / A per round | A / nginx | B / nginx |\n|---|---|---|---|---|---|---|---|")
 n, nc = rps("nginx", "a"), cpu("nginx", "a")
-print(f"| nginx 204 | requests/s | {f(n)} | | | | |\n| nginx 204 | CPU-s per million requests | {f(nc, 1)} | | | | |")
+print(f"| nginx 204 | requests/s | {f(n)} | | | | | |\n| nginx 204 | CPU-s per million requests | {f(nc, 1)} | | | | | |")
 for sc in sorted({r[1] for r in rows if r[0] != "nginx"}):
     A, B = rps("A", sc), rps("B", sc)
-    print(f"| {sc} | requests/s | {f(A)} | {f(B)} | {q(B, A)} | {q(A, n)} | {q(B, n)} |")
+    print(f"| {sc} | requests/s | {f(A)} | {f(B)} | {q(B, A)} | {paired(rps, sc)} | {q(A, n)} | {q(B, n)} |")
     A, B = cpu("A", sc), cpu("B", sc)
-    print(f"| {sc} | CPU-s per million requests | {f(A, 1)} | {f(B, 1)} | {q(B, A)} | {q(A, nc)} | {q(B, nc)} |")
-    print(f"| {sc} | host steal, ms | {f(col6('A', sc, 'sat'))} | {f(col6('B', sc, 'sat'))} | | | |")
+    print(f"| {sc} | CPU-s per million requests | {f(A, 1)} | {f(B, 1)} | {q(B, A)} | {paired(cpu, sc)} | {q(A, nc)} | {q(B, nc)} |")
+    print(f"| {sc} | host steal, ms | {f(col6('A', sc, 'sat'))} | {f(col6('B', sc, 'sat'))} | | | | |")
     if rps("A", sc, "fixed"):
         for name, fn, d in (("achieved req/s at fixed rate", rps, 0), ("CPU-s per million requests at fixed rate", cpu, 1)):
             A, B = fn("A", sc, "fixed"), fn("B", sc, "fixed")
-            print(f"| {sc} | {name} | {f(A, d)} | {f(B, d)} | {q(B, A)} | | |")
+            print(f"| {sc} | {name} | {f(A, d)} | {f(B, d)} | {q(B, A)} | {paired(fn, sc, 'fixed')} | | |")
         A, B = col6("A", sc, "fixed"), col6("B", sc, "fixed")
-        print(f"| {sc} | p99 at fixed rate, ms | {f(A, 2)} | {f(B, 2)} | {q(B, A)} | | |")
+        print(f"| {sc} | p99 at fixed rate, ms | {f(A, 2)} | {f(B, 2)} | {q(B, A)} | {paired(col6, sc, 'fixed')} | | |")
 for b in ("A", "B"):
     if rps(b, "a") and rps(b, "d"):
         print(f"\n{b}: durable / queued requests/s {q(rps(b, 'd'), rps(b, 'a'))}", end="")

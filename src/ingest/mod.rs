@@ -5,6 +5,7 @@
 //! re-encoded). Which one runs is `server.parser`; `benches/ingest.rs` measures both.
 #![forbid(unsafe_code)]
 
+mod scan;
 mod simd;
 
 use crate::config::ParserKind;

@@ -1,5 +1,7 @@
 //! simd-json parser: validation by simd-json's tape (reused buffers, no DOM), payload byte
 //! ranges from simd-json's structural indexes, so payloads stay the bytes the client sent.
+//! A plain body is taken by one cheaper validating pass first (`scan`); simd-json decides the
+//! rest and words every fault.
 #![forbid(unsafe_code)]
 
 use super::describe::*;
@@ -48,6 +50,20 @@ fn lost() -> ParseError {
 
 impl SimdState {
     pub(super) fn parse<'b>(
+        &mut self,
+        body: &'b [u8],
+        spans: &mut Vec<Span>,
+    ) -> Result<super::BodyToken<'b>, ParseError> {
+        // The plain case without simd-json (see `scan`); anything else is decided below.
+        if let Some(token) = super::scan::scan(body, spans) {
+            return Ok(token);
+        }
+        spans.clear();
+        self.parse_full(body, spans)
+    }
+
+    /// simd-json's tape and structural indexes: decides every body, and words its faults.
+    pub(super) fn parse_full<'b>(
         &mut self,
         body: &'b [u8],
         spans: &mut Vec<Span>,

@@ -112,12 +112,7 @@ fn count_ndjson(key: &str, raw: &[u8]) -> (u64, u64, Vec<String>) {
     (n, bad, problems)
 }
 
-async fn inventory(
-    b: Arc<Box<Bucket>>,
-    prefix: &str,
-    verify: bool,
-    threads: usize,
-) -> Result<Value> {
+async fn inventory(b: Box<Bucket>, prefix: &str, verify: bool, threads: usize) -> Result<Value> {
     let objs = list(&b, prefix).await?;
     let mut by_kind: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     for (key, size) in &objs {
@@ -186,7 +181,7 @@ async fn inventory(
     Ok(inv)
 }
 
-async fn selftest(b: Arc<Box<Bucket>>, prefix: &str) -> Result<Value> {
+async fn selftest(b: Box<Bucket>, prefix: &str) -> Result<Value> {
     let lines = |r: std::ops::Range<u32>| -> Vec<u8> {
         r.flat_map(|i| {
             format!("{{\"i\":{i},\"s\":\"{}\"}}\n", "x".repeat(i as usize % 7)).into_bytes()
@@ -252,7 +247,7 @@ fn main() -> Result<()> {
             .context("--threads")?,
         None => 8,
     };
-    let b = Arc::new(bucket()?);
+    let b = bucket()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

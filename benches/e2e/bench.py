@@ -57,7 +57,7 @@ BASE = [("**requests/s accepted (2xx)**", "req_s", None), ("payloads/s accepted"
         ("peak RSS (VmHWM), MiB, saturating run", "rss_mib", None),
         ("wrk p99 under saturation (closed loop), ms", "wrk_p99_ms", 2)]
 LAT = [("latency p50 @, ms", "p50", 2), ("**latency p99** @, ms", "p99", 2), ("latency p99.9 @, ms", "p999", 2),
-       ("achieved rate @, req/s", "lat_rps", None)]
+       ("achieved rate @", "lat_rps", None)]
 ROWS = {
     "a": BASE + LAT,
     "b": BASE + LAT + [
@@ -390,9 +390,9 @@ class Garage:
         return json.loads(run(self.pin + [str(S3TOOL), *args], stdout=sp.PIPE).stdout)
 
     def stop(self):
-        for cmd in ("stop", "wipe"):
-            shutil.copy(self.dir / "garage.log", self.h.raw / "logs" / f"garage-server-{self.dir.name}.log") if cmd == "wipe" else None
-            sp.run([str(GARAGE_SH), cmd, str(self.dir)], stdout=sp.DEVNULL, stderr=sp.DEVNULL)
+        sp.run([str(GARAGE_SH), "stop", str(self.dir)], stdout=sp.DEVNULL, stderr=sp.DEVNULL)
+        shutil.copy(self.dir / "garage.log", self.h.raw / "logs" / f"garage-server-{self.dir.name}.log")
+        sp.run([str(GARAGE_SH), "wipe", str(self.dir)], stdout=sp.DEVNULL, stderr=sp.DEVNULL)
         for k in self.env:
             os.environ.pop(k, None)
 

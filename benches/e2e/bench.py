@@ -910,8 +910,8 @@ def chart(summ, path):
                 ax.set_yscale("log")
             if sc == "d" and kind:
                 ax.axhline(10, color="red", linestyle="--", linewidth=1)  # the p99 target
-            for i, x in enumerate(m):
-                ax.annotate(fmt(x), (i, x), ha="center", va="bottom", fontsize=8)
+            for i, (x, v) in enumerate(zip(m, vals)):
+                ax.annotate(fmt(x) if v else "n/a", (i, x), ha="center", va="bottom", fontsize=8)
             ax.set_title(f"({sc}) {'per core' if mode == 'percore' else 'machine'}: {title}", fontsize=9)
             ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by the per-core probes (durable-probe.sh, glommio-ng-ab.sh): one corepost shard
+# Sourced by durable-probe.sh and glommio-ng-ab.sh: one corepost shard
 # pinned to CPU 1 with the discard sink, started and stopped the same way for every run.
 # Run from the repository root (the probe POST reads benches/workload/body10.json).
 

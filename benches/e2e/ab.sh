@@ -3,7 +3,7 @@
 #   (a) ack=queued, discard sink; (d) ack=durable (fresh spool under target/ per run), discard sink.
 # Server on CPU 1 (`--cores 1`), `wrk -t1 -c64` with body10 on CPU 0; nginx answering 204
 # (1 worker, CPU 1) in every round as the ceiling. With --rate, each build of (d) also runs at
-# that fixed rate (oha when installed, else benches/e2e/fixed_rate.py) for its p99.
+# that fixed rate (oha, as run.sh uses: `cargo install oha --locked`) for its p99.
 # Prints (and with --out writes) a markdown table of medians (min–max).
 #
 # usage: benches/e2e/ab.sh A B [--rounds N] [--duration S] [--scenarios "a d"] [--rate R]
@@ -28,6 +28,7 @@ while (($#)); do
     esac
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[[ -z $RATE ]] || command -v oha >/dev/null || { echo "--rate needs oha (cargo install oha --locked)" >&2; exit 1; }
 log() { echo "[ab $(date +%T)] $*" >&2; }
 mkdir -p target/ab/A target/ab/B
 [[ $(realpath "$A_IN") == "$ROOT/target/ab/A/corepost" ]] || cp "$A_IN" target/ab/A/corepost
@@ -51,12 +52,8 @@ row() {
 fixed() {
     local c0 j
     c0=$(ticks "$PID")
-    if command -v oha >/dev/null; then
-        j=$(taskset -c 0 oha -z "${DURATION}s" -q "$RATE" -c 64 -m POST -D benches/workload/body10.json -T application/json \
-            --latency-correction --no-tui --output-format json "http://127.0.0.1:$PORT/v1/payloads")
-    else
-        j=$(taskset -c 0 python3 benches/e2e/fixed_rate.py "http://127.0.0.1:$PORT/v1/payloads" benches/workload/body10.json "$RATE" "$DURATION" 64)
-    fi
+    j=$(taskset -c 0 oha -z "${DURATION}s" -q "$RATE" -c 64 -m POST -D benches/workload/body10.json -T application/json \
+        --latency-correction --no-tui --output-format json "http://127.0.0.1:$PORT/v1/payloads")
     printf '%s\td\t%s\tfixed\t%s\t%s\t%s\n' "$1" "$2" \
         "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["summary"]["requestsPerSec"])' "$j")" "$(($(ticks "$PID") - c0))" \
         "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["latencyPercentiles"]["p99"] * 1e3)' "$j")" >>"$RES"

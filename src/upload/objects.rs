@@ -83,36 +83,30 @@ pub(super) async fn add(
     open: &mut Option<Open>,
     job: Job,
 ) {
-    if let Sink::Discard = ctx.sink {
-        // Front-end benchmarks: count and drop the whole request, with no object, key or
-        // timer (nothing is stored, so there is nothing to name or time).
-        let n = job.spans.len();
-        inc(&ctx.stats.payloads_uploaded, n as u64);
-        let bytes: u64 = job.spans.iter().map(|&(a, b)| u64::from(b - a)).sum();
-        inc(&ctx.stats.bytes_out, bytes);
-        ctx.budget.release(n, job.body.len());
-        if let Some(ack) = job.ack {
-            let _ = ack.send(Delivery::Stored);
-        }
-        if let Some(sp) = job.spooled {
-            sp.releaser.release(sp.id);
-        }
-        return;
-    }
     // A replayed request is built into objects as the run that accepted it built them.
     let naming = job.spooled.as_ref().and_then(|s| s.naming.clone());
-    let batch = naming.as_ref().map_or(&ctx.config.batch, |n| &n.batch);
-    let keys = naming
-        .as_ref()
-        .map(|n| Rc::new(KeySpace::new(&n.prefix, &n.instance, ctx.shard, 0)));
-    let req = Rc::new(Request {
+    let req = Request {
         payloads: job.spans.len(),
         bytes: job.body.len(),
         pending: Cell::new(1),
         outcome: Cell::new(Delivery::Stored),
         ack: RefCell::new(job.ack),
         spooled: job.spooled,
-    });
+    };
+    if let Sink::Discard = ctx.sink {
+        // Front-end benchmarks: count and drop the whole request, with no object, key or
+        // timer (nothing is stored, so there is nothing to name or time).
+        inc(&ctx.stats.payloads_uploaded, req.payloads as u64);
+        let bytes: u64 = job.spans.iter().map(|&(a, b)| u64::from(b - a)).sum();
+        inc(&ctx.stats.bytes_out, bytes);
+        ctx.finish(&req, None);
+        return;
+    }
+    let req = Rc::new(req);
+    let batch = naming.as_ref().map_or(&ctx.config.batch, |n| &n.batch);
+    let keys = naming
+        .as_ref()
+        .map(|n| Rc::new(KeySpace::new(&n.prefix, &n.instance, ctx.shard, 0)));
     for (i, &(start, end)) in job.spans.iter().enumerate() {
         let payload = &job.body[start as usize..end as usize];
         if let Some(o) = open.as_ref() {

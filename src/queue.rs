@@ -30,6 +30,28 @@ pub struct Job {
     pub spooled: Option<Spooled>,
 }
 
+impl Job {
+    /// A request from the shard's durable spool (`ack = "durable"`, or replayed at start):
+    /// its objects are named by its record, so it needs no sequence numbers.
+    pub fn spooled(
+        body: Bytes,
+        spans: Vec<Span>,
+        received_secs: u64,
+        tenant: Option<crate::auth::Tenant>,
+        spooled: Spooled,
+    ) -> Job {
+        Job {
+            body,
+            spans,
+            first_seq: 0,
+            received_secs,
+            tenant,
+            ack: None,
+            spooled: Some(spooled),
+        }
+    }
+}
+
 /// A request kept in the shard's durable spool.
 #[derive(Debug, Clone)]
 pub struct Spooled {

@@ -364,19 +364,12 @@ impl Intake {
         let appended = spool.append(record).await;
         let id = appended.map_err(|e| self.spool_refusal(e))?;
         self.stats.spool_write(Ok(()));
-        let job = Job {
-            body,
-            spans: req.spans,
-            first_seq: 0,
-            received_secs,
-            tenant: req.tenant,
-            ack: None,
-            spooled: Some(Spooled {
-                id,
-                releaser: releaser.clone(),
-                naming: None,
-            }),
+        let spooled = Spooled {
+            id,
+            releaser: releaser.clone(),
+            naming: None,
         };
+        let job = Job::spooled(body, req.spans, received_secs, req.tenant, spooled);
         // If the worker is gone (shutdown) the request stays in the spool for the next start:
         // it is durable, so the answer is still 200.
         let _ = self.send(job, req.room);

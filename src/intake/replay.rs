@@ -114,19 +114,12 @@ impl Intake {
         }
         room.shrink_to(body.len());
         room.wait_for_payloads(n).await;
-        let job = Job {
-            body,
-            spans,
-            first_seq: 0,
-            received_secs: secs,
-            tenant,
-            ack: None,
-            spooled: Some(Spooled {
-                id,
-                releaser: releaser.clone(),
-                naming,
-            }),
+        let spooled = Spooled {
+            id,
+            releaser: releaser.clone(),
+            naming,
         };
+        let job = Job::spooled(body, spans, secs, tenant, spooled);
         self.send(job, room).map_err(|_| Stop)?;
         inc(&self.stats.payloads_replayed, n as u64);
         Ok(())

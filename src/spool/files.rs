@@ -7,12 +7,6 @@ pub(super) fn invalid(msg: &str) -> SpoolError {
     SpoolError::InvalidOptions(msg.to_owned())
 }
 
-pub(super) fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// Ids of the segment files in `dir`, ascending. Other files are left alone.
 pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut ids = Vec::new();

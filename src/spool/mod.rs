@@ -88,6 +88,7 @@ use release::{SegState, Shared, FREE_POOL};
 pub use request::*;
 use writer::*;
 
+use crate::keys::unix_micros;
 use event_listener::Event;
 use glommio::io::{Directory, DmaFile, OpenOptions};
 use std::cell::{Cell, RefCell};
@@ -96,7 +97,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use std::{fmt, io};
 
 const META_FILE: &str = "spool.meta";

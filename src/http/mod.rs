@@ -133,8 +133,14 @@ impl Front {
                         front.open.set(front.open.get() - 1);
                         dec(&front.stats.connections_open, 1);
                     });
-                    if let Ok(task) = served {
-                        task.detach();
+                    match served {
+                        Ok(task) => drop(task.detach()),
+                        // The gate closes only after the accept loops have ended; should it
+                        // refuse anyway, the connection is dropped and not counted.
+                        Err(_) => {
+                            self.open.set(self.open.get() - 1);
+                            dec(&self.stats.connections_open, 1);
+                        }
                     }
                 }
                 Some(Err(e)) => {

@@ -5,7 +5,7 @@
 #![forbid(unsafe_code)]
 
 use crate::queue::Budget;
-use crate::spool::Releaser;
+use crate::spool::Spools;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -225,7 +225,7 @@ pub struct ShardView {
     /// The shard's queue budget (for the queue depth gauges).
     pub budget: Arc<Budget>,
     /// The shard's durable spool, once opened (`ack = "durable"`), for its counters.
-    pub spool: Arc<std::sync::OnceLock<Releaser>>,
+    pub spool: Arc<Spools>,
     /// The shard's connection limit in force.
     pub max_connections: usize,
 }
@@ -450,11 +450,9 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             |s| s.live_bytes,
         ),
     ];
-    if shards.iter().any(|sh| sh.spool.get().is_some()) {
-        let stats: Vec<_> = shards
-            .iter()
-            .map(|sh| sh.spool.get().map(|r| r.stats()).unwrap_or_default())
-            .collect();
+    let stats: Vec<_> = shards.iter().map(|sh| sh.spool.stats()).collect();
+    if stats.iter().any(Option::is_some) {
+        let stats: Vec<_> = stats.into_iter().map(Option::unwrap_or_default).collect();
         for (name, help, get) in spool_series {
             series(&mut out, name, help, stats.iter().map(get));
         }

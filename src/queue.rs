@@ -76,6 +76,12 @@ pub struct Naming {
     pub instance: String,
     /// How payloads are grouped and encoded into objects.
     pub batch: crate::config::BatchConfig,
+    /// The shard whose spool holds the record: its index is in the keys, so a record keeps
+    /// its keys when a shard of another index replays it (fewer cores than the run that
+    /// wrote it). Absent in segments written before it was recorded: the spool directory's
+    /// index is used then.
+    #[serde(default)]
+    pub shard: Option<usize>,
 }
 
 /// What became of a request's payloads, reported back to the shard that accepted it.

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// 16 KiB segments: about a dozen ~1 KiB requests each. Objects are per request (NDJSON);
-/// short backoff so the restarted server drains quickly.
-const CONF: &str = "[server]\nack = \"durable\"\nmax_body_bytes = 8192\n[spool]\nsegment_bytes = 16384\nmax_bytes = 1048576\ncommit_wait_us = 500\n[batch]\nmax_payloads = 100\nmax_age_ms = 20\n[upload]\nbackoff_max_ms = 200\n";
+/// short backoff so the restarted server drains quickly; release checkpoints every 100 ms, so
+/// they happen while segments roll over, recycle and retire.
+const CONF: &str = "[server]\nack = \"durable\"\nmax_body_bytes = 8192\n[spool]\nsegment_bytes = 16384\nmax_bytes = 1048576\ncommit_wait_us = 500\ncheckpoint_ms = 100\n[batch]\nmax_payloads = 100\nmax_age_ms = 20\n[upload]\nbackoff_max_ms = 200\n";
 
 /// Runs the server with `point` armed to abort on pass `skip + 1`, under load from four
 /// clients, until it aborts; restarts it and checks every payload answered 200.
@@ -178,6 +179,16 @@ fn crash_when_retiring_a_segment() {
 #[test]
 fn crash_when_retiring_a_segment_after_its_rename_to_the_free_pool() {
     crash_at("spool::retire::after_rename", 3);
+}
+
+#[test]
+fn crash_when_writing_the_release_checkpoint_before_its_rename() {
+    crash_at("spool::checkpoint::before_rename", 5);
+}
+
+#[test]
+fn crash_when_writing_the_release_checkpoint_after_its_rename() {
+    crash_at("spool::checkpoint::after_rename", 5);
 }
 
 #[test]

@@ -462,8 +462,9 @@ pub enum Compression {
 #[serde(default, deny_unknown_fields)]
 pub struct SpoolConfig {
     /// Directory of the spools; shard `k` uses `{dir}/shard-{k}`. Must be on a real disk
-    /// (direct I/O). A restart with fewer shards than the directory holds is refused, so no
-    /// shard's spool is left unread.
+    /// (direct I/O). Whatever `ack` and `cores` are now, every spool found here at start is
+    /// delivered: one of a shard index this run does not have (fewer cores) by shard
+    /// `index % cores`, and all of them when `ack` is no longer `durable`.
     pub dir: String,
     /// Size of each segment file (zero-filled when created, so commits only flush data), a multiple of 4096; bounds the largest
     /// request, so it must exceed `server.max_body_bytes` by at least 4096.
@@ -476,6 +477,11 @@ pub struct SpoolConfig {
     /// arriving while a commit is on its way to the disk join the next one anyway, so a short
     /// wait suffices; `benches/e2e/durable-probe.sh RATE SEGMENT_BYTES WAIT` measures a setting.
     pub commit_wait_us: u64,
+    /// How often release progress is persisted (`release.ckpt` per spool, written and synced
+    /// only when records were stored since the last one), in milliseconds. A clean stop
+    /// writes it last, so a start replays nothing stored; after a crash a start replays what
+    /// was not stored, plus at most what was stored in the last interval.
+    pub checkpoint_ms: u64,
 }
 
 impl Default for SpoolConfig {
@@ -485,6 +491,7 @@ impl Default for SpoolConfig {
             segment_bytes: 64 << 20,
             max_bytes: 1 << 30,
             commit_wait_us: 50,
+            checkpoint_ms: 1000,
         }
     }
 }

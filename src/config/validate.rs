@@ -343,6 +343,12 @@ impl Config {
                 "must be at least twice spool.segment_bytes".into(),
             );
         }
+        if sp.checkpoint_ms == 0 || sp.checkpoint_ms > 3_600_000 {
+            bad(
+                "spool.checkpoint_ms",
+                "must be between 1 and 3600000 (one hour)".into(),
+            );
+        }
     }
 
     fn validate_batch(&self, bad: &mut impl FnMut(&str, String)) {

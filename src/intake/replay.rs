@@ -2,7 +2,7 @@
 //! worker again, with the naming their segment recorded.
 #![forbid(unsafe_code)]
 
-use super::{Intake, Mode};
+use super::Intake;
 use crate::metrics::inc;
 use crate::queue::{Job, Naming, Reservation, Spooled};
 use crate::spool::{RecordId, Recovered, RecoveryReport, Releaser, Spool};
@@ -15,18 +15,26 @@ use std::sync::Arc;
 /// with the naming its segment recorded. A record that can never be delivered (it no longer
 /// parses, or it is larger than the whole queue) goes to the dead-letter directory instead of
 /// blocking the records after it. Ends early at shutdown: what is left stays in the spool.
-pub async fn replay(intake: Rc<Intake>, report: RecoveryReport) {
-    let Mode::Durable { spool, releaser } = &intake.mode else {
-        return;
-    };
+///
+/// `from` is the spool's own shard index (its directory `shard-{from}`): a record keeps the
+/// keys of the shard that wrote it, and its dead letters go to `dead-letter/shard-{from}`.
+pub async fn replay(
+    intake: Rc<Intake>,
+    spool: Rc<Spool>,
+    releaser: Releaser,
+    from: usize,
+    report: RecoveryReport,
+) {
+    let spool = &*spool;
+    let releaser = &releaser;
     let mut namings: HashMap<u64, Option<Arc<Naming>>> = HashMap::new();
     for rec in &report.records {
         let naming = namings
             .entry(rec.id.segment)
-            .or_insert_with(|| naming_of(&intake, &report, rec.id.segment))
+            .or_insert_with(|| naming_of(&intake, &report, rec.id.segment, from))
             .clone();
         let stopped = future::or(
-            async { Some(intake.replay_one(spool, releaser, rec, naming).await) },
+            async { Some(intake.replay_one(spool, releaser, rec, naming, from).await) },
             async {
                 intake.shutdown.wait().await;
                 None
@@ -43,11 +51,20 @@ pub async fn replay(intake: Rc<Intake>, report: RecoveryReport) {
 /// The queue is closed: replay ends.
 struct Stop;
 
-/// The naming a segment recorded (`None`: unreadable, replayed as this run names things).
-fn naming_of(intake: &Intake, report: &RecoveryReport, segment: u64) -> Option<Arc<Naming>> {
+/// The naming a segment recorded (`None`: unreadable, replayed as this run names things),
+/// with the shard of the spool it came from if the segment predates recording it.
+fn naming_of(
+    intake: &Intake,
+    report: &RecoveryReport,
+    segment: u64,
+    from: usize,
+) -> Option<Arc<Naming>> {
     let raw = report.contexts.get(&segment)?;
     match serde_json::from_slice::<Naming>(raw) {
-        Ok(n) => Some(Arc::new(n)),
+        Ok(mut n) => {
+            n.shard.get_or_insert(from);
+            Some(Arc::new(n))
+        }
         Err(e) => {
             tracing::warn!(shard = intake.shard, segment, error = %e, "spool: unreadable naming context; replaying with the current configuration");
             None
@@ -63,6 +80,7 @@ impl Intake {
         releaser: &Releaser,
         rec: &Recovered,
         naming: Option<Arc<Naming>>,
+        from: usize,
     ) -> Result<(), Stop> {
         let id = rec.id;
         let (max_payloads, max_bytes) =
@@ -74,7 +92,7 @@ impl Intake {
             );
             if let Some(data) = self.read(spool, rec).await {
                 let body = crate::spool::split_record(&data).map_or(&data[..], |r| r.body);
-                self.dead_letter(releaser, id, body, &why);
+                self.dead_letter(releaser, from, id, body, &why);
             }
             return Ok(());
         }
@@ -91,13 +109,13 @@ impl Intake {
             )
         }) else {
             let why = "record too short to hold a request, or its tenant unreadable";
-            self.dead_letter(releaser, id, &data, why);
+            self.dead_letter(releaser, from, id, &data, why);
             return Ok(());
         };
         let body = bytes::Bytes::from(data).slice(header..);
         let mut spans = Vec::new();
         if let Err(e) = self.parser.borrow_mut().parse(&body, &mut spans) {
-            self.dead_letter(releaser, id, &body, &format!("no longer parses: {e}"));
+            self.dead_letter(releaser, from, id, &body, &format!("no longer parses: {e}"));
             return Ok(());
         }
         let n = spans.len();
@@ -109,7 +127,7 @@ impl Intake {
             let why = format!(
                 "{n} payloads: more than the whole queue holds (queue.max_payloads {max_payloads})"
             );
-            self.dead_letter(releaser, id, &body, &why);
+            self.dead_letter(releaser, from, id, &body, &why);
             return Ok(());
         }
         room.shrink_to(body.len());
@@ -140,10 +158,10 @@ impl Intake {
     /// `{spool.dir}/dead-letter/shard-{k}/` (as `{segment}-{offset}.json`, the request body as
     /// received), then releases it. If that write fails the record stays in the spool
     /// (retried at the next start).
-    fn dead_letter(&self, releaser: &Releaser, id: RecordId, body: &[u8], why: &str) {
+    fn dead_letter(&self, releaser: &Releaser, from: usize, id: RecordId, body: &[u8], why: &str) {
         let dir = std::path::Path::new(&self.config.spool.dir)
             .join("dead-letter")
-            .join(format!("shard-{}", self.shard));
+            .join(format!("shard-{from}"));
         let path = dir.join(format!("{:020}-{}.json", id.segment, id.offset));
         let written = std::fs::create_dir_all(&dir).and_then(|()| {
             let mut f = std::fs::File::create(&path)?;

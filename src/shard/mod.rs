@@ -3,15 +3,16 @@
 //! server.
 #![forbid(unsafe_code)]
 
-use crate::config::{allowed_cpus, resolve_placement, Ack, Config, SinkKind};
+mod spools;
+
+use crate::config::{allowed_cpus, resolve_placement, Ack, Config};
 use crate::dirlock::DirLock;
 use crate::http::{Front, FrontParts, Listener};
 use crate::intake::{Intake, Parts};
 use crate::keys::{host_name, unix_micros, KeySpace};
-use crate::metrics::{inc, ShardStats, ShardView};
-use crate::queue::{channel, Budget, Naming};
+use crate::metrics::{ShardStats, ShardView};
+use crate::queue::{channel, Budget};
 use crate::shutdown::Shutdown;
-use crate::spool::{RecoveryReport, Releaser, Spool, SpoolOptions};
 use crate::upload::{self, WorkerSetup};
 use anyhow::{anyhow, Context as _};
 use glommio::net::TcpListener;
@@ -42,6 +43,9 @@ pub struct Server {
     stopping: Arc<AtomicBool>,
     /// What SIGHUP re-reads.
     reloaders: crate::reload::Reloaders,
+    /// Writes the spools' release checkpoints; the last ones once the workers have ended.
+    checkpointer: spools::Checkpointer,
+    views: Arc<Vec<ShardView>>,
     /// Locks on the data directories, held until the server has stopped (dropped last).
     _locks: Vec<DirLock>,
 }
@@ -59,9 +63,11 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
     let config = Arc::new(config);
     let tokens = load_tokens(&config)?;
     // Before anything reads or writes a data directory: no other process may be using it.
-    let locks = lock_data_dirs(&config)?;
-    if config.server.ack == Ack::Durable {
-        check_spool_dirs(&config.spool.dir, placement.len())?;
+    let mut locks = lock_data_dirs(&config)?;
+    let mut adopted = spools::find_adopted(&config, placement.len());
+    if config.server.ack != Ack::Durable && adopted.iter().any(|a| !a.is_empty()) {
+        // Not a data directory of this configuration, but it holds requests to deliver.
+        locks.push(DirLock::acquire("spool.dir", Path::new(&config.spool.dir))?);
     }
     let instance = config.keys.instance.clone().unwrap_or_else(host_name);
     let workers = start_workers(&config, &placement, &instance)?;
@@ -86,7 +92,8 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
     // it also serves the admin listener (the metrics cover every shard).
     for (p, sender) in placement.iter().zip(workers.senders) {
         let admin = admin_addr.filter(|_| p.shard == 0);
-        let started = spawn_shard(&common, p, sender, (addr, admin))?;
+        let adopt = std::mem::take(&mut adopted[p.shard]);
+        let started = spawn_shard(&common, p, (sender, adopt), (addr, admin))?;
         addr = started.addr;
         admin_bound = admin_bound.or(started.admin);
         stops.push(started.stop);
@@ -99,7 +106,12 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
     if let Some(t) = tokens {
         reloaders.add("tokens", move || t.reload());
     }
+    let every = Duration::from_millis(config.spool.checkpoint_ms);
+    let checkpointer = spools::Checkpointer::start(common.views.clone(), every)
+        .context("starting the spool checkpoint thread")?;
     Ok(Server {
+        checkpointer,
+        views: common.views.clone(),
         addr,
         admin: admin_bound,
         shards: placement.len(),
@@ -192,7 +204,7 @@ fn start_workers(
         w.views.push(ShardView {
             stats,
             budget,
-            spool: Arc::new(std::sync::OnceLock::new()),
+            spool: Arc::default(),
             max_connections: config.shards.max_connections,
         });
         w.senders.push(tx);
@@ -226,7 +238,7 @@ type Bound = Result<(SocketAddr, Option<SocketAddr>), String>;
 fn spawn_shard(
     common: &Common,
     p: &crate::config::ShardPlacement,
-    sender: crate::queue::JobSender,
+    (sender, adopt): (crate::queue::JobSender, Vec<spools::Adopted>),
     addrs: (SocketAddr, Option<SocketAddr>),
 ) -> anyhow::Result<Started> {
     let shard = p.shard;
@@ -241,6 +253,7 @@ fn spawn_shard(
         tokens: common.tokens.clone(),
         tls: common.tls.as_ref().map(|t| t.shards[shard].clone()),
         sender,
+        adopt,
         stop: stop_rx,
     };
     let g = &common.config.glommio;
@@ -276,6 +289,8 @@ struct ShardSetup {
     tokens: Option<Arc<crate::auth::Tokens>>,
     tls: Option<crate::tls::ShardTls>,
     sender: crate::queue::JobSender,
+    /// Spools of an earlier run that this shard delivers (see `spools`).
+    adopt: Vec<spools::Adopted>,
     stop: flume::Receiver<Stop>,
 }
 
@@ -289,7 +304,8 @@ async fn run_shard(
 ) {
     let (shard, cfg) = (s.shard, s.config.clone());
     let spool = if cfg.server.ack == Ack::Durable {
-        match open_spool(&cfg, &s.instance, shard, &s.views[shard]).await {
+        let dir = Path::new(&cfg.spool.dir).join(format!("shard-{shard}"));
+        match spools::open(&cfg, &s.instance, shard, &dir, false, &s.views[shard]).await {
             Ok(opened) => Some(opened),
             Err(e) => {
                 let _ = bound.send(Err(e));
@@ -299,6 +315,17 @@ async fn run_shard(
     } else {
         None
     };
+    // An adopted spool that cannot be opened is logged and left for a later start: refusing
+    // to start would stop the new requests too (and loop under a restarting supervisor).
+    let mut adopted = Vec::new();
+    for a in &s.adopt {
+        match spools::open(&cfg, &s.instance, a.index, &a.dir, true, &s.views[shard]).await {
+            Ok(opened) => adopted.push((opened, a.index)),
+            Err(e) => {
+                tracing::error!(shard, error = %e, "spool: cannot deliver a spool an earlier run left; it is kept")
+            }
+        }
+    }
     let listeners = match bind(shard, addrs) {
         Ok(l) => l,
         Err(e) => {
@@ -325,8 +352,8 @@ async fn run_shard(
         shutdown: shutdown.clone(),
         spool: spool.as_ref().map(|(sp, rel, _)| (sp.clone(), rel.clone())),
     }));
-    if let Some((_, _, report)) = spool {
-        replay_unless_discarding(&intake, &cfg, shard, report);
+    for (opened, index) in spool.into_iter().map(|o| (o, shard)).chain(adopted) {
+        spools::replay_unless_discarding(&intake, &cfg, opened, index);
     }
     let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
     let front = Rc::new(Front::new(FrontParts {
@@ -355,22 +382,6 @@ fn bind(
     Ok((listener, admin))
 }
 
-/// Starts the replay of what an earlier run left in the spool, unless the sink discards:
-/// nothing would be stored, yet the records would be released, so they are kept for a run
-/// with a real sink.
-fn replay_unless_discarding(
-    intake: &Rc<Intake>,
-    cfg: &Config,
-    shard: usize,
-    report: RecoveryReport,
-) {
-    if cfg.sink.kind != SinkKind::Discard {
-        glommio::spawn_local(crate::intake::replay(intake.clone(), report)).detach();
-    } else if !report.records.is_empty() {
-        tracing::warn!(shard, records = report.records.len(), "sink discard: requests an earlier run left in the spool are kept for a run with a real sink");
-    }
-}
-
 /// Locks every data directory this configuration uses (creating it if missing): the spool
 /// (`ack = "durable"`), the spill directory, the fs sink's root (`sink.kind = "fs"`).
 fn lock_data_dirs(config: &Config) -> anyhow::Result<Vec<DirLock>> {
@@ -379,80 +390,6 @@ fn lock_data_dirs(config: &Config) -> anyhow::Result<Vec<DirLock>> {
         locks.push(DirLock::acquire(key, Path::new(dir))?);
     }
     Ok(locks)
-}
-
-/// Refuses to start when the spool directory holds a shard's spool that no shard of this
-/// configuration would read (fewer shards than last time): its requests would wait unseen.
-fn check_spool_dirs(dir: &str, shards: usize) -> anyhow::Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(k) = name
-            .strip_prefix("shard-")
-            .and_then(|k| k.parse::<usize>().ok())
-        {
-            let holds_segments = std::fs::read_dir(e.path())
-                .map(|rd| {
-                    rd.flatten()
-                        .any(|f| f.file_name().to_string_lossy().ends_with(".seg"))
-                })
-                .unwrap_or(false);
-            if k >= shards && holds_segments {
-                return Err(anyhow!(
-                    "spool.dir: {dir}/{name} holds requests of shard {k}, but only {shards} shards are configured; start with at least {} shards to deliver them",
-                    k + 1
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Opens (and recovers) shard `shard`'s spool, reporting what recovery found.
-async fn open_spool(
-    cfg: &Config,
-    instance: &str,
-    shard: usize,
-    view: &ShardView,
-) -> Result<(Rc<Spool>, Releaser, RecoveryReport), String> {
-    let dir = Path::new(&cfg.spool.dir).join(format!("shard-{shard}"));
-    // Recorded in every segment: how this run builds and names the objects of its records.
-    let naming = Naming {
-        prefix: cfg.keys.prefix.clone(),
-        instance: instance.to_string(),
-        batch: cfg.batch.clone(),
-    };
-    let opts = SpoolOptions {
-        dir: dir.clone(),
-        segment_bytes: cfg.spool.segment_bytes,
-        max_bytes: cfg.spool.max_bytes,
-        commit_wait_us: cfg.spool.commit_wait_us,
-        context: serde_json::to_vec(&naming).map_err(|e| e.to_string())?,
-    };
-    let (spool, report) = Spool::open(opts).await.map_err(|e| {
-        format!(
-            "shard {shard}: cannot open the spool in {}: {e}",
-            dir.display()
-        )
-    })?;
-    for t in &report.torn_tails {
-        tracing::warn!(shard, segment = t.segment, offset = t.offset, bytes = t.bytes, reason = %t.reason, "spool: torn tail cut off (a crash mid-write; nothing there was acknowledged)");
-    }
-    // Each corrupt range is also logged by the spool itself, with its place.
-    inc(&view.stats.spool_torn_tails, report.torn_tails.len() as u64);
-    inc(&view.stats.spool_corrupt, report.corrupt.len() as u64);
-    if !report.records.is_empty() {
-        tracing::info!(
-            shard,
-            records = report.records.len(),
-            "spool: replaying requests not yet known to be stored"
-        );
-    }
-    let releaser = spool.releaser();
-    let _ = view.spool.set(releaser.clone());
-    Ok((Rc::new(spool), releaser, report))
 }
 
 /// Runs a shard: serves its listeners until its stop channel says stop, then waits for its
@@ -557,6 +494,8 @@ impl Server {
                 result = Err(anyhow!("upload worker {i} panicked"));
             }
         }
+        // Every release has happened: persist them, so the next start replays none of them.
+        self.checkpointer.finish(&self.views);
         result
     }
 }

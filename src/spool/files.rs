@@ -29,7 +29,7 @@ pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 
 /// Free files left by an earlier run, kept for reuse if they have the current segment size
 /// (at most the pool's size; others are deleted).
-pub(super) fn adopt_free_files(dir: &Path, size: u64) -> Vec<u64> {
+pub(super) fn adopt_free_files(dir: &Path, size: u64, pool: usize) -> Vec<u64> {
     let mut ids = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return ids;
@@ -41,7 +41,7 @@ pub(super) fn adopt_free_files(dir: &Path, size: u64) -> Vec<u64> {
         };
         let fits = e.metadata().is_ok_and(|m| m.len() == size);
         match digits.parse::<u64>() {
-            Ok(id) if fits && ids.len() < FREE_POOL => ids.push(id),
+            Ok(id) if fits && ids.len() < pool => ids.push(id),
             _ => remove_segment(&e.path()),
         }
     }

@@ -72,6 +72,7 @@
 //! at open.
 #![forbid(unsafe_code)]
 
+mod checkpoint;
 mod files;
 mod format;
 mod open;
@@ -83,7 +84,7 @@ mod writer;
 
 use files::*;
 use open::{check_options, fill_free_pool, read_meta, recover_segments};
-pub use release::{Releaser, SpoolStats};
+pub use release::{Releaser, SpoolStats, Spools};
 use release::{SegState, Shared, FREE_POOL};
 pub use request::*;
 use writer::*;
@@ -92,7 +93,7 @@ use crate::keys::unix_micros;
 use event_listener::Event;
 use glommio::io::{Directory, DmaFile, OpenOptions};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -130,6 +131,10 @@ pub struct SpoolOptions {
     /// processed (corepost: how their objects are built and named), so a replay after a
     /// configuration change processes them as the run that wrote them would have.
     pub context: Vec<u8>,
+    /// Opened only to deliver what an earlier run left (a spool of another shard index, or
+    /// one found while `ack` is not `durable`): no free pool is kept, retired segments are
+    /// deleted.
+    pub drain_only: bool,
 }
 
 /// The stable name of a record: its segment and the byte offset of its frame in it.
@@ -215,8 +220,10 @@ pub enum CorruptReason {
 /// What [`Spool::open`] found on disk.
 #[derive(Debug, Default)]
 pub struct RecoveryReport {
-    /// Every valid record still on disk, in (segment, offset) order.
+    /// Every valid record still on disk and not yet stored, in (segment, offset) order.
     pub records: Vec<Recovered>,
+    /// Valid records on disk that the release checkpoint knows were stored: not replayed.
+    pub skipped: usize,
     /// Per segment, the torn tail that was cut off.
     pub torn_tails: Vec<TornTail>,
     /// Invalid ranges that are not at a tail (also logged as errors).
@@ -356,11 +363,14 @@ impl Spool {
             commits: AtomicU64::new(0),
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            pool: if opts.drain_only { 0 } else { FREE_POOL },
+            checkpoint_lock: Mutex::default(),
         });
         let meta = read_meta(&opts.dir)?;
-        let adopted = adopt_free_files(&opts.dir, opts.segment_bytes);
+        let adopted = adopt_free_files(&opts.dir, opts.segment_bytes, shared.pool);
         let ids = list_segments(&opts.dir)?;
-        let (report, empty) = recover_segments(&shared, &ids).await?;
+        let progress = checkpoint::read(&opts.dir);
+        let (report, empty) = recover_segments(&shared, &ids, &progress).await?;
         let disk_max = ids.last().copied();
         if disk_max > meta {
             // Before any segment goes, so that its id is never handed out again.
@@ -382,7 +392,7 @@ impl Spool {
             shared.synced();
         }
         tracing::info!(dir = %opts.dir.display(), segments = ids.len(), prepared,
-            records = report.records.len(), torn = report.torn_tails.len(),
+            records = report.records.len(), stored = report.skipped, torn = report.torn_tails.len(),
             corrupt = report.corrupt.len(), "spool opened");
 
         let inner = Rc::new(Inner {

@@ -40,6 +40,7 @@ pub(super) fn read_meta(dir: &Path) -> Result<Option<u64>, SpoolError> {
 pub(super) async fn recover_segments(
     shared: &Shared,
     ids: &[u64],
+    progress: &checkpoint::Checkpoint,
 ) -> Result<(RecoveryReport, Vec<u64>), SpoolError> {
     let mut report = RecoveryReport::default();
     let mut empty = Vec::new();
@@ -58,7 +59,18 @@ pub(super) async fn recover_segments(
             tracing::warn!(segment = id, %reason,
                 "spool: a recycled file without its new header; it holds no records of this segment");
         }
-        let live: BTreeSet<u64> = scan.records.iter().map(|r| r.id.offset).collect();
+        // Records the last checkpoint knows were stored are not replayed.
+        let before = scan.records.len();
+        let records: Vec<Recovered> = scan
+            .records
+            .into_iter()
+            .filter(|r| !progress.released(r.id))
+            .collect();
+        report.skipped += before - records.len();
+        let live: BTreeMap<u64, u64> = records
+            .iter()
+            .map(|r| (r.id.offset, r.id.offset + format::framed_len(r.len)))
+            .collect();
         let has_records = !live.is_empty();
         if !has_records {
             empty.push(id);
@@ -70,12 +82,13 @@ pub(super) async fn recover_segments(
             id,
             SegState {
                 live,
+                end: bytes,
                 sealed: true,
                 bytes,
             },
         );
         drop(t);
-        report.records.extend(scan.records);
+        report.records.extend(records);
         report.torn_tails.extend(scan.torn);
         report.corrupt.extend(scan.corrupt);
         if let (Some(context), true) = (scan.context, has_records) {
@@ -105,7 +118,8 @@ pub(super) async fn fill_free_pool(
     loop {
         {
             let t = shared.table();
-            if t.free.len() >= FREE_POOL || t.live_bytes + 2 * opts.segment_bytes > opts.max_bytes {
+            if t.free.len() >= shared.pool || t.live_bytes + 2 * opts.segment_bytes > opts.max_bytes
+            {
                 break;
             }
         }

@@ -27,8 +27,11 @@ pub struct SpoolStats {
 
 #[derive(Debug)]
 pub(super) struct SegState {
-    /// Offsets of records not yet released.
-    pub(super) live: BTreeSet<u64>,
+    /// Records not yet released: the offset of each, and the end of its frame (so that
+    /// consecutive live records make one range in a checkpoint).
+    pub(super) live: BTreeMap<u64, u64>,
+    /// End of the durable records (the file size for a segment of an earlier run).
+    pub(super) end: u64,
     /// No more records will be added: deleted once `live` is empty.
     pub(super) sealed: bool,
     /// File size, counted against the budget.
@@ -42,6 +45,9 @@ pub(super) struct Table {
     pub(super) live_bytes: u64,
     /// Retired segment files kept for reuse (`{id}.free`), newest last.
     pub(super) free: Vec<u64>,
+    /// Releases so far, and how many of them the last checkpoint written covers.
+    pub(super) released: u64,
+    pub(super) checkpointed: u64,
 }
 
 /// Retired segment files kept for reuse: a new segment is then a rename and one header
@@ -60,6 +66,10 @@ pub(super) struct Shared {
     pub(super) commits: AtomicU64,
     pub(super) records: AtomicU64,
     pub(super) bytes: AtomicU64,
+    /// Files kept for reuse (the free pool's size; 0 for a spool that is only drained).
+    pub(super) pool: usize,
+    /// One checkpoint written at a time (the periodic one and the one at shutdown).
+    pub(super) checkpoint_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -94,7 +104,7 @@ impl Shared {
         };
         t.segments.remove(&id);
         crate::crash_point!("spool::retire::before");
-        if t.free.len() < FREE_POOL && bytes == self.segment_bytes {
+        if t.free.len() < self.pool && bytes == self.segment_bytes {
             match std::fs::rename(self.seg_path(id), self.free_path(id)) {
                 Ok(()) => {
                     crate::crash_point!("spool::retire::after_rename");
@@ -115,7 +125,8 @@ impl Shared {
     pub(super) fn release(&self, id: RecordId) {
         let mut t = self.table();
         let known = t.segments.get_mut(&id.segment);
-        if known.is_some_and(|s| s.live.remove(&id.offset)) {
+        if known.is_some_and(|s| s.live.remove(&id.offset).is_some()) {
+            t.released += 1;
             self.retire_if_done(&mut t, id.segment);
         } else {
             tracing::debug!(?id, "release of an unknown or released spool record");
@@ -128,6 +139,25 @@ impl Shared {
             s.sealed = true;
         }
         self.retire_if_done(&mut t, id);
+    }
+
+    /// Writes the release checkpoint if records were released since the last one; returns
+    /// whether it wrote one.
+    pub(super) fn checkpoint(&self) -> io::Result<bool> {
+        let _one = self
+            .checkpoint_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (ckpt, released) = {
+            let t = self.table();
+            if t.released == t.checkpointed {
+                return Ok(false);
+            }
+            (super::checkpoint::Checkpoint::of(&t), t.released)
+        };
+        super::checkpoint::write(&self.dir, &ckpt)?;
+        self.table().checkpointed = released;
+        Ok(true)
     }
 
     pub(super) fn stats(&self) -> SpoolStats {
@@ -161,5 +191,56 @@ impl Releaser {
     /// The spool's counters and gauges.
     pub fn stats(&self) -> SpoolStats {
         self.shared.stats()
+    }
+
+    /// Persists release progress (`release.ckpt`) if records were released since the last
+    /// time, so that a start does not replay them; blocking (a small file written and synced).
+    /// Called every `spool.checkpoint_ms` and once more at shutdown, after the last release.
+    pub fn checkpoint(&self) {
+        if let Err(e) = self.shared.checkpoint() {
+            tracing::error!(dir = %self.shared.dir.display(), error = %e, "spool: cannot write the release checkpoint; a start would replay stored records again");
+        }
+    }
+}
+
+/// The spools a shard delivers from (its own, and those of other shard indexes it adopted),
+/// seen from any thread: for `/metrics`, the readiness of what waits, and the release
+/// checkpoints.
+#[derive(Debug, Default)]
+pub struct Spools(Mutex<Vec<Releaser>>);
+
+impl Spools {
+    /// Adds a spool the shard opened.
+    pub fn add(&self, r: Releaser) {
+        self.list().push(r);
+    }
+
+    fn list(&self) -> MutexGuard<'_, Vec<Releaser>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shard's spools' counters and gauges, summed; `None` when it has none.
+    pub fn stats(&self) -> Option<SpoolStats> {
+        let list = self.list();
+        let mut sum: Option<SpoolStats> = None;
+        for s in list.iter().map(Releaser::stats) {
+            let t = sum.get_or_insert_with(SpoolStats::default);
+            t.data_syncs += s.data_syncs;
+            t.commits += s.commits;
+            t.records_appended += s.records_appended;
+            t.bytes_appended += s.bytes_appended;
+            t.live_segments += s.live_segments;
+            t.live_bytes += s.live_bytes;
+            t.live_records += s.live_records;
+        }
+        sum
+    }
+
+    /// Writes each spool's release checkpoint that is behind ([`Releaser::checkpoint`]).
+    pub fn checkpoint(&self) {
+        let list: Vec<Releaser> = self.list().clone();
+        for r in list {
+            r.checkpoint();
+        }
     }
 }

@@ -118,7 +118,12 @@ impl Writer {
                     }
                     active.end = offset;
                     if let Some(s) = shared.table().segments.get_mut(&active.id) {
-                        s.live.extend(ids.iter().map(|id| id.offset));
+                        s.live.extend(
+                            ids.iter()
+                                .zip(records)
+                                .map(|(id, p)| (id.offset, id.offset + p.framed)),
+                        );
+                        s.end = offset;
                     }
                     let bytes: usize = records.iter().map(|p| p.len).sum();
                     shared.records.fetch_add(records.len() as u64, Relaxed);
@@ -182,11 +187,11 @@ impl Writer {
                 }
                 t.live_bytes += bytes;
             }
-            let live = BTreeSet::new();
             t.segments.insert(
                 id,
                 SegState {
-                    live,
+                    live: BTreeMap::new(),
+                    end: format::data_start(self.inner.opts.context.len()),
                     sealed: false,
                     bytes,
                 },

@@ -104,9 +104,14 @@ pub(super) async fn add(
     }
     let req = Rc::new(req);
     let batch = naming.as_ref().map_or(&ctx.config.batch, |n| &n.batch);
-    let keys = naming
-        .as_ref()
-        .map(|n| Rc::new(KeySpace::new(&n.prefix, &n.instance, ctx.shard, 0)));
+    let keys = naming.as_ref().map(|n| {
+        Rc::new(KeySpace::new(
+            &n.prefix,
+            &n.instance,
+            n.shard.unwrap_or(ctx.shard),
+            0,
+        ))
+    });
     for (i, &(start, end)) in job.spans.iter().enumerate() {
         let payload = &job.body[start as usize..end as usize];
         if let Some(o) = open.as_ref() {

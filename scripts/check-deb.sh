@@ -16,7 +16,8 @@ for path in \
     ./usr/share/corepost/tuning/auto.toml \
     ./usr/share/corepost/tuning/dev.toml \
     ./usr/share/corepost/tuning/two-core.toml \
-    ./usr/share/corepost/tuning/bare-metal-32.example.toml; do
+    ./usr/share/corepost/tuning/bare-metal-32.example.toml \
+    ./usr/share/doc/corepost/corepost-rules.yml; do
     grep -qE " ${path//./\\.}\$" <<<"$listing" || fail "$path missing from $deb"
 done
 # Every shipped profile, none forgotten.

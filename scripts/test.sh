@@ -3,7 +3,8 @@
 # tests, nginx as the load balancer of the scale-out test, Go for the baseline's build check,
 # Python's requests and zstandard for the compressed-body tests), then runs formatting and
 # lint checks, every unit and integration test (the S3 ones against a real Garage that the tests start themselves),
-# checks that the benchmarks and the Go baseline build, and builds and checks the Debian package
+# checks that the benchmarks and the Go baseline build, tests the Prometheus alerting rules
+# (promtool, installed when missing), and builds and checks the Debian package
 # (cargo-deb, installed when missing) and the systemd unit. No timed comparison runs here:
 # speed is measured by benches/e2e/run.sh.
 set -euo pipefail
@@ -43,6 +44,18 @@ if ((${#missing[@]})) || ((nginx_missing)); then
     fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
 fi
+
+step "Prometheus alerting rules: promtool check rules and test rules (scripts/check-alerts.sh)"
+# promtool comes with Debian's prometheus package (without its recommended node exporter);
+# never skipped. On a machine with systemd the package also enables and starts a
+# Prometheus server on :9090.
+if ! command -v promtool >/dev/null 2>&1; then
+    sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo=sudo
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends prometheus
+fi
+bash scripts/check-alerts.sh
 
 step "vendor/glommio-ng is glommio-ng from crates.io plus vendor/patches (scripts/vendor-glommio-ng.sh --check)"
 bash scripts/vendor-glommio-ng.sh --check

@@ -101,8 +101,21 @@ pub struct ShardStats {
     latency_sum_us: AtomicU64,
     /// True while the sink's last attempt (upload or check) failed (drives `/readyz`).
     pub sink_failing: AtomicBool,
+    /// Objects stored by any shard (one store behind all of them): a refusal lasts until
+    /// this moves, whichever shard stores next.
+    stored_anywhere: Arc<AtomicU64>,
+    /// 1 + `stored_anywhere` when this shard's store last refused for good; 0 when it has
+    /// not since its last success. See [`ShardStats::refusing`].
+    refused_at: AtomicU64,
     /// The sink's check has passed once: until then the shard is not ready.
     pub sink_checked: AtomicBool,
+    /// Spill directory files waiting for the store, their bytes, and the oldest one's mtime
+    /// (Unix seconds, 0 when none): set by the worker that redelivers them (shard 0).
+    pub spill_files: AtomicU64,
+    /// See `spill_files`.
+    pub spill_bytes: AtomicU64,
+    /// See `spill_files`.
+    pub spill_oldest_unix: AtomicU64,
     /// Why the sink last failed, for `/readyz`.
     sink_error: std::sync::Mutex<String>,
     /// The shard's upload worker thread is running.
@@ -168,6 +181,38 @@ impl ShardStats {
         inc(&self.latency_sum_us, (seconds * 1e6) as u64);
     }
 
+    /// Counters for one shard of a server whose shards share `stored_anywhere` (a refusal
+    /// ends when any of them stores an object).
+    pub fn sharing(stored_anywhere: Arc<AtomicU64>) -> ShardStats {
+        ShardStats {
+            stored_anywhere,
+            ..ShardStats::default()
+        }
+    }
+
+    /// True while the store refuses for good (403, 404 NoSuchBucket, bad credentials, fs sink
+    /// permissions): from this shard's last refusal until any shard stores an object. What
+    /// was refused waits in the spool or spill directory meanwhile.
+    pub fn refusing(&self) -> bool {
+        self.refused_at.load(Relaxed) == self.stored_anywhere.load(Relaxed) + 1
+    }
+
+    /// Notes a refusal; true if the shard was not refusing already.
+    pub fn refused(&self) -> bool {
+        let was = self.refusing();
+        self.refused_at
+            .store(self.stored_anywhere.load(Relaxed) + 1, Relaxed);
+        !was
+    }
+
+    /// Notes a stored object; true if the shard was refusing until now.
+    pub fn stored(&self) -> bool {
+        let was = self.refusing();
+        self.stored_anywhere.fetch_add(1, Relaxed);
+        self.refused_at.store(0, Relaxed);
+        was
+    }
+
     /// Notes why the sink failed (shown by `/readyz`).
     pub fn set_sink_error(&self, why: &str) {
         set_text(&self.sink_error, why);
@@ -195,6 +240,12 @@ impl ShardStats {
             } else {
                 "sink not checked yet".into()
             });
+        }
+        if self.refusing() {
+            return Some(format!(
+                "sink refusing (what it refused is kept and tried again): {}",
+                get_text(&self.sink_error)
+            ));
         }
         if self.sink_failing.load(Relaxed) {
             return Some(format!("sink failing: {}", get_text(&self.sink_error)));
@@ -243,6 +294,48 @@ fn series(out: &mut String, name: &str, help: &str, values: impl Iterator<Item =
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (i, v) in values.enumerate() {
         let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {v}");
+    }
+}
+
+/// What waits for the store outside the memory queues: in the durable spools and the spill
+/// directory (`/metrics` and `/readyz`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Waiting {
+    /// Spooled requests not yet stored, in every shard's spools.
+    pub spool_records: u64,
+    /// Spill files, and their bytes.
+    pub spill_files: u64,
+    /// See `spill_files`.
+    pub spill_bytes: u64,
+    /// Age of the oldest of them (see `corepost_waiting_oldest_seconds`), 0 when none.
+    pub oldest_seconds: u64,
+}
+
+impl Waiting {
+    /// Sums what every shard's spools and the spill directory hold.
+    pub fn of(shards: &[ShardView]) -> Waiting {
+        let now = now_ms() / 1000;
+        let mut w = Waiting::default();
+        let mut oldest = u64::MAX;
+        for sh in shards {
+            if let Some(sp) = sh.spool.stats() {
+                w.spool_records += sp.live_records;
+                if sp.oldest_live_segment > 0 {
+                    // Segment ids are their creation time in µs (see `spool`).
+                    oldest = oldest.min(sp.oldest_live_segment / 1_000_000);
+                }
+            }
+            w.spill_files += sh.stats.spill_files.load(Relaxed);
+            w.spill_bytes += sh.stats.spill_bytes.load(Relaxed);
+            match sh.stats.spill_oldest_unix.load(Relaxed) {
+                0 => {}
+                t => oldest = oldest.min(t),
+            }
+        }
+        if oldest != u64::MAX {
+            w.oldest_seconds = now.saturating_sub(oldest);
+        }
+        w
     }
 }
 
@@ -398,6 +491,28 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
                 why.label()
             );
         }
+    }
+    series(
+        &mut out,
+        "corepost_sink_failing",
+        "1 while the shard's last store attempt or sink check failed, else 0.",
+        shards
+            .iter()
+            .map(|sh| u64::from(sh.stats.sink_failing.load(Relaxed))),
+    );
+    series(
+        &mut out,
+        "corepost_sink_refusing",
+        "1 while the store refuses the shard's objects for good (403, 404, credentials, permissions), else 0: they wait in the spool or spill directory and are retried.",
+        shards.iter().map(|sh| u64::from(sh.stats.refusing())),
+    );
+    let w = Waiting::of(shards);
+    for (name, help, v) in [
+        ("corepost_spill_files", "Files in the spill directory waiting for the store.", w.spill_files),
+        ("corepost_spill_bytes", "Bytes of those files.", w.spill_bytes),
+        ("corepost_waiting_oldest_seconds", "Age of the oldest data answered 200 that waits for the store in the spill directory or the durable spool (its spool segment's creation or spill file's time), 0 when none waits.", w.oldest_seconds),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
     series(
         &mut out,

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::fault_proxy::{Fault, FaultProxy, Rule, When};
 use common::*;
 use std::path::Path;
 use std::time::Duration;
@@ -176,4 +177,92 @@ fn a_spool_left_by_durable_on_two_cores_is_delivered_by_queued_on_one() {
     }
     assert_eq!(got.len(), 120);
     assert!(s.stop(30).success());
+}
+
+/// `403 AccessDenied`, as S3 answers a key whose write access was revoked.
+fn access_denied() -> Fault {
+    Fault::Status {
+        status: 403,
+        body: "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message><RequestId>fault-proxy</RequestId><HostId>fault-proxy</HostId></Error>".into(),
+    }
+}
+
+/// The store refuses every object (403) for a while, then accepts again: every request
+/// answered 200 meanwhile is stored, once, without a restart; while it refuses, `/metrics`
+/// and `/readyz` say so and what waits.
+fn refused_then_accepted(ack: &str) {
+    let g = garage();
+    let p = prefix(&format!("refused-{ack}"));
+    let proxy = FaultProxy::start(&g.var("S3_ENDPOINT"));
+    let rule = proxy.add(Rule::object_puts(access_denied(), When::EveryNth(1)));
+    let mut env = g.server_env(&p);
+    env.push(("S3_ENDPOINT".into(), proxy.endpoint()));
+    let spool = spool_dir();
+    let spill = tempfile::tempdir().unwrap();
+    let conf = format!(
+        "[server]\nack = \"{ack}\"\n[batch]\nmax_payloads = 100\nmax_age_ms = 20\n[upload]\nbackoff_max_ms = 200\nrefused_backoff_max_ms = 2000\nspill_dir = \"{}\"\n",
+        spill.path().display()
+    );
+    let (s, _conf) = config_server(
+        2,
+        &conf,
+        &[
+            "--sink",
+            "s3",
+            "--spool-dir",
+            spool.path().to_str().unwrap(),
+        ],
+        &env,
+    );
+    for c in 0..20 {
+        assert_eq!(post(s.addr, &numbered_body(c, 0, 3)).status, 200);
+    }
+    wait_until(30, "the refusal seen in /metrics", || {
+        s.metrics().sum("corepost_sink_refusing") > 0
+    });
+    let ready = request(s.addr, "GET", "/readyz", &[], b"");
+    assert_eq!(ready.status, 503);
+    let why = ready.json();
+    assert!(why["reasons"].to_string().contains("refusing"), "{why}");
+    let w = &why["waiting"];
+    let waiting = w["spool_records"].as_u64().unwrap() + w["spill_files"].as_u64().unwrap();
+    assert!(waiting > 0, "what waits is shown: {why}");
+    // Keep refusing a little longer (several retries), then write access comes back.
+    let refused = proxy.fired(rule);
+    wait_until(30, "retries while refused", || {
+        proxy.fired(rule) > refused + 4
+    });
+    proxy.heal();
+    wait_until(
+        60,
+        "every payload answered 200 stored, without a restart",
+        || {
+            let m = s.metrics();
+            m.sum("corepost_spool_live_records") == 0
+                && m.sum("corepost_spill_files") == 0
+                && copies(g, &p).len() == 60
+        },
+    );
+    let got = copies(g, &p);
+    assert!(got.values().all(|&n| n == 1), "each stored once: {got:?}");
+    wait_until(30, "ready again", || {
+        request(s.addr, "GET", "/readyz", &[], b"").status == 200
+    });
+    let m = s.metrics();
+    assert_eq!(m.sum("corepost_sink_refusing"), 0);
+    assert_eq!(m.sum("corepost_payloads_failed_total"), 0);
+    assert!(s.stop(30).success());
+    assert!(files_under(spill.path())
+        .iter()
+        .all(|f| !f.to_string_lossy().ends_with(".spill")));
+}
+
+#[test]
+fn a_store_refusing_then_accepting_gets_every_durable_request_without_a_restart() {
+    refused_then_accepted("durable");
+}
+
+#[test]
+fn a_store_refusing_then_accepting_gets_every_queued_request_without_a_restart() {
+    refused_then_accepted("queued");
 }

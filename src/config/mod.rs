@@ -266,14 +266,21 @@ pub struct UploadConfig {
     /// Concurrent PUTs per shard. `MAX_WORKERS` sets it.
     pub max_in_flight: usize,
     /// Attempts per object for transient failures (connection errors, 5xx, SlowDown,
-    /// timeouts); `0` retries until the store answers, so an outage fills the queue and turns
-    /// into `503`s instead of loss.
+    /// timeouts) before it is treated as refused (below); `0` retries until the store
+    /// answers, so an outage fills the queue and turns into `503`s instead of loss.
     pub max_attempts: u32,
     /// First retry delay; each retry doubles it (full jitter), up to `backoff_max_ms`.
     pub backoff_base_ms: u64,
     /// Longest delay between two attempts. After throttling (`429`, `503`, `SlowDown`) the
     /// backoff goes two steps further, up to twice this cap, with equal jitter.
     pub backoff_max_ms: u64,
+    /// Longest delay between two attempts at data the store refused for good (403, 404
+    /// NoSuchBucket, bad credentials, clock skew, fs sink permissions) or that used up
+    /// `max_attempts`. Such data is never dropped: a spooled request stays in memory and in
+    /// its spool and is tried again; other objects are written to `spill_dir`, which is
+    /// delivered while running. The delay starts at one second and doubles up to this cap
+    /// (full jitter), so data is stored within about this long of the store accepting again.
+    pub refused_backoff_max_ms: u64,
     /// Time limit for one PUT request.
     pub request_timeout_ms: u64,
     /// After SIGTERM, the queues have this long to drain into the sink. What is still
@@ -284,8 +291,9 @@ pub struct UploadConfig {
     /// 1/`queue_poll_us` times a second rather than once per request. 0 wakes per request.
     pub queue_poll_us: u64,
     /// Local directory for payloads that could not be delivered: left over at the drain
-    /// deadline, or refused by the store for good (bad credentials, missing bucket). Files are
-    /// named by object key and fsynced; the next start uploads and deletes them.
+    /// deadline, or refused by the store (bad credentials, missing bucket). Files are named by
+    /// object key and fsynced; shard 0's worker uploads and deletes them while running (with
+    /// the `refused_backoff_max_ms` backoff while the store refuses) and at the next start.
     pub spill_dir: String,
 }
 
@@ -296,6 +304,7 @@ impl Default for UploadConfig {
             max_attempts: 0,
             backoff_base_ms: 50,
             backoff_max_ms: 5_000,
+            refused_backoff_max_ms: 30_000,
             request_timeout_ms: 30_000,
             drain_timeout_ms: 30_000,
             queue_poll_us: 1_000,

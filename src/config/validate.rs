@@ -132,6 +132,12 @@ impl Config {
                 "must be at least upload.backoff_base_ms".into(),
             );
         }
+        if self.upload.refused_backoff_max_ms < 100 {
+            bad(
+                "upload.refused_backoff_max_ms",
+                "must be at least 100".into(),
+            );
+        }
     }
 
     /// Shards, connections, the queue and uploads in flight.

@@ -336,10 +336,15 @@ async fn handle(front: &Rc<Front>, req: Request<Incoming>, on: Listener) -> Resp
 /// `200 {"status":"ready"}`, or `503` with every reason (per shard) it is not.
 fn readiness(front: &Front) -> Resp {
     let why = front.not_ready();
+    // What waits for the store in the spools and the spill directory: shown either way (a
+    // shard that is ready again may still be delivering a backlog).
+    let waiting = crate::metrics::Waiting::of(&front.views);
     if why.is_empty() {
-        return json(StatusCode::OK, &b"{\"status\":\"ready\"}"[..]);
+        let body = serde_json::json!({ "status": "ready", "waiting": waiting }).to_string();
+        return json(StatusCode::OK, body);
     }
-    let body = serde_json::json!({ "status": "not ready", "reasons": why }).to_string();
+    let body = serde_json::json!({ "status": "not ready", "reasons": why, "waiting": waiting })
+        .to_string();
     json(StatusCode::SERVICE_UNAVAILABLE, body)
 }
 

@@ -172,6 +172,7 @@ fn start_workers(
     instance: &str,
 ) -> anyhow::Result<Workers> {
     let start_micros = unix_micros();
+    let stored_anywhere: Arc<std::sync::atomic::AtomicU64> = Arc::default();
     let mut w = Workers {
         views: Vec::new(),
         senders: Vec::new(),
@@ -181,7 +182,7 @@ fn start_workers(
     for p in placement {
         // Two deadlines at most: the first signal's, and an earlier one from a second signal.
         let (drain_tx, drain_rx) = flume::bounded::<Instant>(2);
-        let stats = Arc::new(ShardStats::default());
+        let stats = Arc::new(ShardStats::sharing(stored_anywhere.clone()));
         let budget = Arc::new(Budget::new(
             config.queue.max_payloads,
             config.queue.max_bytes,

@@ -23,6 +23,9 @@ pub struct SpoolStats {
     pub live_bytes: u64,
     /// Records appended or recovered and not yet released.
     pub live_records: u64,
+    /// Id of the oldest segment holding such records (its creation time in µs, see the
+    /// module doc on segment ids), 0 when none.
+    pub oldest_live_segment: u64,
 }
 
 #[derive(Debug)]
@@ -170,6 +173,11 @@ impl Shared {
             live_segments: t.segments.len() as u64,
             live_bytes: t.live_bytes,
             live_records: t.segments.values().map(|s| s.live.len() as u64).sum(),
+            oldest_live_segment: t
+                .segments
+                .iter()
+                .find(|(_, s)| !s.live.is_empty())
+                .map_or(0, |(&id, _)| id),
         }
     }
 }
@@ -232,6 +240,11 @@ impl Spools {
             t.live_segments += s.live_segments;
             t.live_bytes += s.live_bytes;
             t.live_records += s.live_records;
+            t.oldest_live_segment = match (t.oldest_live_segment, s.oldest_live_segment) {
+                (0, b) => b,
+                (a, 0) => a,
+                (a, b) => a.min(b),
+            };
         }
         sum
     }

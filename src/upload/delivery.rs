@@ -34,6 +34,14 @@ pub fn throttled_backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
     Duration::from_millis(floor + fastrand::u64(0..=cap - floor))
 }
 
+/// Delay before attempt number `n` (1-based) at data the store refused for good (or that used
+/// up `max_attempts`): full jitter over one second doubling up to `max_ms`. Long, because the
+/// store will not change its mind soon (an operator has to fix a permission or a bucket), and
+/// capped, so the data is stored within about `max_ms` of the store accepting again.
+pub fn refused_backoff(n: u32, max_ms: u64) -> Duration {
+    backoff(n, 1_000.min(max_ms), max_ms)
+}
+
 /// What became of one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Outcome {
@@ -60,6 +68,8 @@ pub(super) struct Ctx {
     /// Set at the drain deadline: stop trying the store, spill instead.
     pub(super) spilling: Cell<bool>,
     pub(super) deadline: Notify,
+    /// Wakes the spill directory's redelivery (shard 0) when this worker spilled an object.
+    pub(super) spilled: Notify,
 }
 
 impl Ctx {
@@ -104,16 +114,15 @@ impl Ctx {
     ) -> Outcome {
         let n = payloads as u64;
         inc(&self.stats.uploads_in_flight, 1);
-        let outcome = match self.store(key, data, format).await {
+        let outcome = match self.store(key, data, format, spooled).await {
             Ok(()) => {
                 inc(&self.stats.payloads_uploaded, n);
                 Outcome::Stored
             }
+            // Only at the drain deadline: until then a spooled request is tried again.
             Err(e) if spooled => {
                 inc(&self.stats.payloads_deferred, n);
-                if !self.spilling.get() {
-                    tracing::error!(shard = self.shard, key, payloads, error = %e, "object not stored; its request stays in the durable spool for the next start");
-                }
+                tracing::debug!(shard = self.shard, key, payloads, error = %e, "object not stored; its request stays in the durable spool for the next start");
                 Outcome::NotStored {
                     refused: !e.retryable(),
                 }
@@ -125,9 +134,9 @@ impl Ctx {
                     tracing::error!(shard = self.shard, key, payloads, error = %e, spill_error = %spill_err, "payloads LOST: not stored and not spilled");
                 } else {
                     inc(&self.stats.payloads_spilled, n);
-                    if !self.spilling.get() {
-                        tracing::error!(shard = self.shard, key, payloads, error = %e, "object not stored; kept in the spill directory");
-                    }
+                    // The sink's change of state was logged once by `store`; not per object.
+                    tracing::debug!(shard = self.shard, key, payloads, error = %e, "object not stored; kept in the spill directory");
+                    self.spilled.notify_one();
                 }
                 Outcome::NotStored { refused: permanent }
             }
@@ -156,17 +165,21 @@ impl Ctx {
         Ok(())
     }
 
-    /// Tries the store until it succeeds, a permanent error, `max_attempts`, or the drain
-    /// deadline. Retries wait [`backoff`], or the longer [`throttled_backoff`] when the store
-    /// throttled the attempt (counted in `corepost_upload_throttled_total`).
+    /// Tries the store until it succeeds or the drain deadline; an object that is not
+    /// `persistent` also gives up at a refusal (a permanent error, or `max_attempts` used
+    /// up), for the caller to keep it in the spill directory. Retries wait [`backoff`], or the
+    /// longer [`throttled_backoff`] when the store throttled the attempt (counted in
+    /// `corepost_upload_throttled_total`); after a refusal, [`refused_backoff`]. The sink's
+    /// changes of state (failing, refusing, accepting again) are logged once each.
     pub(super) async fn store(
         &self,
         key: &str,
         data: &[u8],
         format: ObjectFormat,
+        persistent: bool,
     ) -> Result<(), UploadError> {
         let up = &self.config.upload;
-        let mut attempt = 0u32;
+        let (mut attempt, mut refusals) = (0u32, 0u32);
         loop {
             if self.spilling.get() {
                 return Err(UploadError::Transient("drain deadline reached".into()));
@@ -185,8 +198,12 @@ impl Ctx {
                     self.stats.observe_upload(t0.elapsed().as_secs_f64());
                     inc(&self.stats.objects_uploaded, 1);
                     inc(&self.stats.bytes_out, data.len() as u64);
-                    if self.stats.sink_failing.swap(false, Relaxed) {
-                        tracing::info!(shard = self.shard, "sink recovered");
+                    let was_refusing = self.stats.stored();
+                    if self.stats.sink_failing.swap(false, Relaxed) || was_refusing {
+                        tracing::info!(
+                            shard = self.shard,
+                            "sink recovered: the store accepts again"
+                        );
                     }
                     return Ok(());
                 }
@@ -212,7 +229,18 @@ impl Ctx {
                 Err(e) => {
                     self.stats.set_sink_error(&e.to_string());
                     self.stats.sink_failing.store(true, Relaxed);
-                    return Err(e);
+                    if !e.retryable() && self.stats.refused() {
+                        tracing::error!(shard = self.shard, error = %e, retry_max_ms = up.refused_backoff_max_ms,
+                            "the store refuses objects; they are kept (durable spool, spill directory) and tried again until it accepts");
+                    }
+                    if !persistent || self.spilling.get() {
+                        return Err(e);
+                    }
+                    refusals += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(refused_backoff(refusals, up.refused_backoff_max_ms)) => {}
+                        _ = self.deadline.notified() => {}
+                    }
                 }
             }
         }

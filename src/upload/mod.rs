@@ -17,7 +17,7 @@ mod sink;
 mod spill;
 
 pub use batch::{payloads_in, ObjectBuilder, ObjectFormat};
-pub use delivery::{backoff, throttled_backoff};
+pub use delivery::{backoff, refused_backoff, throttled_backoff};
 pub use sink::{FsSink, Sink, UploadError, SPILL_SUFFIX};
 pub use spill::spilled_files;
 
@@ -101,7 +101,7 @@ async fn run(s: WorkerSetup) {
     tokio::task::spawn_local(watch_sink(ctx.clone()));
     tokio::task::spawn_local(watch_deadline(ctx.clone(), s.drain.clone()));
     if s.replay_spill {
-        spill::start_replay(&ctx, max);
+        spill::start_redelivery(&ctx, max);
     }
     drain_queue(&ctx, &permits, &s.rx).await;
     // The queue is closed and empty: wait for the uploads in flight.
@@ -142,6 +142,7 @@ fn worker_ctx(s: &WorkerSetup) -> Ctx {
         shard: s.shard,
         spilling: Cell::new(false),
         deadline: Notify::new(),
+        spilled: Notify::new(),
     }
 }
 

@@ -3,7 +3,7 @@
 # tests, nginx as the load balancer of the scale-out test, Go for the baseline's build check,
 # Python's requests and zstandard for the compressed-body tests), then runs formatting and
 # lint checks, every unit and integration test (the S3 ones against a real Garage that the tests start themselves),
-# checks that the benchmarks and the Go baseline build, tests the Prometheus alerting rules
+# checks that the benchmarks, the Go baseline and the tokio peer build, tests the Prometheus alerting rules
 # (promtool, installed when missing), and builds and checks the Debian package
 # (cargo-deb, installed when missing) and the systemd unit. No timed comparison runs here:
 # speed is measured by benches/e2e/run.sh.
@@ -93,6 +93,11 @@ cargo bench --locked --no-run
 
 step "Go baseline builds"
 bash benches/go-baseline/build.sh
+
+# Its own package and lock file (not in corepost's workspace), so nothing above builds it;
+# a debug build is enough to keep it from rotting (bench.py builds it with --release).
+step "tokio peer builds (benches/tokio-peer, the conventional server of benches/e2e scenario a)"
+cargo build --locked --manifest-path benches/tokio-peer/Cargo.toml
 
 # Installed once per machine (cargo install compiles it: about 4 minutes on 2 busy cores).
 step "cargo-deb (installed when missing)"

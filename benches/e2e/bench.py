@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""End-to-end benchmark: corepost against the Go baseline and nginx (and against itself: durable
+"""End-to-end benchmark: corepost against a conventional tokio + hyper peer, the Go baseline and
+nginx (and against itself: durable
 vs queued, TLS vs plain, token checks), the same load, systems alternated within each round.
 Writes benches/results/<date>-<scenario>.md and a chart beside it. See benches/e2e/README.md.
 
@@ -26,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKLOAD, RESULTS = ROOT / "benches/workload", ROOT / "benches/results"
 COREPOST, S3TOOL = ROOT / "target/release/corepost", ROOT / "target/release/examples/s3tool"
 GO_BIN, GARAGE_SH = ROOT / "benches/go-baseline/go-baseline", ROOT / "scripts/garage.sh"
+PEER_DIR = ROOT / "benches/tokio-peer"  # its own cargo package and workspace
+PEER_BIN = PEER_DIR / "target/release/tokio-peer"
 LG_CPU, SRV_CPU = "0", "1"  # per core: load generator (and Garage) on CPU 0, server on CPU 1
 NPROC, TCK = os.cpu_count(), os.sysconf("SC_CLK_TCK")
 
@@ -37,13 +40,13 @@ SCENARIOS = {
     "tls": "(tls) corepost over TLS vs nginx over TLS (same certificate) vs corepost plain HTTP",
     "tokens": "(tokens) the token check: no tokens file vs a token in the body vs in the header",
 }
-SYSTEMS = {"a": ["corepost", "go", "nginx"], "b": ["corepost", "go"], "c": ["corepost", "go"],
+SYSTEMS = {"a": ["corepost", "peer", "go", "nginx"], "b": ["corepost", "go"], "c": ["corepost", "go"],
            "d": ["queued", "durable"], "tls": ["corepost-tls", "nginx-tls", "corepost"],
            "tokens": ["none", "body", "header"]}
-RATIOS = {"a": [("corepost", "go"), ("corepost", "nginx")], "b": [("corepost", "go")], "c": [("corepost", "go")],
+RATIOS = {"a": [("corepost", "peer"), ("corepost", "go"), ("corepost", "nginx")], "b": [("corepost", "go")], "c": [("corepost", "go")],
           "d": [("durable", "queued")], "tls": [("corepost-tls", "nginx-tls"), ("corepost-tls", "corepost")],
           "tokens": [("body", "none"), ("header", "none")]}
-LABEL = {"corepost": "corepost", "go": "Go baseline", "nginx": "nginx (204)", "queued": "corepost ack=queued",
+LABEL = {"corepost": "corepost", "peer": "tokio peer", "go": "Go baseline", "nginx": "nginx (204)", "queued": "corepost ack=queued",
          "durable": "corepost ack=durable", "corepost-tls": "corepost TLS", "nginx-tls": "nginx TLS (204)",
          "none": "no tokens file", "body": "token in the body", "header": "token in the header"}
 MODES = {"percore": "per core (server on CPU 1, load generator on CPU 0)", "machine": "whole machine (no pinning)"}
@@ -112,7 +115,8 @@ def run(cmd, **kw):
 
 
 def ensure_tools(a, scenarios):
-    """Installs what is missing (unless --no-install) and builds corepost, s3tool, the Go baseline."""
+    """Installs what is missing (unless --no-install) and builds corepost, s3tool, the Go baseline
+    and the tokio peer."""
     def need(ok, what, install):
         if ok():
             return
@@ -128,7 +132,7 @@ def ensure_tools(a, scenarios):
     need(lambda: shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK), "nginx", apt + ["nginx-light"])
     cargo_bin = Path.home() / ".cargo/bin"
     os.environ["PATH"] += os.pathsep + str(cargo_bin)
-    if set(scenarios) & {"a", "b", "d"}:
+    if set(scenarios) & {"a", "b", "d"} and not a.no_latency:
         need(lambda: shutil.which("oha"), "oha", ["cargo", "install", "oha", "--locked"])
     need(lambda: importlib.util.find_spec("matplotlib"), "matplotlib",
          [sys.executable, "-m", "pip", "install", "matplotlib"])
@@ -138,7 +142,11 @@ def ensure_tools(a, scenarios):
         if set(scenarios) & {"a", "b", "c"} and "go" in a.systems:
             log("building the Go baseline: benches/go-baseline/build.sh")
             run([str(ROOT / "benches/go-baseline/build.sh")], stdout=sp.DEVNULL)
-    for f in [COREPOST] + ([S3TOOL] if set(scenarios) & {"b", "c"} else []):
+        if "a" in scenarios and "peer" in a.systems:
+            log("building the tokio peer: cargo build --release --manifest-path benches/tokio-peer/Cargo.toml")
+            run(["cargo", "build", "--release", "--locked", "--manifest-path", str(PEER_DIR / "Cargo.toml")], cwd=ROOT)
+    peer = [PEER_BIN] if "a" in scenarios and "peer" in a.systems else []
+    for f in [COREPOST] + ([S3TOOL] if set(scenarios) & {"b", "c"} else []) + peer:
         f.exists() or die(f"{f} is missing (run without --no-build)")
 
 
@@ -227,6 +235,8 @@ class Server:
             env.update(ADDR=f"127.0.0.1:{self.port}", **({"GOMAXPROCS": "1"} if mode == "percore" else {}),
                        **({"UPLOAD_NOOP": "1"} if sc == "a" else {}))
             cmd = [str(GO_BIN)]
+        elif system == "peer":  # its tokio runtime has one worker per CPU in its affinity mask
+            cmd = [str(PEER_BIN), "--listen", f"127.0.0.1:{self.port}"]
         else:
             cmd = [str(COREPOST), "serve", "--listen", f"127.0.0.1:{self.port}", "--cores", cores,
                    "--sink", "s3" if sc in ("b", "c") else "discard", "--spill-dir", str(h.raw / "spill" / label)]
@@ -437,11 +447,19 @@ class Harness:
         self.raw = Path(tempfile.mkdtemp(prefix="corepost-e2e."))
         for d in ("logs", "out"):
             (self.raw / d).mkdir()
-        self.body = (WORKLOAD / a.body) if (WORKLOAD / a.body).exists() else Path(a.body).resolve()
-        self.ppb = len(json.loads(self.body.read_text())["data"])
+        self.bodies = {}  # --body name -> (path, payloads per body)
+        for name in a.body:
+            path = (WORKLOAD / name) if (WORKLOAD / name).exists() else Path(name).resolve()
+            self.bodies[name] = (path, len(json.loads(path.read_text())["data"]))
+        self.use_body(a.body[0])
         self.run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
 
+    def use_body(self, name):
+        """The body every following run sends (wrk, oha, the probe POST)."""
+        self.body_name, (self.body, self.ppb) = name, self.bodies[name]
+
     def record(self, rec, srv=None):
+        rec["body"] = self.body_name
         if srv:
             rec.update(rss_mib=vmhwm_mib(srv.pid), **({"mem_guard_killed": srv.guard_hit} if srv.guard_hit else {}))
         self.records.append(rec)
@@ -452,7 +470,7 @@ class Harness:
                                       "fsyncs_s", "puts_per_mpayload", "verify", "kill_lost")))
 
     def start(self, system, sc, mode, kind, r):
-        label = f"{sc}-{mode}-{system}-{kind}-r{r:03d}"
+        label = f"{sc}-{mode}-{Path(self.body_name).stem}-{system}-{kind}-r{r:03d}"
         prefix = f"e2e-{self.run_id}/{label}"
         return Server(self, system, sc, mode, label, prefix), label, prefix
 
@@ -653,7 +671,7 @@ def derived_rate(h, sc, mode):
         return given
     by = {}
     for r in h.records:
-        if (r["kind"], r["scenario"], r["mode"]) == ("tput", sc, mode):
+        if (r["kind"], r["scenario"], r["mode"], r["body"]) == ("tput", sc, mode, h.body_name):
             by.setdefault(r["system"], []).append(min(r["req_s"], r.get("stored_s", math.inf) / h.ppb))
     return max(1, int(min(statistics.median(v) for v in by.values()) * h.a.rate_fraction))
 
@@ -670,25 +688,30 @@ def measure(h, scenarios):
                 if sc == "c":  # the payload counting proven on every object kind against this store
                     h.garage.s3tool("selftest", f"e2e-{h.run_id}/selftest-{mode}")
                     log("s3tool selftest ok: .json, .ndjson, .ndjson.gz, .ndjson.zst and suffix-less objects counted right")
-                for r in range(1, h.a.rounds + 1):  # the order rotates every round
-                    for s in order(systems, r):
-                        h.tput(s, sc, mode, r)
-                if sc == "b":
-                    for s in systems:
-                        h.kill(s, mode)
-                if sc in ("a", "b"):
-                    rates = [(derived_rate(h, sc, mode), "")]
-                elif sc == "d":  # ½ of queued's median sustained rate (the target's load) and ½ of durable's own
-                    med = lambda s: statistics.median(r["req_s"] for r in h.records if (r["kind"], r["scenario"], r["mode"], r["system"]) == ("tput", "d", mode, s))
-                    rates = [(h.a.rate_d, "given")] if h.a.rate_d else [(max(1, int(med(s) / 2)), k) for s, k in (("queued", "halfq"), ("durable", "halfd"))]
-                else:
-                    rates = []
-                for rate, kind in rates:
-                    log(f"fixed rate for {sc}/{mode}: {rate} req/s {kind}")
-                for r in range(1, h.a.rounds + 1) if rates else []:
-                    for rate, kind in rates:
+                for body in h.a.body:  # each body: its own alternating rounds, its own derived rate
+                    h.use_body(body)
+                    log(f"--- {sc}/{mode}: body {body} ({h.ppb} payloads, {h.body.stat().st_size:,} bytes) ---")
+                    for r in range(1, h.a.rounds + 1):  # the order rotates every round
                         for s in order(systems, r):
-                            h.lat(s, sc, mode, r, rate, kind)
+                            h.tput(s, sc, mode, r)
+                    if sc == "b":
+                        for s in systems:
+                            h.kill(s, mode)
+                    if h.a.no_latency:
+                        rates = []
+                    elif sc in ("a", "b"):
+                        rates = [(derived_rate(h, sc, mode), "")]
+                    elif sc == "d":  # ½ of queued's median sustained rate (the target's load) and ½ of durable's own
+                        med = lambda s: statistics.median(r["req_s"] for r in h.records if (r["kind"], r["scenario"], r["mode"], r["system"], r["body"]) == ("tput", "d", mode, s, h.body_name))
+                        rates = [(h.a.rate_d, "given")] if h.a.rate_d else [(max(1, int(med(s) / 2)), k) for s, k in (("queued", "halfq"), ("durable", "halfd"))]
+                    else:
+                        rates = []
+                    for rate, kind in rates:
+                        log(f"fixed rate for {sc}/{mode}/{body}: {rate} req/s {kind}")
+                    for r in range(1, h.a.rounds + 1) if rates else []:
+                        for rate, kind in rates:
+                            for s in order(systems, r):
+                                h.lat(s, sc, mode, r, rate, kind)
             finally:
                 if h.garage:
                     h.garage.stop()
@@ -701,11 +724,12 @@ def spread(vals):
     return (statistics.median(vals), min(vals), max(vals)) if vals else None
 
 
-def summarize(records):
-    """-> {(scenario, mode): {system: {figure or figure@rate_kind: (median, min, max)}}}"""
+def summarize(records, default_body):
+    """-> {(scenario, mode, body): {system: {figure or figure@rate_kind: (median, min, max)}}}
+    (records of runs before several bodies per run carry no body: default_body)"""
     out = {}
     for r in records:
-        f = out.setdefault((r["scenario"], r["mode"]), {}).setdefault(r["system"], {})
+        f = out.setdefault((r["scenario"], r["mode"], r.get("body", default_body)), {}).setdefault(r["system"], {})
         suffix = f"@{r['rate_kind']}" if r["kind"] == "lat" else ""
         for k, v in r.items():
             f.setdefault(k + suffix, []).append(v)
@@ -743,21 +767,30 @@ def fmt_ratio(x):  # small ratios keep their digits: PUTs per payload in (c) is 
     return "n/a" if x is None else f"{x:.2g}x (1/{1 / x:,.0f})" if 0 < x < 0.01 else f"{x:.2f}x"
 
 
+def headline(summ, sc, mode):
+    """The runs of a scenario and mode that the targets read: body10's, else the first body's."""
+    keys = [k for k in summ if k[:2] == (sc, mode)]
+    return summ[next((k for k in keys if Path(k[2]).name == "body10.json"), keys[0])] if keys else {}
+
+
 def targets(summ):
     """Targets, reported as met / missed / not measured; never asserted."""
     v = lambda ok: "not measured" if ok is None else "**met**" if ok else "**missed**"
-    a, L = summ.get(("a", "percore"), {}), []
+    a, L = headline(summ, "a", "percore"), []
     r = ratio(med(a, "corepost", "req_s"), med(a, "go", "req_s"))
     L.append(("front end per core: corepost req/s >= 12x Go", fmt_ratio(r), v(r and r >= 12)))
     r = ratio(med(a, "corepost", "req_s"), med(a, "nginx", "req_s"))
     L.append(("front end per core: corepost req/s >= 80% of nginx", "n/a" if r is None else f"{r:.0%}", v(r and r >= 0.8)))
     r = ratio(med(a, "corepost", "cpu_per_mreq"), med(a, "nginx", "cpu_per_mreq"))
     L.append(("front end per core: corepost CPU per request <= 1.5x nginx", fmt_ratio(r), v(None if r is None else r <= 1.5)))
-    pk = max((f["rss_mib"][2] for (sc, _), g in summ.items() if sc in "abcd" for s, f in g.items()
+    pk = max((f["rss_mib"][2] for (sc, _, _), g in summ.items() if sc in "abcd" for s, f in g.items()
               if s in ("corepost", "queued", "durable") and f.get("rss_mib")), default=None)
     L.append(("peak RSS under overload (all saturating runs) <= 256 MiB for corepost", fmt(pk) + " MiB", v(None if pk is None else pk <= 256)))
-    for (sc, mode), g in summ.items():
+    for (sc, mode, body), g in summ.items():
         where = "per core" if mode == "percore" else "whole machine"
+        if sc == "a" and "peer" in g:  # issue 23: the design must earn its keep against the afternoon server
+            r = ratio(med(g, "corepost", "req_s"), med(g, "peer", "req_s"))
+            L.append((f"(a) {where}, {body}: corepost req/s >= 1.25x the tokio peer", fmt_ratio(r), v(r and r >= 1.25)))
         if sc == "c":
             r = ratio(med(g, "corepost", "stored_s"), med(g, "go", "stored_s"))
             L.append((f"(c) {where}: corepost payloads stored/s (incl. drain) >= 50x Go, same run", fmt_ratio(r), v(r and r >= 50)))
@@ -836,19 +869,23 @@ def notes(g, sc):
 def report(raw, out_md, out_svg):
     meta = json.loads((raw / "meta.json").read_text())
     records = [json.loads(l) for l in (raw / "records.jsonl").read_text().splitlines() if l]
-    summ = summarize(records)
-    scs = {sc for sc, _ in summ}
+    bodies = meta.get("bodies") or [{"body": meta["body"], "ppb": meta["ppb"], "bytes": meta["body_bytes"]}]
+    summ = summarize(records, bodies[0]["body"])
+    scs = {sc for sc, _, _ in summ}
     L = [f"# corepost end-to-end benchmark — scenario {meta['scenario']}, {meta['date']}"
          + (" (SMOKE RUN: harness check only, numbers are not meaningful)" if meta["smoke"] else "") + "\n",
          f"Command: `{meta['command']}`  ", f"Started {meta['started']}, finished {meta['finished']}.  ",
          f"Rounds: {meta['rounds']} × {meta['duration']} s per system, systems alternated within each round (the order "
          "rotates every round); figures are the median across rounds, with (min–max); ratios are of medians.  ",
          f"Saturating load: `wrk -t1 -c{meta['conns']} -d{meta['duration']}s --timeout 5s -s benches/workload/post.lua` with "
-         f"`{meta['body']}` ({meta['ppb']} payloads, {meta['body_bytes']} bytes per request), its figures as JSON from post.lua's done() hook.  "]
-    if scs & {"a", "b", "d"}:
+         + ", ".join(f"`{b['body']}` ({b['ppb']} payloads, {b['bytes']} bytes per request)" for b in bodies)
+         + (" (each body its own rounds)" if len(bodies) > 1 else "") + ", its figures as JSON from post.lua's done() hook.  "]
+    if scs & {"a", "b", "d"} and meta.get("no_latency"):
+        L.append("No fixed-rate latency rounds (`--no-latency`).  ")
+    elif scs & {"a", "b", "d"}:
         L.append(f"Fixed-rate latency: `oha -z {meta['duration']}s -q RATE -c {meta['conns']} --latency-correction` (open loop, "
                  f"from the intended send time); (a), (b): RATE = {meta['rate_fraction']:.0%} of the lowest median sustained rate "
-                 "of the systems of that scenario and mode in this run; (d): ½ of queued's and ½ of durable's median sustained "
+                 "of the systems of that scenario, mode and body in this run; (d): ½ of queued's and ½ of durable's median sustained "
                  "rate, both modes at both; unless given on the command line.  ")
     if "c" in meta:
         L.append("(c) corepost `--sink s3 --config corepost-c.toml`:\n\n```toml\n" + meta["c"].strip() + "\n```\n")
@@ -874,23 +911,24 @@ def report(raw, out_md, out_svg):
                  "the rate (>= 95%, all 2xx).\n")
     for sc in SCENARIOS:
         for mode in MODES:
-            g = summ.get((sc, mode))
-            if g:
-                L += [f"## {SCENARIOS[sc]} — {MODES[mode]}\n"] + table(g, sc) + [""] + [f"- {n}" for n in notes(g, sc)] + [""]
+            for b in bodies:
+                g = summ.get((sc, mode, b["body"]))
+                if g:
+                    L += [f"## {SCENARIOS[sc]} — {MODES[mode]} — {b['body']}\n"] + table(g, sc) + [""] + [f"- {n}" for n in notes(g, sc)] + [""]
     L.append("Definitions of every figure: benches/e2e/README.md.")
     out_md.write_text("\n".join(L) + "\n")
-    chart(summ, out_svg)
+    chart(summ, [b["body"] for b in bodies], out_svg)
 
 
-def chart(summ, path):
+def chart(summ, bodies, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    keys = [(sc, m) for sc in SCENARIOS for m in MODES if (sc, m) in summ]
-    ncols = max(len(CHART[sc]) for sc, _ in keys)
+    keys = [(sc, m, b) for sc in SCENARIOS for m in MODES for b in bodies if (sc, m, b) in summ]
+    ncols = max(len(CHART[sc]) for sc, _, _ in keys)
     fig, axes = plt.subplots(len(keys), ncols, figsize=(4 * ncols, 3.2 * len(keys)), squeeze=False)
-    for row, (sc, mode) in zip(axes, keys):
-        g = summ[(sc, mode)]
+    for row, (sc, mode, body) in zip(axes, keys):
+        g = summ[(sc, mode, body)]
         systems = [s for s in SYSTEMS[sc] if s in g]
         for i, ax in enumerate(row):
             if i >= len(CHART[sc]):
@@ -912,7 +950,8 @@ def chart(summ, path):
                 ax.axhline(10, color="red", linestyle="--", linewidth=1)  # the p99 target
             for i, (x, v) in enumerate(zip(m, vals)):
                 ax.annotate(fmt(x) if v else "n/a", (i, x), ha="center", va="bottom", fontsize=8)
-            ax.set_title(f"({sc}) {'per core' if mode == 'percore' else 'machine'}: {title}", fontsize=9)
+            which = ("per core" if mode == "percore" else "machine") + (f", {Path(body).stem}" if len(bodies) > 1 else "")
+            ax.set_title(f"({sc}) {which}: {title}", fontsize=9)
             ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
     fig.savefig(path)
@@ -927,8 +966,9 @@ def parse(argv):
     A("--duration", type=int, help="seconds of load per run [10]")
     A("--smoke", action="store_true", help="harness check: 1 round, 3 s, short drain/kill waits")
     A("--modes", default="percore,machine", help="percore,machine [both]")
-    A("--systems", default="corepost,go,nginx", help="(a, b, c) which of corepost,go,nginx [all three]")
-    A("--body", default="body10.json", help="request body in benches/workload/ [body10.json]")
+    A("--systems", default="corepost,peer,go,nginx", help="(a, b, c) which of corepost,peer,go,nginx [all; peer only in (a)]")
+    A("--body", default="body10.json", help="request bodies in benches/workload/, comma-separated; each gets its own "
+      "rounds, e.g. body1.json,body10.json,body100.json [body10.json]")
     A("--connections", type=int, default=64, help="connections of wrk and oha [64]")
     A("--rate", type=int, help="fixed rate (req/s) of every scenario's latency runs")
     A("--rate-a", type=int), A("--rate-b", type=int), A("--rate-d", type=int)
@@ -946,6 +986,7 @@ def parse(argv):
     A("--fsync-probes", type=int, default=200, help="(d) samples of the raw disk check [200]")
     A("--tokens", type=int, default=1000, help="(tokens) tokens in the tokens file [1000]")
     A("--mem-guard-mib", type=int, default=6144, help="kill a server whose RSS passes this [6144]")
+    A("--no-latency", action="store_true", help="saturating rounds only: no fixed-rate (oha) rounds, oha not needed")
     A("--no-build", action="store_true", help="do not cargo build / go-baseline/build.sh")
     A("--no-install", action="store_true", help="do not apt-get, cargo install or pip install missing tools")
     A("--report", metavar="RAWDIR", help="only rewrite the result file of an earlier run from its raw directory")
@@ -955,8 +996,8 @@ def parse(argv):
     for k, v in (short if a.smoke else full).items():
         setattr(a, k, getattr(a, k) if getattr(a, k) is not None else v)
     a.rate_a, a.rate_b, a.rate_d = a.rate_a or a.rate, a.rate_b or a.rate, a.rate_d or a.rate
-    a.modes, a.systems = a.modes.split(","), a.systems.split(",")
-    if not set(a.modes) <= set(MODES) or not set(a.systems) <= {"corepost", "go", "nginx"} or min(a.rounds, a.duration) < 1:
+    a.modes, a.systems, a.body = a.modes.split(","), a.systems.split(","), a.body.split(",")
+    if not set(a.modes) <= set(MODES) or not set(a.systems) <= {"corepost", "peer", "go", "nginx"} or min(a.rounds, a.duration) < 1:
         p.error("bad --modes, --systems, --rounds or --duration")
     return a
 
@@ -993,8 +1034,9 @@ def main(argv):
     ver = lambda *c: (lambda r: (r.stdout + r.stderr).strip().split("\n")[0])(sp.run(c, capture_output=True, text=True)) if shutil.which(c[0]) else "not found"
     git = lambda *c: sp.run(["git", "-C", str(ROOT), *c], capture_output=True, text=True)
     meta.update(name=name, command=cmdline, date=date, started=started, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                scenario=a.scenario, smoke=a.smoke, rounds=a.rounds, duration=a.duration, conns=a.connections,
-                body=a.body, ppb=h.ppb, body_bytes=h.body.stat().st_size, rate_fraction=a.rate_fraction, raw=str(h.raw),
+                scenario=a.scenario, smoke=a.smoke, no_latency=a.no_latency, rounds=a.rounds, duration=a.duration, conns=a.connections,
+                bodies=[{"body": b, "ppb": ppb, "bytes": path.stat().st_size} for b, (path, ppb) in h.bodies.items()],
+                rate_fraction=a.rate_fraction, raw=str(h.raw),
                 load=Path("/proc/loadavg").read_text().split(" ", 3)[:3], machine={
                     "CPU": re.search(r"model name\s*: (.*)", Path("/proc/cpuinfo").read_text())[1], "nproc": NPROC,
                     "memory": f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB",

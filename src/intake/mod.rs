@@ -56,8 +56,9 @@ pub enum Refusal {
     /// `ack = "durable"`: the spool's disk is full (the disk, not the spool's own budget).
     #[error("overloaded: the durable spool's disk is full")]
     SpoolDiskFull(#[source] Arc<SpoolError>),
-    /// `ack = "durable"`: the spool could not write the request (disk failure; logged).
-    #[error("the request could not be written to the durable spool")]
+    /// `ack = "durable"`: the spool could not write the request (a disk error other than a
+    /// full disk; logged): `503`, and the shard is unready for a while.
+    #[error("overloaded: the durable spool cannot write (disk error); retry later")]
     SpoolFailed(#[source] Option<Arc<SpoolError>>),
     /// `ack = "uploaded"`: the payloads were not all stored within `server.ack_timeout_ms`.
     #[error("not stored within {0} ms; the payloads stay queued and may still be stored, so a retry can store them twice")]
@@ -361,6 +362,15 @@ impl Intake {
         let header = record.len() - req.body.len();
         let record = Bytes::from(record);
         let body = record.slice(header..);
+        // `failpoints` builds only: `FAILPOINTS="intake::spool_append=return"` makes the
+        // append fail as a failing disk does (EIO), for the tests of what clients and
+        // readiness then see.
+        #[cfg(feature = "failpoints")]
+        let appended = match fail::eval("intake::spool_append", |_| ()) {
+            Some(()) => Err(SpoolError::Io(std::io::Error::from_raw_os_error(5))),
+            None => spool.append(record).await,
+        };
+        #[cfg(not(feature = "failpoints"))]
         let appended = spool.append(record).await;
         let id = appended.map_err(|e| self.spool_refusal(e))?;
         self.stats.spool_write(Ok(()));
@@ -397,6 +407,8 @@ impl Intake {
                 }
             }
             e => {
+                // Whatever else failed, the shard is unready for a while, as for a disk error.
+                self.stats.spool_write(Err(&e.to_string()));
                 tracing::error!(shard = self.shard, error = %e, "spool write failed");
                 Refusal::SpoolFailed(Some(Arc::new(e)))
             }

@@ -1,11 +1,139 @@
-//! `[auth]` at the edges: an emptied tokens file on SIGHUP keeps the set in force. Real
-//! server, real signals; no store needed (fs sink).
+//! `[auth]` at the edges: a body `token` is not kept at rest (the durable spool and the
+//! dead-letter files hold `*` in its place); an emptied tokens file on SIGHUP keeps the set
+//! in force. Real server, real sockets, real signals; no store needed (fs sink, or a store
+//! nothing listens on).
 
 mod common;
 
 use common::*;
+use std::path::Path;
 
 const TOKEN: &str = "tok-at-rest-5e1d9c3b7a2f48";
+/// The same token as a JSON string with escapes (`\u0074` is `t`, `\/` is `/`-free here).
+const TOKEN_ESCAPED: &str = r"\u0074ok-at-rest-5e1d9c3b7a2f48";
+
+/// `numbered_body` whose `token` field is `token_json` (the JSON string's inner text).
+fn body_with_token(token_json: &str, c: usize, count: usize) -> Vec<u8> {
+    String::from_utf8(numbered_body(c, 0, count))
+        .unwrap()
+        .replace(r#""token":"t""#, &format!(r#""token":"{token_json}""#))
+        .into_bytes()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every file under `dir` (dot-files too) that holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if contains(&std::fs::read(&p).unwrap(), needle) {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Durable requests carrying a body token (plain, escaped, and beside an `Authorization`
+/// header) leave no trace of it in the spool, nor in the dead-letter file of a record that
+/// can no longer be delivered; the dead letter is still the request, as JSON.
+#[test]
+fn a_body_token_is_not_kept_in_the_spool_or_dead_letters() {
+    let tokens = text_file(&format!("{TOKEN} acme\n"));
+    let spool = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let conf = format!(
+        "[server]\nack = \"durable\"\n[auth]\ntokens_file = {:?}\n[batch]\nmax_payloads = 100\nmax_age_ms = 50\n",
+        tokens.path().to_str().unwrap()
+    );
+    // A store nothing listens on: the records stay in the spool.
+    let nowhere: Vec<(String, String)> = [
+        ("S3_ENDPOINT", "http://127.0.0.1:9"),
+        ("S3_BUCKET", "corepost"),
+        ("S3_REGION", "garage"),
+        ("AWS_ACCESS_KEY_ID", "GK000000000000000000000000"),
+        ("AWS_SECRET_ACCESS_KEY", "0000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let sp = spool.path().to_str().unwrap();
+    let (s, _conf) = config_server(1, &conf, &["--sink", "s3", "--spool-dir", sp], &nowhere);
+    let big = body_with_token(TOKEN, 1, 50);
+    assert_eq!(post(s.addr, &big).status, 200);
+    assert_eq!(
+        post(s.addr, &body_with_token(TOKEN_ESCAPED, 2, 2)).status,
+        200
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    let r = request(
+        s.addr,
+        "POST",
+        "/v1/payloads",
+        &[("Authorization", &bearer)],
+        &body_with_token(TOKEN, 3, 2),
+    );
+    assert_eq!(r.status, 200);
+    s.signal("KILL");
+    drop(s);
+    let held = files_holding(spool.path(), TOKEN.as_bytes());
+    assert!(held.is_empty(), "the token is in {held:?}");
+
+    // Restarted with a queue too small for the first request: it becomes a dead letter, the
+    // others are delivered (to the fs sink).
+    let out = tempfile::tempdir().unwrap();
+    let conf = conf.replace("max_payloads = 100", "max_payloads = 10");
+    let (s, _conf) = config_server(
+        1,
+        &conf,
+        &[
+            "--sink",
+            "fs",
+            "--fs-root",
+            out.path().to_str().unwrap(),
+            "--spool-dir",
+            sp,
+        ],
+        &[("MAX_QUEUE".into(), "10".into())],
+    );
+    wait_spool_empty(&s, 60);
+    assert_eq!(s.metrics().sum("corepost_spool_dead_letters_total"), 1);
+    assert!(s.stop(30).success());
+    let stored = numbered_copies(&spilled_objects_of(out.path()));
+    for c in [2, 3] {
+        assert_eq!(stored.get(&(c, 0)), Some(&1), "request {c} delivered");
+    }
+    let letters = files_under(&spool.path().join("dead-letter").join("shard-0"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = std::fs::read(&letters[0]).unwrap();
+    assert_eq!(letter.len(), big.len(), "the same length as the request");
+    assert_eq!(payloads_of(&letter), payloads_of(&big), "the same payloads");
+    let v: serde_json::Value = serde_json::from_slice(&letter).unwrap();
+    assert_eq!(v["token"], "*".repeat(TOKEN.len()));
+    for needle in [TOKEN, TOKEN_ESCAPED, "5e1d9c3b7a2f48"] {
+        let held = files_holding(spool.path(), needle.as_bytes());
+        assert!(held.is_empty(), "{needle:?} is in {held:?}");
+    }
+}
+
+/// The fs sink's objects under `root`, read as [`Object`]s (one payload per `.json` file).
+fn spilled_objects_of(root: &Path) -> Vec<Object> {
+    files_under(root)
+        .into_iter()
+        .map(|f| Object {
+            key: f.strip_prefix(root).unwrap().to_string_lossy().into_owned(),
+            content_type: None,
+            content_encoding: None,
+            data: std::fs::read(&f).unwrap(),
+        })
+        .collect()
+}
 
 /// `: > tokens; kill -HUP`: the reload is refused with an error in the log, and every token
 /// listed before still gets `200`; so does a tokens file that was removed.

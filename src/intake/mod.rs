@@ -25,6 +25,7 @@ use crate::spool::{Releaser, Spool, SpoolError};
 use bytes::Bytes;
 use futures_lite::future;
 use std::cell::{Cell, RefCell};
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,8 +236,13 @@ impl Intake {
         } = admitted;
         room.shrink_to(body.len());
         let mut spans = Vec::new();
-        {
+        let token_at = {
             let token = self.parser.borrow_mut().parse(&body, &mut spans)?;
+            // Where the token lies, for the copy kept at rest (durable), which blanks it.
+            let token_at = match (&self.mode, &token) {
+                (Mode::Durable { .. }, Some(t)) => token_place(&body, t),
+                _ => None,
+            };
             if body_token_due {
                 let checked = match (&self.tokens, token) {
                     (Some(tokens), Some(t)) => tokens.check(&t),
@@ -244,7 +250,8 @@ impl Intake {
                 };
                 tenant = self.authorized(checked)?;
             }
-        }
+            token_at
+        };
         let n = spans.len();
         if n == 0 {
             return Ok(Accepted { payloads: 0 });
@@ -256,6 +263,7 @@ impl Intake {
             spans,
             tenant,
             room,
+            token_at,
         };
         match &self.mode {
             Mode::Queued => self.queue(req, None)?,
@@ -358,8 +366,14 @@ impl Intake {
         // One buffer for both: the spool writes the record, the worker reads the body part of
         // it (the spans are relative to the body). The tenant is recorded, so a replay stores
         // the payloads under it whatever the tokens file says by then.
-        let record = crate::spool::request_record(received_secs, req.tenant.as_deref(), &req.body);
+        let mut record =
+            crate::spool::request_record(received_secs, req.tenant.as_deref(), &req.body);
         let header = record.len() - req.body.len();
+        // A bearer token is not kept at rest: the spooled copy (and a dead letter written
+        // from it) has `*` in its place, the same length, so the spans stay valid.
+        if let Some(at) = req.token_at {
+            crate::ingest::token::blank(&mut record, header + at.start..header + at.end);
+        }
         let record = Bytes::from(record);
         let body = record.slice(header..);
         // `failpoints` builds only: `FAILPOINTS="intake::spool_append=return"` makes the
@@ -422,4 +436,17 @@ struct Taken {
     spans: Vec<Span>,
     tenant: Option<Tenant>,
     room: Reservation,
+    /// Where the body's `token` string lies (between its quotes), when it is to be blanked.
+    token_at: Option<Range<usize>>,
+}
+
+/// The byte range of the body's `token` value. The parsers lend `token` from `body` when it
+/// has no escapes: its place is then plain address arithmetic; a token decoded from escapes
+/// lies elsewhere, and the body is scanned for it.
+fn token_place(body: &[u8], token: &[u8]) -> Option<Range<usize>> {
+    let start = (token.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    if start <= body.len() && token.len() <= body.len() - start {
+        return Some(start..start + token.len());
+    }
+    crate::ingest::token::token_range(body)
 }

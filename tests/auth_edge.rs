@@ -1,11 +1,14 @@
 //! `[auth]` at the edges: a body `token` is not kept at rest (the durable spool and the
 //! dead-letter files hold `*` in its place); an emptied tokens file on SIGHUP keeps the set
-//! in force. Real server, real sockets, real signals; no store needed (fs sink, or a store
-//! nothing listens on).
+//! in force; requests whose token is in the body hold at most their share of the queue, so
+//! clients with an `Authorization` header are served while such bodies stall. Real server,
+//! real sockets, real signals; no store needed (fs sink, or a store nothing listens on).
 
 mod common;
 
 use common::*;
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::Path;
 
 const TOKEN: &str = "tok-at-rest-5e1d9c3b7a2f48";
@@ -193,4 +196,69 @@ fn an_emptied_or_missing_tokens_file_on_sighup_keeps_the_tokens_in_force() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("no tokens"), "{text}");
     assert!(!text.contains(TOKEN));
+}
+
+/// A request head declaring a 1 MiB body, with a few bytes of it, then nothing.
+fn stall(addr: std::net::SocketAddr, auth: Option<&str>) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut head =
+        String::from("POST /v1/payloads HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n");
+    if let Some(a) = auth {
+        head.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    head.push_str("\r\n{\"data\":[");
+    s.write_all(head.as_bytes()).unwrap();
+    s
+}
+
+/// 80 connections without `Authorization` declare 1 MiB bodies and stall: they may hold a
+/// quarter of the 64 MiB queue (the default `auth.unverified_queue_percent`); the rest get
+/// `503`, and a client with a valid `Authorization: Bearer` header gets `200` meanwhile.
+#[test]
+fn stalled_bodies_without_a_header_leave_room_for_authenticated_clients() {
+    let tokens = text_file(&format!("{TOKEN}\n"));
+    let conf = format!(
+        "[server]\nbody_read_timeout_ms = 120000\n[queue]\nmax_bytes = 67108864\n[auth]\ntokens_file = {:?}\n",
+        tokens.path().to_str().unwrap()
+    );
+    let (s, _files) = fs_server(1, None, &conf, &[], &[]);
+    let stalled: Vec<TcpStream> = (0..80).map(|_| stall(s.addr, None)).collect();
+    // Every stalled request is either holding its room or was refused.
+    wait_until(30, "the 80 requests admitted or refused", || {
+        let m = s.metrics();
+        let held = m.sum("corepost_queue_bytes") / (1 << 20);
+        let refused = m.sum_with("corepost_requests_total", "status=\"503\"");
+        held + refused == 80
+    });
+    let m = s.metrics();
+    assert!(
+        m.sum("corepost_queue_bytes") <= 16 << 20,
+        "unverified bodies hold at most a quarter of the queue"
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    for c in 0..5 {
+        let r = request(
+            s.addr,
+            "POST",
+            "/v1/payloads",
+            &[("Authorization", &bearer)],
+            &numbered_body(c, 0, 10),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // One more without the header is refused at once, saying what to do, with Retry-After.
+    let one_more = stall(s.addr, None);
+    let r = read_response(&mut std::io::BufReader::new(one_more));
+    assert_eq!(r.status, 503);
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization"),
+        "{:?}",
+        r.body
+    );
+    drop(stalled);
+    assert!(s.stop(30).success());
 }

@@ -83,8 +83,12 @@ pub fn parse_status(e: &ParseError) -> StatusCode {
 /// Statuses of a queue without room: `413` when it never could have any, `503` otherwise.
 fn room_status(e: &NoRoom) -> StatusCode {
     match e {
-        NoRoom::TooManyPayloads { .. } | NoRoom::OverQueue { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        NoRoom::Overloaded | NoRoom::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        NoRoom::TooManyPayloads { .. }
+        | NoRoom::OverQueue { .. }
+        | NoRoom::OverUnverified { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        NoRoom::Overloaded | NoRoom::Closed | NoRoom::UnverifiedFull => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::auth::{Denied, ShardTokens, Tenant};
 use crate::config::{Ack, Config};
 use crate::ingest::{BodyParser, ParseError, Span};
 use crate::metrics::{inc, ShardStats};
-use crate::queue::{Budget, Delivery, Job, JobSender, NoRoom, Reservation, Spooled};
+use crate::queue::{Budget, Delivery, Job, JobSender, NoRoom, Reservation, Share, Spooled};
 use crate::shutdown::Shutdown;
 use crate::spool::{Releaser, Spool, SpoolError};
 use bytes::Bytes;
@@ -130,6 +130,10 @@ pub struct Intake {
     seq: Cell<u64>,
     stats: Arc<ShardStats>,
     tokens: Option<ShardTokens>,
+    /// With `[auth]`: the part of the budget that requests whose token is in their body
+    /// (not yet known while the body is read) may hold together
+    /// (`auth.unverified_queue_percent`).
+    unverified: Option<Arc<Share>>,
     shutdown: Rc<Shutdown>,
     mode: Mode,
 }
@@ -163,8 +167,18 @@ impl Intake {
             },
             _ => Mode::Queued,
         };
+        let unverified = p.tokens.as_ref().map(|_| {
+            let pct = u128::from(p.config.auth.unverified_queue_percent.clamp(1, 100));
+            let max = p.config.queue.max_bytes as u128 * pct / 100;
+            let max = usize::try_from(max).unwrap_or(usize::MAX);
+            // Never less than one whole body: a client of the body token can always be
+            // served, one at a time.
+            let floor = p.config.server.max_body_bytes.min(p.config.queue.max_bytes);
+            Arc::new(Share::new(max.max(floor)))
+        });
         Self {
             shard: p.shard,
+            unverified,
             parser: RefCell::new(BodyParser::new(p.config.server.parser)),
             budget: p.sender.budget().clone(),
             sender: RefCell::new(Some(p.sender)),
@@ -214,10 +228,17 @@ impl Intake {
         if self.shutdown.is_triggered() {
             return Err(Refusal::ShuttingDown);
         }
-        Ok(Admitted {
-            room: self.budget.reserve_bytes(declared.unwrap_or(0))?,
-            pass,
-        })
+        let bytes = declared.unwrap_or(0);
+        let room = match &self.unverified {
+            // The token is in the body: until it is checked, the request holds room only
+            // within the share of such requests, so they cannot take the whole queue from
+            // clients whose header was checked already.
+            Some(share) if pass.body_token_due => {
+                self.budget.reserve_unverified_bytes(bytes, share)?
+            }
+            _ => self.budget.reserve_bytes(bytes)?,
+        };
+        Ok(Admitted { room, pass })
     }
 
     /// Step 3, with the whole body (read into `admitted.room`): validates it, then takes it
@@ -249,6 +270,7 @@ impl Intake {
                     _ => Err(Denied::Missing),
                 };
                 tenant = self.authorized(checked)?;
+                room.verified();
             }
             token_at
         };

@@ -139,12 +139,15 @@ fn spilled_objects_of(root: &Path) -> Vec<Object> {
 }
 
 /// `: > tokens; kill -HUP`: the reload is refused with an error in the log, and every token
-/// listed before still gets `200`; so does a tokens file that was removed.
+/// listed before still gets `200`; so does a tokens file that was removed. A tokens file
+/// readable by others is warned about at start.
 #[test]
 fn an_emptied_or_missing_tokens_file_on_sighup_keeps_the_tokens_in_force() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN} acme\n")).unwrap();
+    // Readable by everyone: a warning at start says so.
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let log = dir.path().join("stderr");
     let redirect = format!("exec \"$0\" \"$@\" 2>>'{}'", log.display());
     let root = dir.path().join("out");
@@ -195,6 +198,10 @@ fn an_emptied_or_missing_tokens_file_on_sighup_keeps_the_tokens_in_force() {
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("no tokens"), "{text}");
+    assert!(
+        text.contains("auth.tokens_file") && text.contains("readable by everyone (mode 644)"),
+        "{text}"
+    );
     assert!(!text.contains(TOKEN));
 }
 

@@ -1,5 +1,5 @@
 //! Compressed request bodies: `Content-Encoding: gzip`, `deflate` or `zstd`, decoded as the
-//! compressed frames arrive into one buffer whose contents never pass the decoded-body cap
+//! compressed frames arrive into buffers whose contents never pass the decoded-body cap
 //! (`server.max_decoded_bytes`) nor the body's reservation in the queue budget.
 //!
 //! The decoders are the streaming *write* decoders of flate2 and zstd: each compressed frame
@@ -75,16 +75,26 @@ const FLATE_STATE: usize = 128 << 10;
 const ZSTD_STATE: usize = 512 << 10;
 
 /// The decoded body as it grows, within its limits: `cap` (`server.max_decoded_bytes`) and the
-/// request's reservation in the shard's queue budget, which grows ahead of the output
-/// (doubling, from 64 KiB, up to `queue_max`) or refuses. The reservation counts the
-/// decoder's memory too: its fixed state, and for zstd its window, the history buffer the
-/// decoder writes every decoded byte into before passing it on (allocated at the frame's
-/// window size, resident as far as output has been written into it: up to the output's
-/// length, at most the window).
+/// request's reservation in the shard's queue budget, which holds every buffer allocated for
+/// the output (taken before it is allocated) or refuses. The reservation counts the decoder's
+/// memory too: its fixed state, and for zstd its window, the history buffer the decoder
+/// writes every decoded byte into before passing it on (allocated by zstd's own `malloc` at
+/// the frame's window size, resident as far as output has been written into it: up to the
+/// output's length, at most the window).
+///
+/// The output goes into a list of chunks (the first one sized by the room the request
+/// already has, then from 64 KiB doubling up to 1 MiB), joined once at the end: growing never
+/// copies nor leaves the allocator a trail of ever larger freed buffers (a doubling `Vec`
+/// peaked at 90 MiB resident to refuse a 16 MiB bomb), and a stalled body holds only what it
+/// was given. The join holds the body twice for a moment; it runs without yielding, so a
+/// shard joins one body at a time.
 struct Decoded<'r> {
-    buf: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
+    /// Bytes written.
+    len: usize,
+    /// Capacity of every chunk.
+    allocated: usize,
     cap: usize,
-    queue_max: usize,
     room: &'r mut Reservation,
     /// The decoder's fixed state, in bytes.
     state: usize,
@@ -95,36 +105,42 @@ struct Decoded<'r> {
     refused: Option<BodyError>,
 }
 
-impl Decoded<'_> {
-    /// What a body decoded to `len` bytes holds: output, decoder state, window.
-    fn held(&self, len: usize) -> usize {
-        len + self.state + len.min(self.window)
-    }
-}
+/// Largest output chunk.
+const CHUNK_MAX: usize = 1 << 20;
 
 impl Write for Decoded<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let need = self.buf.len() + data.len();
+        let need = self.len + data.len();
         if need > self.cap {
             return self.refuse(BodyError::DecodedTooLarge(self.cap));
         }
-        let held = self.held(need);
+        let spare = self.chunks.last().map_or(0, |c| c.capacity() - c.len());
+        let missing = data.len().saturating_sub(spare);
+        let size = if missing > 0 {
+            self.allocated
+                .clamp(64 << 10, CHUNK_MAX)
+                .max(missing)
+                .min(self.cap - self.len)
+        } else {
+            0
+        };
+        let held = self.allocated + size + self.state + need.min(self.window);
         if held > self.room.bytes() {
-            let want = (self.room.bytes() * 2)
-                .max(64 << 10)
-                .min(self.held(self.cap))
-                .min(self.queue_max)
-                .max(held);
-            if let Err(e) = self.room.grow_to(want) {
+            if let Err(e) = self.room.grow_to(held) {
                 return self.refuse(e.into());
             }
         }
-        if need > self.buf.capacity() {
-            // Only where the whole cap could not be reserved as address space at the start.
-            self.buf
-                .reserve_exact(need.max(self.buf.capacity() * 2).min(self.cap) - self.buf.len());
+        let (now, later) = data.split_at(data.len() - missing);
+        if let Some(last) = self.chunks.last_mut() {
+            last.extend_from_slice(now);
         }
-        self.buf.extend_from_slice(data);
+        if size > 0 {
+            let mut chunk = Vec::with_capacity(size);
+            chunk.extend_from_slice(later);
+            self.allocated += chunk.capacity();
+            self.chunks.push(chunk);
+        }
+        self.len = need;
         Ok(data.len())
     }
 
@@ -134,6 +150,19 @@ impl Write for Decoded<'_> {
 }
 
 impl Decoded<'_> {
+    /// The whole body in one buffer (the chunks are freed as they are copied).
+    fn take_body(&mut self) -> Vec<u8> {
+        let mut chunks = std::mem::take(&mut self.chunks);
+        if chunks.len() == 1 {
+            return chunks.pop().unwrap_or_default();
+        }
+        let mut body = Vec::with_capacity(self.len);
+        for chunk in chunks {
+            body.extend_from_slice(&chunk);
+        }
+        body
+    }
+
     fn refuse(&mut self, e: BodyError) -> io::Result<usize> {
         self.refused = Some(e);
         Err(io::Error::other("decoded body refused"))
@@ -172,35 +201,31 @@ impl std::fmt::Debug for BodyDecoder<'_> {
 
 impl<'r> BodyDecoder<'r> {
     /// A decoder for `coding` whose output may reach `cap` bytes, held in `room` (grown as
-    /// the output grows, never past `queue_max`: the shard's whole queue).
-    pub fn new(
-        coding: Coding,
-        cap: usize,
-        queue_max: usize,
-        room: &'r mut Reservation,
-    ) -> Result<Self, BodyError> {
-        // The whole cap at once (at most the whole queue), as address space: pages are only
-        // resident once written, and the reservation covers every byte written, so this
-        // costs memory only as the output grows, and growing never copies (a doubling buffer
-        // holds the old and the new copy at once, and the allocator keeps freed pages for a
-        // while: 31 MiB resident to reach 16 MiB). Where address space is not overcommitted,
-        // the buffer grows with the output instead.
-        let mut buf = Vec::new();
-        if buf.try_reserve_exact(cap.min(queue_max)).is_err() {
-            buf.reserve_exact(room.bytes().min(cap));
-        }
+    /// the output grows; never past the shard's whole queue: `413`).
+    pub fn new(coding: Coding, cap: usize, room: &'r mut Reservation) -> Result<Self, BodyError> {
         let window_log = (usize::BITS - 1 - cap.max(8 << 20).leading_zeros()).min(31);
         let (state, window) = match coding {
             Coding::Zstd => (ZSTD_STATE, 1usize << window_log),
             Coding::Gzip | Coding::Deflate => (FLATE_STATE, 0),
         };
         // The decoder's state is held from the start (it is allocated now, or with the
-        // first frame).
+        // first frame). The first output chunk takes the rest of the room (the body's
+        // declared length). The output is not reserved whole as address space up front: with
+        // huge pages (mimalloc's arenas, where transparent huge pages are allowed) that cost
+        // 2 MiB resident per request at once, and 512 stalled compressed requests of 3 KB
+        // each held 1.2 GB against a 64 MiB queue.
         room.grow_to(room.bytes().max(state))?;
+        let first = room.bytes().saturating_sub(state).min(cap);
+        let chunks = if first > 0 {
+            vec![Vec::with_capacity(first)]
+        } else {
+            Vec::new()
+        };
         let out = Decoded {
-            buf,
+            allocated: chunks.iter().map(Vec::capacity).sum(),
+            chunks,
+            len: 0,
             cap,
-            queue_max,
             room,
             state,
             window,
@@ -301,7 +326,7 @@ impl<'r> BodyDecoder<'r> {
             Inner::DeflateStart(out, _) => out,
             Inner::Empty => return Ok(Vec::new()),
         };
-        Ok(std::mem::take(&mut out.buf))
+        Ok(out.take_body())
     }
 
     /// The refusal behind a failed write: a limit the output hit, or corrupt input.

@@ -88,6 +88,9 @@ cargo test --locked --all-targets
 step "crash matrix: the durable spool killed at every crash point (failpoints feature)"
 cargo test --locked --features failpoints --test crash
 
+step "disk errors other than a full disk: EIO injected into spool writes (failpoints feature)"
+cargo test --locked --features failpoints --test disk_errors
+
 step "benchmarks build (cargo bench --no-run)"
 cargo bench --locked --no-run
 

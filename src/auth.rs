@@ -256,9 +256,10 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Loads the tokens file at `path`.
+    /// Loads the tokens file at `path` (at start: warns if others may read it).
     pub fn load(path: &Path) -> Result<Arc<Tokens>, String> {
         let set = TokenSet::load(path)?;
+        warn_if_exposed("auth.tokens_file", path);
         Ok(Arc::new(Tokens {
             path: path.to_path_buf(),
             generation: AtomicU64::new(0),
@@ -268,8 +269,18 @@ impl Tokens {
 
     /// Re-reads the file; swaps the new set in whole, or refuses a bad file and keeps the
     /// old set. Returns the log line (counts, never a token) or why it was refused.
+    ///
+    /// A file that holds no token is refused too: an emptied file (truncated by a deploy
+    /// script, or read while being rewritten in place) would otherwise lock every client
+    /// out; to stop taking payloads, stop the server or list no one at start.
     pub fn reload(&self) -> Result<String, String> {
         let set = TokenSet::load(&self.path)?;
+        if set.is_empty() {
+            return Err(format!(
+                "{}: no tokens in it; an empty set would refuse every payload request",
+                self.path.display()
+            ));
+        }
         let line = format!("{}: {}", self.path.display(), summary(&set));
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let next = cur.0 + 1;
@@ -287,6 +298,26 @@ impl Tokens {
         let cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         (cur.0, cur.1.clone())
     }
+}
+
+/// Logs a warning when the file holding secrets at `path` (`setting` names it) may be read
+/// by its group or by others (mode `0o077` bits beyond owner read/write); it says which mode
+/// to set. Nothing is refused: the file's owner decides.
+pub fn warn_if_exposed(setting: &str, path: &Path) {
+    if let Some(mode) = exposed_mode(path) {
+        tracing::warn!(
+            "{setting}: {} is readable by {} (mode {mode:o}); it holds secrets: chmod 600 it (or 640 for a group the server runs in)",
+            path.display(),
+            if mode & 0o004 != 0 { "everyone" } else { "its group" },
+        );
+    }
+}
+
+/// The permission bits of `path` when its group or others may read it.
+fn exposed_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o044 != 0).then_some(mode)
 }
 
 /// One shard's view of the token set: its own copy of the set it last saw, refreshed when a
@@ -373,6 +404,18 @@ mod tests {
     }
 
     #[test]
+    fn files_readable_by_group_or_others_are_told_apart() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, "one\n").unwrap();
+        for (mode, exposed) in [(0o600, false), (0o400, false), (0o640, true), (0o604, true)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(exposed_mode(&path).is_some(), exposed, "{mode:o}");
+        }
+    }
+
+    #[test]
     fn bearer_header_values() {
         assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
         assert_eq!(bearer(b"bearer   abc "), Some(&b"abc"[..]));
@@ -401,5 +444,15 @@ mod tests {
         assert!(shared.reload().unwrap_err().contains("line 1"));
         assert_eq!(shard.check(b"two"), Ok(Some("t2".into())));
         assert_eq!(shard.check(b"three"), Err(Denied::Invalid));
+        // Emptied, or only comments: refused, the set in force stays.
+        for empty in ["", "# all revoked\n\n"] {
+            std::fs::write(&path, empty).unwrap();
+            assert!(shared.reload().unwrap_err().contains("no tokens"));
+            assert_eq!(shard.check(b"two"), Ok(Some("t2".into())));
+        }
+        // Unreadable (gone): refused, the set in force stays.
+        std::fs::remove_file(&path).unwrap();
+        assert!(shared.reload().unwrap_err().contains("cannot read"));
+        assert_eq!(shard.check(b"two"), Ok(Some("t2".into())));
     }
 }

@@ -123,6 +123,69 @@ pub enum NoRoom {
     /// The queue is closed: the shard is shutting down.
     #[error("shutting down")]
     Closed,
+    /// No room now in the share of the queue that requests without an `Authorization`
+    /// header may hold (`auth.unverified_queue_percent`): `503`, while clients that send
+    /// their token in the header are still served.
+    #[error("overloaded: requests without an Authorization header hold all the room they may (auth.unverified_queue_percent); send `Authorization: Bearer TOKEN`")]
+    UnverifiedFull,
+    /// A body larger than the whole share of requests without an `Authorization` header.
+    #[error("body of {len} bytes without an Authorization header; at most {max} (auth.unverified_queue_percent of queue.max_bytes); send `Authorization: Bearer TOKEN`")]
+    OverUnverified {
+        /// The body's length (declared or read).
+        len: usize,
+        /// The share's size.
+        max: usize,
+    },
+}
+
+/// The part of a shard's byte budget that requests whose token is not known yet (no
+/// `Authorization` header under `[auth]`: the body's `token` decides once it is parsed) may
+/// hold together, so that clients who can be checked from the head keep finding room while
+/// such bodies stall. A request leaves it once its token is verified
+/// ([`Reservation::verified`]).
+#[derive(Debug)]
+pub struct Share {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl Share {
+    /// A share of `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            held: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Bytes held in the share now.
+    pub fn held(&self) -> usize {
+        self.held.load(Relaxed)
+    }
+
+    fn fits_at_all(&self, bytes: usize) -> Result<(), NoRoom> {
+        if bytes > self.max {
+            return Err(NoRoom::OverUnverified {
+                len: bytes,
+                max: self.max,
+            });
+        }
+        Ok(())
+    }
+
+    fn try_take(&self, bytes: usize) -> bool {
+        bytes == 0
+            || self
+                .held
+                .fetch_update(Relaxed, Relaxed, |cur| {
+                    (cur + bytes <= self.max).then_some(cur + bytes)
+                })
+                .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Relaxed);
+    }
 }
 
 /// The shard's memory budget for payload data: what is queued or uploading. The shard
@@ -221,6 +284,32 @@ impl Budget {
             budget: self.clone(),
             payloads: 0,
             bytes,
+            share: None,
+        })
+    }
+
+    /// As [`Budget::reserve_bytes`], for a request whose token is not known yet: the bytes
+    /// must also fit in `share` (`413` if they never could, `503` if not now), and are held
+    /// there until [`Reservation::verified`].
+    pub fn reserve_unverified_bytes(
+        self: &Arc<Self>,
+        bytes: usize,
+        share: &Arc<Share>,
+    ) -> Result<Reservation, NoRoom> {
+        share.fits_at_all(bytes)?;
+        self.fits_at_all(0, bytes)?;
+        if !share.try_take(bytes) {
+            return Err(NoRoom::UnverifiedFull);
+        }
+        if !self.try_reserve(0, bytes) {
+            share.give_back(bytes);
+            return Err(NoRoom::Overloaded);
+        }
+        Ok(Reservation {
+            budget: self.clone(),
+            payloads: 0,
+            bytes,
+            share: Some(share.clone()),
         })
     }
 
@@ -244,6 +333,9 @@ pub struct Reservation {
     budget: Arc<Budget>,
     payloads: usize,
     bytes: usize,
+    /// The share of requests whose token is not known yet, while this one is such a request:
+    /// its bytes are held there too.
+    share: Option<Arc<Share>>,
 }
 
 impl Reservation {
@@ -255,8 +347,19 @@ impl Reservation {
     /// Grows the body room to `bytes` (a chunked body that outgrew it), or says there is none.
     pub fn grow_to(&mut self, bytes: usize) -> Result<(), NoRoom> {
         let more = bytes.saturating_sub(self.bytes);
+        if let Some(share) = &self.share {
+            share.fits_at_all(bytes)?;
+        }
         self.budget.fits_at_all(0, bytes)?;
+        if let Some(share) = &self.share {
+            if !share.try_take(more) {
+                return Err(NoRoom::UnverifiedFull);
+            }
+        }
         if more > 0 && !self.budget.try_reserve(0, more) {
+            if let Some(share) = &self.share {
+                share.give_back(more);
+            }
             return Err(NoRoom::Overloaded);
         }
         self.bytes += more;
@@ -267,7 +370,18 @@ impl Reservation {
     pub fn shrink_to(&mut self, bytes: usize) {
         if bytes < self.bytes {
             self.budget.release(0, self.bytes - bytes);
+            if let Some(share) = &self.share {
+                share.give_back(self.bytes - bytes);
+            }
             self.bytes = bytes;
+        }
+    }
+
+    /// The request's token is verified: its bytes leave the share of unverified requests
+    /// (they stay in the budget).
+    pub fn verified(&mut self) {
+        if let Some(share) = self.share.take() {
+            share.give_back(self.bytes);
         }
     }
 
@@ -292,6 +406,7 @@ impl Reservation {
             budget: budget.clone(),
             payloads: 0,
             bytes,
+            share: None,
         }
     }
 
@@ -304,6 +419,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        self.verified();
         self.budget.release(self.payloads, self.bytes);
     }
 }
@@ -339,6 +455,7 @@ impl JobSender {
                 budget: self.budget.clone(),
                 payloads,
                 bytes,
+                share: None,
             })
         } else {
             Err(NoRoom::Overloaded)
@@ -348,7 +465,10 @@ impl JobSender {
     /// Queues a request whose room was reserved. Only fails if the worker is gone (shutdown).
     pub fn send_reserved(&self, job: Job, r: Reservation) -> Result<(), NoRoom> {
         debug_assert_eq!((job.spans.len(), job.body.len()), (r.payloads, r.bytes));
-        // The reservation's room now belongs to the job: the worker releases it.
+        // The reservation's room now belongs to the job: the worker releases it. (A queued
+        // request's token was verified: it holds nothing in the unverified share.)
+        let mut r = r;
+        r.verified();
         let r = std::mem::ManuallyDrop::new(r);
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
@@ -382,97 +502,5 @@ impl JobSender {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(n: usize, bytes: usize) -> Job {
-        Job {
-            body: Bytes::from(vec![b' '; bytes]),
-            spans: vec![(0, 1); n],
-            first_seq: 0,
-            received_secs: 0,
-            tenant: None,
-            ack: None,
-            spooled: None,
-        }
-    }
-
-    #[test]
-    fn requests_are_queued_whole_or_not_at_all() {
-        let budget = Arc::new(Budget::new(10, 1000));
-        let (tx, rx) = channel(budget.clone());
-        tx.send(job(6, 100)).unwrap();
-        assert_eq!(tx.send(job(5, 100)), Err(NoRoom::Overloaded));
-        assert_eq!(budget.depth(), (6, 100));
-        tx.send(job(4, 100)).unwrap();
-        assert_eq!(tx.send(job(1, 1)), Err(NoRoom::Overloaded));
-        let first = rx.recv().unwrap();
-        budget.release(first.spans.len(), first.body.len());
-        tx.send(job(1, 1)).unwrap();
-        assert_eq!(budget.depth(), (5, 101));
-    }
-
-    #[test]
-    fn byte_bound_holds() {
-        let budget = Arc::new(Budget::new(100, 250));
-        let (tx, _rx) = channel(budget.clone());
-        tx.send(job(1, 200)).unwrap();
-        assert_eq!(tx.send(job(1, 51)), Err(NoRoom::Overloaded));
-        assert_eq!(budget.reserve_bytes(51).unwrap_err(), NoRoom::Overloaded);
-        assert_eq!(budget.reserve_bytes(50).unwrap().bytes(), 50);
-    }
-
-    #[test]
-    fn a_body_reservation_grows_shrinks_and_takes_its_payloads() {
-        let budget = Arc::new(Budget::new(10, 1000));
-        let mut r = budget.reserve_bytes(100).unwrap();
-        r.grow_to(600).unwrap();
-        assert_eq!(budget.depth(), (0, 600));
-        assert_eq!(
-            r.grow_to(1001).unwrap_err(),
-            NoRoom::OverQueue {
-                len: 1001,
-                max: 1000
-            }
-        );
-        let other = budget.reserve_bytes(400).unwrap();
-        assert_eq!(r.grow_to(700).unwrap_err(), NoRoom::Overloaded);
-        drop(other);
-        r.shrink_to(250);
-        assert_eq!(budget.depth(), (0, 250));
-        assert_eq!(
-            r.add_payloads(11).unwrap_err(),
-            NoRoom::TooManyPayloads { n: 11, max: 10 }
-        );
-        r.add_payloads(3).unwrap();
-        assert_eq!(budget.depth(), (3, 250));
-        drop(r);
-        assert_eq!(budget.depth(), (0, 0), "everything returned on drop");
-    }
-
-    #[test]
-    fn reservations_hold_room_until_queued_or_dropped() {
-        let budget = Arc::new(Budget::new(10, 1000));
-        let (tx, rx) = channel(budget.clone());
-        let r = tx.reserve(6, 100).unwrap();
-        assert_eq!(tx.reserve(5, 1).unwrap_err(), NoRoom::Overloaded);
-        drop(r);
-        assert_eq!(budget.depth(), (0, 0));
-        let r = tx.reserve(2, 2).unwrap();
-        tx.send_reserved(job(2, 2), r).unwrap();
-        assert_eq!(budget.depth(), (2, 2), "the queued job holds the room");
-        drop(rx);
-        let r = tx.reserve(1, 1).unwrap();
-        assert_eq!(tx.send_reserved(job(1, 1), r), Err(NoRoom::Closed));
-        assert_eq!(budget.depth(), (2, 2));
-    }
-
-    #[test]
-    fn closed_queue_means_shutting_down() {
-        let budget = Arc::new(Budget::new(10, 1000));
-        let (tx, rx) = channel(budget.clone());
-        drop(rx);
-        assert_eq!(tx.send(job(1, 1)), Err(NoRoom::Closed));
-        assert_eq!(budget.depth(), (0, 0));
-    }
-}
+#[path = "queue_tests.rs"]
+mod tests;

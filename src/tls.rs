@@ -163,6 +163,7 @@ impl Tls {
     /// Reads the files and builds `shards` server configurations. Errors name the file.
     pub fn new(cfg: &TlsConfig, shards: usize) -> Result<Tls, String> {
         let key = load_certified_key(cfg)?;
+        crate::auth::warn_if_exposed("tls.key_file", std::path::Path::new(&cfg.key_file));
         let verifier = cfg
             .client_ca_file
             .as_deref()

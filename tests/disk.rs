@@ -139,3 +139,56 @@ fn a_full_disk_gives_503_and_readiness_says_why_and_recovers_when_space_returns(
     }
     assert!(s.stop(30).success());
 }
+
+/// The spool on an ext4 whose device starts failing: the loop device under it is shrunk
+/// below the spool's blocks (`truncate` + `losetup -c`), so the kernel answers every write
+/// there with EIO ("attempt to access beyond end of device"). Clients get `503` with
+/// `Retry-After` saying the disk failed (not `500`), `/readyz` says why, and what was answered
+/// `200` before is stored.
+#[test]
+fn a_spool_disk_failing_with_eio_gives_503_with_retry_after_and_readiness_says_why() {
+    let disk = LoopFs::new(40, "rw");
+    let out = tempfile::tempdir().unwrap();
+    let (s, _files) = fs_server(
+        1,
+        Some(out.path()),
+        "[server]\nack = \"durable\"\nmax_body_bytes = 65536\n[spool]\nsegment_bytes = 1048576\nmax_bytes = 8388608\n",
+        &["--spool-dir", disk.mount.join("spool").to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(post(s.addr, &numbered_body(1, 0, 5)).status, 200);
+    // The loop device behind the mount, shrunk to its first MiB.
+    let found = std::process::Command::new("losetup")
+        .arg("-j")
+        .arg(&disk.image)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(found.stdout).unwrap();
+    let dev = text.split(':').next().unwrap().trim().to_string();
+    assert!(dev.starts_with("/dev/loop"), "{text:?}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk.image)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let st = std::process::Command::new("losetup")
+        .args(["-c", &dev])
+        .status()
+        .unwrap();
+    assert!(st.success(), "losetup -c {dev}");
+    let r = post(s.addr, &numbered_body(2, 0, 5));
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    let msg = r.json()["error"].as_str().unwrap().to_string();
+    assert!(msg.contains("disk error"), "{msg}");
+    let ready = request(s.addr, "GET", "/readyz", &[], b"");
+    assert_eq!(ready.status, 503);
+    let why = String::from_utf8_lossy(&ready.body).into_owned();
+    assert!(why.contains("Input/output error"), "{why}");
+    // What was answered 200 before the disk failed is stored (the fs sink is elsewhere).
+    wait_until(30, "the first request stored", || {
+        numbered_copies(&spilled_objects(out.path())).len() == 5
+    });
+    drop(s);
+}

@@ -89,3 +89,55 @@ fn a_thousand_stalled_large_bodies_stay_within_the_queue_budget() {
     eprintln!("peak RSS after the stalled bodies timed out: {peak_mib} MiB");
     assert!(peak_mib <= 256, "peak RSS {peak_mib} MiB");
 }
+
+/// The start of a gzip body: 6 KB of JSON in its first frames, flushed.
+fn gzip_start() -> Vec<u8> {
+    let mut plain = b"{\"data\":[".to_vec();
+    plain.extend(b"1,".repeat(3000));
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(&plain).unwrap();
+    e.flush().unwrap();
+    e.get_ref().clone()
+}
+
+/// 300 connections each send the start of a small gzip body (3,000 bytes declared) and
+/// stall. Their decoders' memory and output buffers count in the queue budget, and peak RSS stays within the same 256 MiB target (`queue.max_bytes = 64 MiB`,
+/// one shard); the output buffers were once reserved whole (16 MiB of address space each),
+/// and where the allocator backs them with huge pages each such request held 2 MiB.
+#[test]
+fn stalled_compressed_bodies_stay_within_the_queue_budget() {
+    let mut conf = tempfile::NamedTempFile::new().unwrap();
+    conf.write_all(
+        b"[queue]\nmax_bytes = 67108864\n[server]\nbody_read_timeout_ms = 60000\n[shards]\nmax_connections = 2000\n",
+    )
+    .unwrap();
+    let s = Server::start(
+        &[
+            "--cores",
+            "1",
+            "--sink",
+            "discard",
+            "--config",
+            conf.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let start = gzip_start();
+    let head = b"POST /v1/payloads HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nContent-Length: 3000\r\nExpect: 100-continue\r\n\r\n";
+    let conns: Vec<_> = (0..300)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+            c.write_all(head).unwrap();
+            // `100 Continue` comes once the body is first read: the request was admitted
+            // (its room reserved) and its decoder and output buffer made.
+            let r = read_response(&mut std::io::BufReader::new(c.try_clone().unwrap()));
+            assert_eq!(r.status, 100);
+            c.write_all(&start).unwrap();
+            c
+        })
+        .collect();
+    let peak_mib = vm_hwm_kib(s.child.id()) / 1024;
+    eprintln!("peak RSS with 300 stalled gzip bodies: {peak_mib} MiB");
+    assert!(peak_mib <= 256, "peak RSS {peak_mib} MiB");
+    drop(conns);
+}

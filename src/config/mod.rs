@@ -82,7 +82,7 @@ impl Default for TlsConfig {
 }
 
 /// Bearer tokens (see the `auth` module and the README's "Tokens and tenants").
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// A file of tokens, one per line, each optionally followed by whitespace and a tenant
@@ -92,6 +92,23 @@ pub struct AuthConfig {
     /// re-reads it. Unset (the default): anyone who reaches the port may post.
     /// `--tokens-file`, `COREPOST_TOKENS_FILE`.
     pub tokens_file: Option<String>,
+    /// With `tokens_file` set: the share of each shard's `queue.max_bytes`, in percent, that
+    /// requests without an `Authorization` header may hold together while their bodies are
+    /// read (their token is in the body, so it cannot be checked before the body is in). Past
+    /// it such requests get `503` (`413` for a body larger than the whole share, which is
+    /// never less than `server.max_body_bytes`), while clients that send `Authorization:
+    /// Bearer TOKEN` keep finding room: stalled bodies of unknown clients cannot take the
+    /// whole queue. 1 to 100; 100 turns the bound off.
+    pub unverified_queue_percent: u8,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            tokens_file: None,
+            unverified_queue_percent: 25,
+        }
+    }
 }
 
 /// HTTP front-end settings.

@@ -56,6 +56,22 @@ fn the_decoded_body_cap_is_at_least_the_body_limit() {
 }
 
 #[test]
+fn the_share_of_unverified_requests_is_a_percentage() {
+    let mut c = Config::default();
+    assert_eq!(c.auth.unverified_queue_percent, 25);
+    for bad in [0, 101] {
+        c.auth.unverified_queue_percent = bad;
+        let text = c.validate().unwrap_err().to_string();
+        assert!(
+            text.starts_with("auth.unverified_queue_percent: must be between 1 and 100"),
+            "{text}"
+        );
+    }
+    c.auth.unverified_queue_percent = 100;
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
 fn every_ack_mode_is_valid_and_the_spool_is_checked_when_durable() {
     let mut c = Config::default();
     c.server.ack = Ack::Uploaded;

@@ -232,6 +232,13 @@ impl Config {
     /// `[auth] tokens_file`, read here so that `check-config` and start-up refuse a malformed
     /// file.
     fn validate_auth(&self, bad: &mut impl FnMut(&str, String)) {
+        let pct = self.auth.unverified_queue_percent;
+        if !(1..=100).contains(&pct) {
+            bad(
+                "auth.unverified_queue_percent",
+                format!("must be between 1 and 100 (a percentage of queue.max_bytes), not {pct}"),
+            );
+        }
         if let Some(path) = &self.auth.tokens_file {
             // Read here so that `check-config` and start-up refuse a malformed file; the
             // message names the line, never a token.

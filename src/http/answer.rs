@@ -61,8 +61,12 @@ pub fn refusal_status(r: &Refusal) -> StatusCode {
         | Refusal::AckTimeout(_)
         | Refusal::NotStored
         | Refusal::SpoolFull
-        | Refusal::SpoolDiskFull(_) => StatusCode::SERVICE_UNAVAILABLE,
-        Refusal::StoreRefused | Refusal::SpoolFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | Refusal::SpoolDiskFull(_)
+        // A disk error (EIO, a file system gone read-only) is the server's trouble, not the
+        // request's: the same request can be taken once the disk (or another instance, since
+        // the shard turns unready) takes it, so `503` with `Retry-After`, as for ENOSPC.
+        | Refusal::SpoolFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::StoreRefused => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -79,8 +83,12 @@ pub fn parse_status(e: &ParseError) -> StatusCode {
 /// Statuses of a queue without room: `413` when it never could have any, `503` otherwise.
 fn room_status(e: &NoRoom) -> StatusCode {
     match e {
-        NoRoom::TooManyPayloads { .. } | NoRoom::OverQueue { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        NoRoom::Overloaded | NoRoom::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        NoRoom::TooManyPayloads { .. }
+        | NoRoom::OverQueue { .. }
+        | NoRoom::OverUnverified { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        NoRoom::Overloaded | NoRoom::Closed | NoRoom::UnverifiedFull => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 

@@ -52,15 +52,13 @@ const LINGER_BYTES: usize = 16 << 20;
 const LINGER: Duration = Duration::from_secs(5);
 
 /// What bounds one body: `server.max_body_bytes` (as sent), `server.max_decoded_bytes` and
-/// `queue.max_bytes` (decoded), `server.body_read_timeout_ms`.
+/// the queue budget (decoded, through the reservation), `server.body_read_timeout_ms`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// `server.max_body_bytes`.
     pub max_body: usize,
     /// `server.max_decoded_bytes`.
     pub max_decoded: usize,
-    /// `queue.max_bytes`.
-    pub queue_max: usize,
     /// `server.body_read_timeout_ms`.
     pub timeout_ms: u64,
 }
@@ -78,7 +76,7 @@ pub async fn read(
         match coding {
             None => read_plain(body, limits.max_body, room).await,
             Some(coding) => {
-                let decoder = BodyDecoder::new(coding, limits.max_decoded, limits.queue_max, room)?;
+                let decoder = BodyDecoder::new(coding, limits.max_decoded, room)?;
                 read_decoded(body, limits.max_body, decoder).await
             }
         }

@@ -1,5 +1,5 @@
 //! Compressed request bodies: `Content-Encoding: gzip`, `deflate` or `zstd`, decoded as the
-//! compressed frames arrive into one buffer whose contents never pass the decoded-body cap
+//! compressed frames arrive into buffers whose contents never pass the decoded-body cap
 //! (`server.max_decoded_bytes`) nor the body's reservation in the queue budget.
 //!
 //! The decoders are the streaming *write* decoders of flate2 and zstd: each compressed frame
@@ -66,36 +66,81 @@ impl Coding {
     }
 }
 
+/// Memory a flate2 decoder holds besides its output (the 32 KiB history and its tables, the
+/// writer's 32 KiB buffer), rounded up; counted in the request's reservation.
+const FLATE_STATE: usize = 128 << 10;
+/// Memory a zstd decoder holds besides its output and window: its context (about 160 KiB),
+/// its input block buffer and the writer's buffer (128 KiB each), the block slack of its
+/// window buffer; rounded up.
+const ZSTD_STATE: usize = 512 << 10;
+
 /// The decoded body as it grows, within its limits: `cap` (`server.max_decoded_bytes`) and the
-/// request's reservation in the shard's queue budget, which grows ahead of the output
-/// (doubling, from 64 KiB, up to `cap` and `queue_max`) or refuses.
+/// request's reservation in the shard's queue budget, which holds every buffer allocated for
+/// the output (taken before it is allocated) or refuses. The reservation counts the decoder's
+/// memory too: its fixed state, and for zstd its window, the history buffer the decoder
+/// writes every decoded byte into before passing it on (allocated by zstd's own `malloc` at
+/// the frame's window size, resident as far as output has been written into it: up to the
+/// output's length, at most the window).
+///
+/// The output goes into a list of chunks (the first one sized by the room the request
+/// already has, then from 64 KiB doubling up to 1 MiB), joined once at the end: growing never
+/// copies nor leaves the allocator a trail of ever larger freed buffers (a doubling `Vec`
+/// added 49 MiB to peak RSS to refuse a bomb at the 16 MiB cap; chunks add 21 MiB), and a
+/// stalled body holds only what it was given. The join holds the body twice for a moment; it runs without yielding, so a
+/// shard joins one body at a time.
 struct Decoded<'r> {
-    buf: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
+    /// Bytes written.
+    len: usize,
+    /// Capacity of every chunk.
+    allocated: usize,
     cap: usize,
-    queue_max: usize,
     room: &'r mut Reservation,
+    /// The decoder's fixed state, in bytes.
+    state: usize,
+    /// zstd: the largest window a frame may have (`0` for the flate codings, whose 32 KiB
+    /// history is in `state`).
+    window: usize,
     /// Why the last write was refused (a limit, not corrupt input).
     refused: Option<BodyError>,
 }
 
+/// Largest output chunk.
+const CHUNK_MAX: usize = 1 << 20;
+
 impl Write for Decoded<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let need = self.buf.len() + data.len();
+        let need = self.len + data.len();
         if need > self.cap {
             return self.refuse(BodyError::DecodedTooLarge(self.cap));
         }
-        if need > self.room.bytes() {
-            let want = (self.room.bytes() * 2)
-                .max(64 << 10)
-                .min(self.cap)
-                .min(self.queue_max)
-                .max(need);
-            if let Err(e) = self.room.grow_to(want) {
+        let spare = self.chunks.last().map_or(0, |c| c.capacity() - c.len());
+        let missing = data.len().saturating_sub(spare);
+        let size = if missing > 0 {
+            self.allocated
+                .clamp(64 << 10, CHUNK_MAX)
+                .max(missing)
+                .min(self.cap - self.len)
+        } else {
+            0
+        };
+        let held = self.allocated + size + self.state + need.min(self.window);
+        if held > self.room.bytes() {
+            if let Err(e) = self.room.grow_to(held) {
                 return self.refuse(e.into());
             }
-            self.buf.reserve_exact(self.room.bytes() - self.buf.len());
         }
-        self.buf.extend_from_slice(data);
+        let (now, later) = data.split_at(data.len() - missing);
+        if let Some(last) = self.chunks.last_mut() {
+            last.extend_from_slice(now);
+        }
+        if size > 0 {
+            let mut chunk = Vec::with_capacity(size);
+            chunk.extend_from_slice(later);
+            self.allocated += chunk.capacity();
+            self.chunks.push(chunk);
+        }
+        self.len = need;
         Ok(data.len())
     }
 
@@ -105,6 +150,19 @@ impl Write for Decoded<'_> {
 }
 
 impl Decoded<'_> {
+    /// The whole body in one buffer (the chunks are freed as they are copied).
+    fn take_body(&mut self) -> Vec<u8> {
+        let mut chunks = std::mem::take(&mut self.chunks);
+        if chunks.len() == 1 {
+            return chunks.pop().unwrap_or_default();
+        }
+        let mut body = Vec::with_capacity(self.len);
+        for chunk in chunks {
+            body.extend_from_slice(&chunk);
+        }
+        body
+    }
+
     fn refuse(&mut self, e: BodyError) -> io::Result<usize> {
         self.refused = Some(e);
         Err(io::Error::other("decoded body refused"))
@@ -143,30 +201,36 @@ impl std::fmt::Debug for BodyDecoder<'_> {
 
 impl<'r> BodyDecoder<'r> {
     /// A decoder for `coding` whose output may reach `cap` bytes, held in `room` (grown as
-    /// the output grows, never past `queue_max`: the shard's whole queue).
-    pub fn new(
-        coding: Coding,
-        cap: usize,
-        queue_max: usize,
-        room: &'r mut Reservation,
-    ) -> Result<Self, BodyError> {
-        // The whole cap at once, as address space: pages are only resident once written, so
-        // this costs memory only as the output grows, and growing never copies (a doubling
-        // buffer holds the old and the new copy at once, and the allocator keeps freed pages
-        // for a while: 31 MiB resident to reach 16 MiB). Where address space is not
-        // overcommitted, the buffer grows with the reservation instead.
-        let mut buf = Vec::new();
-        if buf.try_reserve_exact(cap).is_err() {
-            buf.reserve_exact(room.bytes().min(cap));
-        }
+    /// the output grows; never past the shard's whole queue: `413`).
+    pub fn new(coding: Coding, cap: usize, room: &'r mut Reservation) -> Result<Self, BodyError> {
+        let window_log = (usize::BITS - 1 - cap.max(8 << 20).leading_zeros()).min(31);
+        let (state, window) = match coding {
+            Coding::Zstd => (ZSTD_STATE, 1usize << window_log),
+            Coding::Gzip | Coding::Deflate => (FLATE_STATE, 0),
+        };
+        // The decoder's state is held from the start (it is allocated now, or with the
+        // first frame). The first output chunk takes the rest of the room (the body's
+        // declared length). The output is not reserved whole as address space up front: with
+        // huge pages (mimalloc's arenas, where transparent huge pages are allowed) that cost
+        // 2 MiB resident per request at once, and 512 stalled compressed requests of 3 KB
+        // each held 1.2 GB against a 64 MiB queue.
+        room.grow_to(room.bytes().max(state))?;
+        let first = room.bytes().saturating_sub(state).min(cap);
+        let chunks = if first > 0 {
+            vec![Vec::with_capacity(first)]
+        } else {
+            Vec::new()
+        };
         let out = Decoded {
-            buf,
+            allocated: chunks.iter().map(Vec::capacity).sum(),
+            chunks,
+            len: 0,
             cap,
-            queue_max,
             room,
+            state,
+            window,
             refused: None,
         };
-        let window_log = (usize::BITS - 1 - cap.max(8 << 20).leading_zeros()).min(31);
         let inner = match coding {
             Coding::Gzip => Inner::Gzip(flate2::write::MultiGzDecoder::new(out)),
             Coding::Deflate => Inner::DeflateStart(out, Vec::with_capacity(2)),
@@ -262,7 +326,7 @@ impl<'r> BodyDecoder<'r> {
             Inner::DeflateStart(out, _) => out,
             Inner::Empty => return Ok(Vec::new()),
         };
-        Ok(std::mem::take(&mut out.buf))
+        Ok(out.take_body())
     }
 
     /// The refusal behind a failed write: a limit the output hit, or corrupt input.
@@ -296,256 +360,5 @@ impl<'r> BodyDecoder<'r> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::http::answer::body_status;
-    use crate::queue::Budget;
-    use crate::queue::NoRoom;
-    use std::sync::Arc;
-
-    fn gzip(b: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(b).unwrap();
-        e.finish().unwrap()
-    }
-
-    fn zlib(b: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(b).unwrap();
-        e.finish().unwrap()
-    }
-
-    fn raw_deflate(b: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        e.write_all(b).unwrap();
-        e.finish().unwrap()
-    }
-
-    fn zstd(b: &[u8]) -> Vec<u8> {
-        zstd::encode_all(b, 3).unwrap()
-    }
-
-    /// Decodes `data` fed in `chunk`-byte frames with a fresh 64 MiB budget.
-    fn decode(coding: Coding, data: &[u8], chunk: usize, cap: usize) -> Result<Vec<u8>, BodyError> {
-        let budget = Arc::new(Budget::new(1000, 64 << 20));
-        let mut room = budget.reserve_bytes(0).unwrap();
-        let mut d = BodyDecoder::new(coding, cap, 64 << 20, &mut room)?;
-        for c in data.chunks(chunk.max(1)) {
-            d.write(c)?;
-        }
-        let out = d.finish()?;
-        assert!(
-            room.bytes() >= out.len(),
-            "the reservation holds the output"
-        );
-        Ok(out)
-    }
-
-    fn body(n: usize) -> Vec<u8> {
-        (0..n).map(|i| b"{\"data\":[1,2,3]}  "[i % 18]).collect()
-    }
-
-    #[test]
-    fn each_coding_decodes_whatever_the_frame_sizes() {
-        let plain = body(300_000);
-        for (coding, data) in [
-            (Coding::Gzip, gzip(&plain)),
-            (Coding::Deflate, zlib(&plain)),
-            (Coding::Deflate, raw_deflate(&plain)),
-            (Coding::Zstd, zstd(&plain)),
-        ] {
-            for chunk in [1, 2, 3, 1000, usize::MAX] {
-                let out = decode(coding, &data, chunk, 16 << 20)
-                    .unwrap_or_else(|e| panic!("{coding:?} in {chunk}-byte frames: {e}"));
-                assert!(out == plain, "{coding:?} in {chunk}-byte frames");
-            }
-        }
-    }
-
-    #[test]
-    fn concatenated_gzip_members_and_zstd_frames_are_one_body() {
-        let (a, b) = (b"{\"data\":[".to_vec(), b"1]}".to_vec());
-        let two = [gzip(&a), gzip(&b)].concat();
-        assert_eq!(
-            decode(Coding::Gzip, &two, 7, 1 << 20).unwrap(),
-            b"{\"data\":[1]}"
-        );
-        let two = [zstd(&a), zstd(&b)].concat();
-        assert_eq!(
-            decode(Coding::Zstd, &two, 7, 1 << 20).unwrap(),
-            b"{\"data\":[1]}"
-        );
-    }
-
-    #[test]
-    fn output_stops_at_the_cap_without_allocating_past_it() {
-        // 64 MiB of zeros, about 64 KiB compressed, against a 1 MiB cap.
-        let zeros = vec![0u8; 64 << 20];
-        for (coding, data) in [
-            (Coding::Gzip, gzip(&zeros)),
-            (Coding::Deflate, zlib(&zeros)),
-            (Coding::Zstd, zstd(&zeros)),
-        ] {
-            let budget = Arc::new(Budget::new(1000, 64 << 20));
-            let mut room = budget.reserve_bytes(0).unwrap();
-            let mut d = BodyDecoder::new(coding, 1 << 20, 64 << 20, &mut room).unwrap();
-            let e = data
-                .chunks(16 << 10)
-                .try_for_each(|c| d.write(c))
-                .expect_err("over the cap");
-            assert!(
-                matches!(e, BodyError::DecodedTooLarge(c) if c == 1 << 20),
-                "{coding:?}"
-            );
-            assert_eq!(body_status(&e), http::StatusCode::PAYLOAD_TOO_LARGE);
-            assert_eq!(
-                e.to_string(),
-                "decoded body larger than 1048576 bytes (server.max_decoded_bytes)"
-            );
-            let out = match &mut d.inner {
-                Inner::Gzip(d) => d.get_mut(),
-                Inner::Zlib(d) => d.get_mut(),
-                Inner::Zstd(d) => d.get_mut(),
-                _ => unreachable!(),
-            };
-            assert!(
-                out.buf.capacity() <= 1 << 20,
-                "{coding:?}: {}",
-                out.buf.capacity()
-            );
-            drop(d);
-            assert!(room.bytes() <= 1 << 20);
-        }
-    }
-
-    #[test]
-    fn the_budget_counts_decoded_bytes() {
-        let plain = body(1 << 20);
-        // No room now: 503, as for a plain body.
-        let budget = Arc::new(Budget::new(1000, 4 << 20));
-        let held = budget.reserve_bytes(7 << 19).unwrap();
-        let mut room = budget.reserve_bytes(0).unwrap();
-        let mut d = BodyDecoder::new(Coding::Gzip, 16 << 20, 4 << 20, &mut room).unwrap();
-        assert!(matches!(
-            d.write(&gzip(&plain)),
-            Err(BodyError::NoRoom(NoRoom::Overloaded))
-        ));
-        drop(d);
-        drop(room);
-        drop(held);
-        assert_eq!(budget.depth(), (0, 0), "all room returned");
-        // More than the whole queue holds: 413 naming queue.max_bytes.
-        let budget = Arc::new(Budget::new(1000, 512 << 10));
-        let mut room = budget.reserve_bytes(0).unwrap();
-        let mut d = BodyDecoder::new(Coding::Zstd, 16 << 20, 512 << 10, &mut room).unwrap();
-        let e = d.write(&zstd(&plain)).unwrap_err();
-        assert!(
-            matches!(e, BodyError::NoRoom(NoRoom::OverQueue { max, .. }) if max == 512 << 10),
-            "{e}"
-        );
-        drop(d);
-        // Within both: the reservation ends up holding the decoded length.
-        let budget = Arc::new(Budget::new(1000, 4 << 20));
-        let mut room = budget.reserve_bytes(1000).unwrap();
-        let mut d = BodyDecoder::new(Coding::Deflate, 16 << 20, 4 << 20, &mut room).unwrap();
-        d.write(&zlib(&plain)).unwrap();
-        let out = d.finish().unwrap();
-        assert_eq!(out.len(), plain.len());
-        room.shrink_to(out.len());
-        assert_eq!(budget.depth().1, plain.len());
-    }
-
-    #[test]
-    fn corrupt_truncated_and_trailing_data_are_400() {
-        let plain = body(10_000);
-        let gz = gzip(&plain);
-        let mut bad_crc = gz.clone();
-        let n = bad_crc.len();
-        bad_crc[n - 8] ^= 1;
-        let z = zstd(&plain);
-        for (coding, data, why) in [
-            (Coding::Gzip, b"\x1f\x8b\x08\x00garbage".to_vec(), ""),
-            (Coding::Gzip, b"not gzip".to_vec(), ""),
-            (Coding::Gzip, gz[..gz.len() / 2].to_vec(), "ends early"),
-            (Coding::Gzip, bad_crc, ""),
-            (Coding::Gzip, [gz.clone(), b"junk".to_vec()].concat(), ""),
-            (Coding::Deflate, b"\xff\xff\xff\xff".to_vec(), ""),
-            (Coding::Deflate, zlib(&plain)[..30].to_vec(), "ends early"),
-            (
-                Coding::Deflate,
-                [zlib(&plain), b"x".to_vec()].concat(),
-                "after the end",
-            ),
-            (Coding::Deflate, b"x".to_vec(), "before the compressed data"),
-            (Coding::Zstd, b"not zstd".to_vec(), ""),
-            (Coding::Zstd, z[..z.len() - 3].to_vec(), ""),
-            (Coding::Gzip, Vec::new(), ""),
-            (Coding::Zstd, Vec::new(), ""),
-        ] {
-            let e = decode(coding, &data, 5, 1 << 20).expect_err("refused");
-            assert_eq!(
-                body_status(&e),
-                http::StatusCode::BAD_REQUEST,
-                "{coding:?} {e}"
-            );
-            let msg = e.to_string();
-            assert!(
-                msg.starts_with(&format!("invalid {} data: ", coding.name())) && msg.contains(why),
-                "{msg}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_zstd_window_larger_than_the_cap_is_refused_not_allocated() {
-        // Window log 27 (128 MiB) against a 1 MiB cap (which allows windows of 8 MiB).
-        let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
-        e.window_log(27).unwrap();
-        e.write_all(&body(2 << 20)).unwrap();
-        let data = e.finish().unwrap();
-        let err = decode(Coding::Zstd, &data, 1 << 20, 1 << 20).expect_err("refused");
-        assert!(matches!(err, BodyError::WindowTooLarge(w) if w == 8 << 20));
-        assert_eq!(body_status(&err), http::StatusCode::PAYLOAD_TOO_LARGE);
-        // The same data with a cap that covers its window decodes.
-        assert_eq!(
-            decode(Coding::Zstd, &data, 1 << 20, 128 << 20).unwrap(),
-            body(2 << 20)
-        );
-    }
-
-    #[test]
-    fn content_encoding_headers() {
-        let of = |values: &[&str]| {
-            let mut h = http::HeaderMap::new();
-            for v in values {
-                h.append(CONTENT_ENCODING, http::HeaderValue::from_str(v).unwrap());
-            }
-            Coding::of_request(&h)
-        };
-        assert_eq!(of(&[]).ok(), Some(None));
-        assert_eq!(of(&["identity"]).ok(), Some(None));
-        assert_eq!(of(&[""]).ok(), Some(None));
-        assert_eq!(of(&["GZIP"]).ok(), Some(Some(Coding::Gzip)));
-        assert_eq!(of(&["x-gzip"]).ok(), Some(Some(Coding::Gzip)));
-        assert_eq!(of(&[" deflate "]).ok(), Some(Some(Coding::Deflate)));
-        assert_eq!(of(&["zstd", "identity"]).ok(), Some(Some(Coding::Zstd)));
-        for bad in [
-            &["br"][..],
-            &["snappy"],
-            &["gzip, zstd"],
-            &["gzip", "gzip"],
-            &["compress"],
-        ] {
-            let e = of(bad).expect_err("refused");
-            assert_eq!(
-                body_status(&e),
-                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "{bad:?}"
-            );
-        }
-        assert_eq!(
-            of(&["br"]).unwrap_err().to_string(),
-            "unsupported Content-Encoding \"br\"; request bodies may be gzip, deflate or zstd"
-        );
-    }
-}
+#[path = "decode_tests.rs"]
+mod tests;

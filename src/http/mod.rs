@@ -392,7 +392,6 @@ async fn take(
     let limits = body::Limits {
         max_body: cfg.max_body_bytes,
         max_decoded: cfg.max_decoded_bytes,
-        queue_max: front.config.queue.max_bytes,
         timeout_ms: cfg.body_read_timeout_ms,
     };
     let body = body::read(body_in, coding, limits, &mut admitted.room).await?;

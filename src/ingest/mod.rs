@@ -7,6 +7,7 @@
 
 mod scan;
 mod simd;
+pub mod token;
 
 use crate::config::ParserKind;
 use serde::Deserialize;

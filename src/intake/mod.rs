@@ -19,12 +19,13 @@ use crate::auth::{Denied, ShardTokens, Tenant};
 use crate::config::{Ack, Config};
 use crate::ingest::{BodyParser, ParseError, Span};
 use crate::metrics::{inc, ShardStats};
-use crate::queue::{Budget, Delivery, Job, JobSender, NoRoom, Reservation, Spooled};
+use crate::queue::{Budget, Delivery, Job, JobSender, NoRoom, Reservation, Share, Spooled};
 use crate::shutdown::Shutdown;
 use crate::spool::{Releaser, Spool, SpoolError};
 use bytes::Bytes;
 use futures_lite::future;
 use std::cell::{Cell, RefCell};
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,8 +57,9 @@ pub enum Refusal {
     /// `ack = "durable"`: the spool's disk is full (the disk, not the spool's own budget).
     #[error("overloaded: the durable spool's disk is full")]
     SpoolDiskFull(#[source] Arc<SpoolError>),
-    /// `ack = "durable"`: the spool could not write the request (disk failure; logged).
-    #[error("the request could not be written to the durable spool")]
+    /// `ack = "durable"`: the spool could not write the request (a disk error other than a
+    /// full disk; logged): `503`, and the shard is unready for a while.
+    #[error("overloaded: the durable spool cannot write (disk error); retry later")]
     SpoolFailed(#[source] Option<Arc<SpoolError>>),
     /// `ack = "uploaded"`: the payloads were not all stored within `server.ack_timeout_ms`.
     #[error("not stored within {0} ms; the payloads stay queued and may still be stored, so a retry can store them twice")]
@@ -128,6 +130,10 @@ pub struct Intake {
     seq: Cell<u64>,
     stats: Arc<ShardStats>,
     tokens: Option<ShardTokens>,
+    /// With `[auth]`: the part of the budget that requests whose token is in their body
+    /// (not yet known while the body is read) may hold together
+    /// (`auth.unverified_queue_percent`).
+    unverified: Option<Arc<Share>>,
     shutdown: Rc<Shutdown>,
     mode: Mode,
 }
@@ -161,8 +167,18 @@ impl Intake {
             },
             _ => Mode::Queued,
         };
+        let unverified = p.tokens.as_ref().map(|_| {
+            let pct = u128::from(p.config.auth.unverified_queue_percent.clamp(1, 100));
+            let max = p.config.queue.max_bytes as u128 * pct / 100;
+            let max = usize::try_from(max).unwrap_or(usize::MAX);
+            // Never less than one whole body: a client of the body token can always be
+            // served, one at a time.
+            let floor = p.config.server.max_body_bytes.min(p.config.queue.max_bytes);
+            Arc::new(Share::new(max.max(floor)))
+        });
         Self {
             shard: p.shard,
+            unverified,
             parser: RefCell::new(BodyParser::new(p.config.server.parser)),
             budget: p.sender.budget().clone(),
             sender: RefCell::new(Some(p.sender)),
@@ -212,10 +228,17 @@ impl Intake {
         if self.shutdown.is_triggered() {
             return Err(Refusal::ShuttingDown);
         }
-        Ok(Admitted {
-            room: self.budget.reserve_bytes(declared.unwrap_or(0))?,
-            pass,
-        })
+        let bytes = declared.unwrap_or(0);
+        let room = match &self.unverified {
+            // The token is in the body: until it is checked, the request holds room only
+            // within the share of such requests, so they cannot take the whole queue from
+            // clients whose header was checked already.
+            Some(share) if pass.body_token_due => {
+                self.budget.reserve_unverified_bytes(bytes, share)?
+            }
+            _ => self.budget.reserve_bytes(bytes)?,
+        };
+        Ok(Admitted { room, pass })
     }
 
     /// Step 3, with the whole body (read into `admitted.room`): validates it, then takes it
@@ -234,16 +257,23 @@ impl Intake {
         } = admitted;
         room.shrink_to(body.len());
         let mut spans = Vec::new();
-        {
+        let token_at = {
             let token = self.parser.borrow_mut().parse(&body, &mut spans)?;
+            // Where the token lies, for the copy kept at rest (durable), which blanks it.
+            let token_at = match (&self.mode, &token) {
+                (Mode::Durable { .. }, Some(t)) => token_place(&body, t),
+                _ => None,
+            };
             if body_token_due {
                 let checked = match (&self.tokens, token) {
                     (Some(tokens), Some(t)) => tokens.check(&t),
                     _ => Err(Denied::Missing),
                 };
                 tenant = self.authorized(checked)?;
+                room.verified();
             }
-        }
+            token_at
+        };
         let n = spans.len();
         if n == 0 {
             return Ok(Accepted { payloads: 0 });
@@ -255,6 +285,7 @@ impl Intake {
             spans,
             tenant,
             room,
+            token_at,
         };
         match &self.mode {
             Mode::Queued => self.queue(req, None)?,
@@ -357,10 +388,25 @@ impl Intake {
         // One buffer for both: the spool writes the record, the worker reads the body part of
         // it (the spans are relative to the body). The tenant is recorded, so a replay stores
         // the payloads under it whatever the tokens file says by then.
-        let record = crate::spool::request_record(received_secs, req.tenant.as_deref(), &req.body);
+        let mut record =
+            crate::spool::request_record(received_secs, req.tenant.as_deref(), &req.body);
         let header = record.len() - req.body.len();
+        // A bearer token is not kept at rest: the spooled copy (and a dead letter written
+        // from it) has `*` in its place, the same length, so the spans stay valid.
+        if let Some(at) = req.token_at {
+            crate::ingest::token::blank(&mut record, header + at.start..header + at.end);
+        }
         let record = Bytes::from(record);
         let body = record.slice(header..);
+        // `failpoints` builds only: `FAILPOINTS="intake::spool_append=return"` makes the
+        // append fail as a failing disk does (EIO), for the tests of what clients and
+        // readiness then see.
+        #[cfg(feature = "failpoints")]
+        let appended = match fail::eval("intake::spool_append", |_| ()) {
+            Some(()) => Err(SpoolError::Io(std::io::Error::from_raw_os_error(5))),
+            None => spool.append(record).await,
+        };
+        #[cfg(not(feature = "failpoints"))]
         let appended = spool.append(record).await;
         let id = appended.map_err(|e| self.spool_refusal(e))?;
         self.stats.spool_write(Ok(()));
@@ -397,6 +443,8 @@ impl Intake {
                 }
             }
             e => {
+                // Whatever else failed, the shard is unready for a while, as for a disk error.
+                self.stats.spool_write(Err(&e.to_string()));
                 tracing::error!(shard = self.shard, error = %e, "spool write failed");
                 Refusal::SpoolFailed(Some(Arc::new(e)))
             }
@@ -410,4 +458,17 @@ struct Taken {
     spans: Vec<Span>,
     tenant: Option<Tenant>,
     room: Reservation,
+    /// Where the body's `token` string lies (between its quotes), when it is to be blanked.
+    token_at: Option<Range<usize>>,
+}
+
+/// The byte range of the body's `token` value. The parsers lend `token` from `body` when it
+/// has no escapes: its place is then plain address arithmetic; a token decoded from escapes
+/// lies elsewhere, and the body is scanned for it.
+fn token_place(body: &[u8], token: &[u8]) -> Option<Range<usize>> {
+    let start = (token.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    if start <= body.len() && token.len() <= body.len() - start {
+        return Some(start..start + token.len());
+    }
+    crate::ingest::token::token_range(body)
 }

@@ -114,7 +114,7 @@ async fn run(s: WorkerSetup) {
 
 /// The worker's shared state, from its setup.
 fn worker_ctx(s: &WorkerSetup) -> Ctx {
-    let sink = match Sink::new(&s.config.sink, &s.config.upload, &s.config.batch) {
+    let sink = match Sink::new(&s.config) {
         Ok(sink) => sink,
         Err(e) => {
             // Validation should make this unreachable; if not, every payload is spilled (the

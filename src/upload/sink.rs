@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use super::batch::ObjectFormat;
-use crate::config::{BatchConfig, SinkConfig, SinkKind, UploadConfig};
+use crate::config::{Config, SinkKind};
 use crate::metrics::inc;
 use http::{HeaderMap, HeaderValue};
 use s3::creds::Credentials;
@@ -69,6 +69,10 @@ pub struct S3Sink {
     /// Pauses between attempts at aborting a failed multipart upload (`upload.backoff_*`).
     backoff_base_ms: u64,
     backoff_max_ms: u64,
+    /// The key the readiness check reads (expecting `NoSuchKey`) or, when reading is not
+    /// allowed, starts and aborts a multipart upload at: under `keys.prefix`, where a policy
+    /// scoped to the prefix allows it.
+    probe_key: String,
 }
 
 /// Attempts at aborting a failed multipart upload.
@@ -121,11 +125,8 @@ fn classify_error(status: u16, body: &[u8]) -> UploadError {
 
 impl Sink {
     /// Builds the sink described by the configuration (no I/O yet).
-    pub fn new(
-        cfg: &SinkConfig,
-        upload: &UploadConfig,
-        batch: &BatchConfig,
-    ) -> Result<Sink, UploadError> {
+    pub fn new(config: &Config) -> Result<Sink, UploadError> {
+        let (cfg, upload, batch) = (&config.sink, &config.upload, &config.batch);
         match cfg.kind {
             SinkKind::Discard => Ok(Sink::Discard),
             SinkKind::Fs => Ok(Sink::Fs(FsSink::new(&cfg.fs.root, false))),
@@ -181,6 +182,10 @@ impl Sink {
                     part_bytes: batch.part_bytes,
                     backoff_base_ms: upload.backoff_base_ms,
                     backoff_max_ms: upload.backoff_max_ms,
+                    probe_key: match config.keys.prefix.trim_matches('/') {
+                        "" => ".corepost-readiness-probe".into(),
+                        p => format!("{p}/.corepost-readiness-probe"),
+                    },
                 })))
             }
         }
@@ -195,31 +200,7 @@ impl Sink {
             Sink::Fs(fs) => std::fs::create_dir_all(&fs.root).map_err(|e| {
                 UploadError::Permanent(format!("cannot create {}: {e}", fs.root.display()))
             }),
-            Sink::S3(s3) => {
-                let bucket = &s3.bucket;
-                // A GET of a key that does not exist: `NoSuchKey` proves the bucket exists and
-                // the credentials work, without writing anything.
-                match bucket
-                    .get_object("corepost-readiness-probe-no-such-key")
-                    .await
-                {
-                    Ok(resp) => {
-                        let body = resp.as_slice();
-                        let text = String::from_utf8_lossy(body);
-                        if resp.status_code() == 200
-                            || (resp.status_code() == 404 && text.contains("NoSuchKey"))
-                        {
-                            Ok(())
-                        } else {
-                            classify_status(resp.status_code(), body)
-                        }
-                    }
-                    Err(s3::error::S3Error::HttpFailWithBody(status, body)) => {
-                        classify_status(status, body.as_bytes())
-                    }
-                    Err(e) => Err(UploadError::Transient(e.to_string())),
-                }
-            }
+            Sink::S3(s3) => s3.check().await,
         }
     }
 
@@ -305,6 +286,46 @@ fn is_error_document(body: &[u8]) -> bool {
 }
 
 impl S3Sink {
+    /// The readiness check. First a GET of a key that does not exist: `NoSuchKey` proves the
+    /// bucket exists and the credentials work, without writing anything. corepost only
+    /// writes, so a key may have no read access (a PutObject-only policy): a `403` to the GET
+    /// is followed by a multipart upload started and aborted at the same key, which proves
+    /// write access and leaves no object (an abort that fails leaves an incomplete upload,
+    /// logged, for a lifecycle rule). Wrong credentials and a missing bucket fail both.
+    async fn check(&self) -> Result<(), UploadError> {
+        let got = match self.bucket.get_object(&self.probe_key).await {
+            Ok(resp) => (resp.status_code(), resp.to_vec()),
+            Err(s3::error::S3Error::HttpFailWithBody(status, body)) => (status, body.into_bytes()),
+            Err(e) => return Err(UploadError::Transient(e.to_string())),
+        };
+        match got {
+            (200, _) => Ok(()),
+            (404, body) if String::from_utf8_lossy(&body).contains("NoSuchKey") => Ok(()),
+            (403, body) => {
+                let started = self
+                    .bucket
+                    .initiate_multipart_upload(&self.probe_key, "application/octet-stream")
+                    .await;
+                let upload = started.map_err(|e| match s3_error(e) {
+                    UploadError::Permanent(w) => UploadError::Permanent(format!(
+                        "reading refused ({}) and writing refused too: {w}",
+                        classify_error(403, &body)
+                    )),
+                    other => other,
+                })?;
+                if let Err(e) = self
+                    .bucket
+                    .abort_upload(&self.probe_key, &upload.upload_id)
+                    .await
+                {
+                    tracing::warn!(key = %self.probe_key, upload_id = %upload.upload_id, error = %s3_error(e), "cannot abort the readiness check's multipart upload; it stays in the store until a lifecycle rule or an operator removes it");
+                }
+                Ok(())
+            }
+            (status, body) => classify_status(status, &body),
+        }
+    }
+
     /// Multipart upload: start, one request per `part_bytes`, complete; on failure the upload
     /// is aborted (so the store keeps no parts; see [`S3Sink::abort`]) and the caller retries
     /// the whole object, as a new upload under the same key.
@@ -510,7 +531,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let fmt = ObjectFormat::of(&BatchConfig::default());
+        let fmt = ObjectFormat::of(&crate::config::BatchConfig::default());
         let r = rt.block_on(sink.put("k", b"{}", fmt, &AtomicU64::new(0)));
         assert!(matches!(r, Err(UploadError::Permanent(_))), "{r:?}");
         assert!(rt.block_on(sink.check()).is_err());

@@ -118,6 +118,16 @@ impl hyper::rt::Timer for GlommioTimer {
             armed: self.armed.get().clone(),
         })))
     }
+
+    /// Moves the deadline of a sleep of ours in place (hyper resets its header-read sleep for
+    /// every request of a keep-alive connection): no new box, no new registration (see
+    /// [`GlommioTimer`] for when the registration is replaced).
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<LocalSleep>() {
+            Some(ours) => ours.get_mut().0.get_mut().deadline = new_deadline,
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
 }
 
 /// One of hyper's sleeps: a deadline, and the connection's registration that wakes it.
@@ -173,12 +183,21 @@ impl<T> OnThread<T> {
     }
 
     fn get(&self) -> &T {
+        self.check();
+        &self.value
+    }
+
+    fn get_mut(&mut self) -> &mut T {
+        self.check();
+        &mut self.value
+    }
+
+    fn check(&self) {
         assert_eq!(
             std::thread::current().id(),
             self.owner,
             "a glommio timer was used off its executor's thread"
         );
-        &self.value
     }
 }
 

@@ -538,7 +538,7 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
         "Body bytes queued or uploading.",
         shards.iter().map(|sh| sh.budget.depth().1 as u64),
     );
-    let spool_series: [(&str, &str, SpoolField); 5] = [
+    let spool_series: [(&str, &str, SpoolField); 6] = [
         (
             "corepost_spool_fsyncs_total",
             "Data syncs issued by the durable spool: one per commit (an O_DSYNC write) plus the fdatasyncs of segment creation.",
@@ -563,6 +563,11 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             "corepost_spool_live_bytes",
             "Bytes of spool segment files on disk (counted against spool.max_bytes).",
             |s| s.live_bytes,
+        ),
+        (
+            "corepost_spool_releases_unpersisted",
+            "Stored records not yet in a written release checkpoint (spool.checkpoint_ms): what a crash now would replay of what is already stored.",
+            |s| s.unpersisted_releases,
         ),
     ];
     let stats: Vec<_> = shards.iter().map(|sh| sh.spool.stats()).collect();

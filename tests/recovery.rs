@@ -116,11 +116,16 @@ fn a_kill_after_the_checkpoint_replays_nothing_already_stored() {
     let (root, spool) = (tempfile::tempdir().unwrap(), spool_dir());
     let (s, _f) = durable_fs_server(root.path(), spool.path(), DURABLE);
     post_and_store(&s, 0, 10);
-    // Stored and released: wait until a checkpoint says so (every 50 ms), then kill.
-    let ckpt = spool.path().join("shard-0").join("release.ckpt");
-    wait_until(10, "a release checkpoint with nothing live", || {
-        live_ranges(&ckpt) == Some(0)
+    // Stored and released: wait until a written checkpoint covers every release, then kill.
+    wait_until(10, "every release in a written checkpoint", || {
+        s.metrics().sum("corepost_spool_releases_unpersisted") == 0
     });
+    let ckpt = spool.path().join("shard-0").join("release.ckpt");
+    assert_eq!(
+        live_ranges(&ckpt),
+        Some(0),
+        "the checkpoint lists nothing live"
+    );
     s.signal("KILL");
     drop(s);
     let (s, _f) = durable_fs_server(root.path(), spool.path(), DURABLE);

@@ -26,6 +26,9 @@ pub struct SpoolStats {
     /// Id of the oldest segment holding such records (its creation time in µs, see the
     /// module doc on segment ids), 0 when none.
     pub oldest_live_segment: u64,
+    /// Releases not yet in a written release checkpoint: what a crash now would replay of
+    /// what is already stored.
+    pub unpersisted_releases: u64,
 }
 
 #[derive(Debug)]
@@ -178,6 +181,7 @@ impl Shared {
                 .iter()
                 .find(|(_, s)| !s.live.is_empty())
                 .map_or(0, |(&id, _)| id),
+            unpersisted_releases: t.released - t.checkpointed,
         }
     }
 }
@@ -240,6 +244,7 @@ impl Spools {
             t.live_segments += s.live_segments;
             t.live_bytes += s.live_bytes;
             t.live_records += s.live_records;
+            t.unpersisted_releases += s.unpersisted_releases;
             t.oldest_live_segment = match (t.oldest_live_segment, s.oldest_live_segment) {
                 (0, b) => b,
                 (a, 0) => a,

@@ -211,8 +211,11 @@ impl Config {
         }
     }
 
-    /// The key prefix and instance name.
+    /// The key prefix, instance name and template.
     fn validate_keys(&self, bad: &mut impl FnMut(&str, String)) {
+        if let Err(e) = crate::keys::Template::parse(&self.keys.template) {
+            bad("keys.template", format!("{:?}: {e}", self.keys.template));
+        }
         if self.keys.prefix.starts_with('/') || self.keys.prefix.contains("..") {
             bad(
                 "keys.prefix",
@@ -396,6 +399,9 @@ impl Config {
             } else if !(lo..=hi).contains(&level) {
                 bad("batch.level", format!("must be between {lo} and {hi}"));
             }
+        }
+        if b.max_open_partitions == 0 {
+            bad("batch.max_open_partitions", "must be at least 1".into());
         }
         if b.part_bytes < 5 << 20 {
             bad(

@@ -3,7 +3,8 @@
 //! `batch.max_open_partitions` the oldest object closes and nothing is lost; with
 //! `ack = "durable"` a `kill -9` and a restart under other settings store every payload
 //! answered 200 once, under the keys the first run chose; `check-config` explains a bad
-//! template.
+//! template; pyarrow (a real query engine, installed by `scripts/test.sh`) reads the objects
+//! as a Hive-partitioned dataset with exact counts per partition value.
 
 mod common;
 
@@ -443,4 +444,78 @@ fn durable_requests_replayed_after_kill_9_keep_the_keys_of_the_template_they_wer
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
     let unknown: Vec<_> = seen.keys().filter(|i| !sent.contains(i)).collect();
     assert!(unknown.is_empty(), "never sent: {unknown:?}");
+}
+
+/// Counts rows per partition value of the fs sink's objects under `root`, read by pyarrow as
+/// a Hive-partitioned JSON dataset (`k` the partition key); also the rows whose nested
+/// `os.name` and list `metrics` came through. Prints JSON.
+const PYARROW_COUNT: &str = r#"
+import collections, json, sys
+import pyarrow as pa, pyarrow.dataset as ds
+root = sys.argv[1]
+schema = pa.schema([("i", pa.int64()), ("event", pa.string()),
+                    ("os", pa.struct([("name", pa.string())])),
+                    ("metrics", pa.list_(pa.int64())), ("k", pa.string())])
+part = ds.partitioning(pa.schema([("k", pa.string())]), flavor="hive")
+table = ds.dataset(root, format="json", partitioning=part, schema=schema).to_table()
+rows = table.to_pylist()
+counts = collections.Counter("<null>" if r["k"] is None else r["k"] for r in rows)
+nested = sum(1 for r in rows if r["os"]["name"] == "os-%d" % (r["i"] % 3)
+             and len(r["metrics"]) == r["i"] % 4)
+same = sum(1 for r in rows if r["k"] == (r["event"] or None))
+print(json.dumps({"counts": counts, "nested": nested, "same": same, "rows": len(rows)}))
+"#;
+
+#[test]
+fn pyarrow_reads_the_objects_as_a_hive_partitioned_dataset_with_exact_counts() {
+    let conf = "[keys]\ntemplate = \"{prefix}/k={payload.event}/dt={yyyy}-{mm}-{dd}/{instance}-{shard}-{start}-{seq}\"\n[batch]\nmax_payloads = 50\nmax_age_ms = 50\n";
+    let (s, files) = fs_server(2, None, conf, &[], &[]);
+    let events = ["click", "view", "a/b", "日本 x", "..", "100%", ""];
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    let mut i = 0u64;
+    for r in 0..200u64 {
+        let data: Vec<String> = (0..10)
+            .map(|k| {
+                let e = events[((r * 3 + k) % events.len() as u64) as usize];
+                let metrics: Vec<String> = (0..i % 4).map(|m| m.to_string()).collect();
+                let p = format!(
+                    r#"{{"i":{i},"event":{},"os":{{"name":"os-{}"}},"metrics":[{}]}}"#,
+                    serde_json::Value::from(e),
+                    i % 3,
+                    metrics.join(",")
+                );
+                let key = if e.is_empty() { "<null>" } else { e };
+                *want.entry(key.to_string()).or_default() += 1;
+                i += 1;
+                p
+            })
+            .collect();
+        let body = format!(r#"{{"data":[{}]}}"#, data.join(","));
+        assert_eq!(post(s.addr, body.as_bytes()).status, 200);
+    }
+    s.wait_drained(Duration::from_secs(30));
+    assert!(s.stop(30).success());
+    let out = Command::new("python3")
+        .args(["-c", PYARROW_COUNT, files.root.to_str().unwrap()])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "pyarrow (scripts/test.sh installs it) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counts: BTreeMap<String, u64> = got["counts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        counts, want,
+        "rows per partition value, as pyarrow reads them"
+    );
+    assert_eq!(got["rows"], i);
+    assert_eq!(got["nested"], i, "nested fields and list lengths intact");
+    assert_eq!(got["same"], i, "each row's partition value is its event");
 }

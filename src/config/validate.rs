@@ -213,8 +213,23 @@ impl Config {
 
     /// The key prefix, instance name and template.
     fn validate_keys(&self, bad: &mut impl FnMut(&str, String)) {
-        if let Err(e) = crate::keys::Template::parse(&self.keys.template) {
-            bad("keys.template", format!("{:?}: {e}", self.keys.template));
+        match crate::keys::Template::parse(&self.keys.template) {
+            Err(e) => bad("keys.template", format!("{:?}: {e}", self.keys.template)),
+            Ok(t) => {
+                // The host name (the default instance) is at most 64 bytes.
+                let instance = self.keys.instance.as_deref().map_or(64, str::len);
+                let longest = t.max_key_len(self.keys.prefix.len(), instance);
+                if longest > crate::keys::template::MAX_KEY {
+                    bad(
+                        "keys.template",
+                        format!(
+                            "{:?}: keys could be {longest} bytes long (each value up to 128 bytes, with keys.prefix and the instance name); S3 refuses keys over {} bytes",
+                            self.keys.template,
+                            crate::keys::template::MAX_KEY
+                        ),
+                    );
+                }
+            }
         }
         if self.keys.prefix.starts_with('/') || self.keys.prefix.contains("..") {
             bad(

@@ -7,12 +7,15 @@
 //! `.ndjson.gz`, ...) follows it.
 #![forbid(unsafe_code)]
 
-use super::value::{lookup, push_safe, DEFAULT_PARTITION};
+use super::value::{lookup, push_safe, DEFAULT_PARTITION, MAX_VALUE};
 use std::fmt::Write;
 
 /// The default template: the layout keys had before templates existed.
 pub const DEFAULT_TEMPLATE: &str =
     "{prefix}/{tenant}/{yyyy}/{mm}/{dd}/{hh}/{instance}-{shard}-{start}-{seq}";
+
+/// The longest key S3 takes, in bytes.
+pub const MAX_KEY: usize = 1024;
 
 /// Every variable, for error messages.
 const KNOWN: &str = "{prefix}, {tenant}, {yyyy}, {mm}, {dd}, {hh}, {mi}, {instance}, {shard}, {start}, {seq}, {payload.FIELD}, {header.NAME}";
@@ -195,6 +198,35 @@ impl Template {
     /// payloads of a request share their request's partition.
     pub fn per_payload(&self) -> bool {
         self.per_payload
+    }
+
+    /// The longest key this template can make, in bytes, with a prefix of `prefix_len` bytes
+    /// and an instance name of `instance_len` (each value at most [`MAX_VALUE`], the longest
+    /// tenant, sequence numbers and extension): S3 refuses keys over [`MAX_KEY`] for good.
+    pub fn max_key_len(&self, prefix_len: usize, instance_len: usize) -> usize {
+        let var = |v: &Var, in_name: bool| match v {
+            Var::Prefix => prefix_len,
+            Var::Tenant => crate::auth::MAX_TENANT.max(DEFAULT_PARTITION.len()),
+            Var::Year => 4,
+            Var::Month | Var::Day | Var::Hour | Var::Minute => 2,
+            Var::Instance if in_name => instance_len,
+            Var::Payload(_) | Var::Header(_) | Var::Instance => MAX_VALUE,
+            Var::Shard => 20,
+            // `s{segment}`, and `{offset}-{index}`.
+            Var::Start => 21,
+            Var::Seq => 41,
+        };
+        let seg = |seg: &Segment, in_name: bool| -> usize {
+            seg.iter()
+                .map(|p| match p {
+                    Piece::Text(t) => t.len(),
+                    Piece::Var(v) => var(v, in_name),
+                })
+                .sum()
+        };
+        // Per directory: its `/` and a leading dot written `%2E`; then `.ndjson.zst`.
+        let dirs: usize = self.dirs.iter().map(|d| seg(d, false) + 3).sum();
+        dirs + seg(&self.name, true) + ".ndjson.zst".len()
     }
 
     /// The partition of `payload` (the key up to the object's name, without a trailing

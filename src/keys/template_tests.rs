@@ -177,3 +177,29 @@ fn bad_templates_are_refused_saying_why() {
     Template::parse(HIVE).unwrap();
     Template::parse(&format!("{{payload.os.name}}/{{header.X-Real-IP}}/{name}")).unwrap();
 }
+
+#[test]
+fn the_longest_key_is_known_before_any_is_made() {
+    let name = "{instance}-{shard}-{start}-{seq}";
+    let t = Template::default();
+    // events/ + tenant/ + 2026/11/28/23/ + name + .ndjson.zst, at most.
+    assert!(t.max_key_len(6, 6) < 300, "{}", t.max_key_len(6, 6));
+    let many: Vec<String> = (0..8).map(|i| format!("{{payload.f{i}}}")).collect();
+    let t = Template::parse(&format!("{}/{name}", many.join("/"))).unwrap();
+    assert!(t.max_key_len(0, 8) > 1024);
+    // The longest key it can make: values cut to 128 bytes, each starting with a dot (written
+    // `%2E`), the largest numbers, the longest extension.
+    let ks = KeySpace::with_template(Arc::new(t.clone()), "", "hostname", usize::MAX, 0);
+    let fields: Vec<String> = (0..8)
+        .map(|i| format!("\"f{i}\":\".{}\"", "a".repeat(300)))
+        .collect();
+    let payload = format!("{{{}}}", fields.join(","));
+    let p = ks.partition(&ks.fields(None, T, &[]), payload.as_bytes());
+    let spooled = ObjectName::Spooled {
+        segment: u64::MAX,
+        offset: u64::MAX,
+        index: usize::MAX,
+    };
+    let key = ks.object_key(&p, spooled, "ndjson.zst");
+    assert_eq!(key.len(), t.max_key_len(0, 8), "{key}");
+}

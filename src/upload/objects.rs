@@ -5,6 +5,7 @@
 
 use super::delivery::{Ctx, Outcome};
 use super::{ObjectBuilder, Sink};
+use crate::config::BatchConfig;
 use crate::keys::{KeySpace, ObjectName, Template};
 use crate::metrics::inc;
 use crate::queue::{Delivery, Job, Naming, Spooled};
@@ -130,80 +131,108 @@ pub(super) async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Ope
     let keys = recorded.as_deref().unwrap_or(&ctx.keys);
     let fields = keys.fields(job.tenant.as_deref(), job.received_secs, &job.headers);
     // Without `{payload.FIELD}` every payload of the request is in the same partition.
-    let shared = (!keys.template().per_payload()).then(|| keys.partition(&fields, b""));
+    let shared = (!keys.template().per_payload()).then(|| Slot {
+        tenant: job.tenant.clone(),
+        partition: keys.partition(&fields, b""),
+    });
     for (i, &(start, end)) in job.spans.iter().enumerate() {
         let payload = &job.body[start as usize..end as usize];
-        let slot = Slot {
-            tenant: job.tenant.clone(),
-            partition: match &shared {
-                Some(p) => p.clone(),
-                None => keys.partition(&fields, payload),
-            },
+        let own;
+        let slot = match &shared {
+            Some(s) => s,
+            None => {
+                own = Slot {
+                    tenant: job.tenant.clone(),
+                    partition: keys.partition(&fields, payload),
+                };
+                &own
+            }
         };
-        if let Some(o) = opens.map.get(&slot) {
-            if o.builder.payloads() > 0
-                && o.builder.raw_bytes() + o.builder.cost(payload) > batch.max_bytes
-            {
-                if let Some(o) = opens.map.remove(&slot) {
+        // The common case, one lookup: the partition's object is open and has room.
+        if let Some(o) = opens.map.get_mut(slot).filter(|o| o.fits(payload, batch)) {
+            if push(ctx, o, payload, &req) && o.full(batch) {
+                if let Some(o) = opens.map.remove(slot) {
                     close(ctx, permits, o).await;
                 }
             }
-        }
-        if !opens.map.contains_key(&slot) {
-            while opens.map.len() >= batch.max_open_partitions.max(1) {
-                opens.close_oldest(ctx, permits).await;
-            }
-            match ObjectBuilder::new(batch) {
-                Ok(builder) => {
-                    let name = match &req.spooled {
-                        Some(sp) => ObjectName::Spooled {
-                            segment: sp.id.segment,
-                            offset: sp.id.offset,
-                            index: i,
-                        },
-                        None => ctx.keys.seq_name(job.first_seq + i as u64),
-                    };
-                    opens.opened += 1;
-                    let open = Open {
-                        builder,
-                        name,
-                        keys: recorded.clone(),
-                        partition: slot.partition.clone(),
-                        opened: Instant::now(),
-                        order: opens.opened,
-                        members: Vec::new(),
-                    };
-                    opens.map.insert(slot.clone(), open);
-                }
-                Err(e) => {
-                    // Only the compressor's set-up can fail here (memory); say so loudly.
-                    tracing::error!(shard = ctx.shard, error = %e, "cannot start an object; payload LOST");
-                    inc(&ctx.stats.payloads_failed, 1);
-                    req.outcome.set(Delivery::Refused);
-                    continue;
-                }
-            }
-        }
-        let Some(o) = opens.map.get_mut(&slot) else {
             continue;
+        }
+        // Its object has no room for the payload (or there is none): a new one.
+        if let Some(o) = opens.map.remove(slot) {
+            close(ctx, permits, o).await;
+        }
+        let builder = match ObjectBuilder::new(batch) {
+            Ok(b) => b,
+            Err(e) => {
+                // Only the compressor's set-up can fail here (memory); say so loudly.
+                tracing::error!(shard = ctx.shard, error = %e, "cannot start an object; payload LOST");
+                inc(&ctx.stats.payloads_failed, 1);
+                req.outcome.set(Delivery::Refused);
+                continue;
+            }
         };
-        if let Err(e) = o.builder.push(payload) {
-            tracing::error!(shard = ctx.shard, error = %e, "cannot add to an object; payload LOST");
-            inc(&ctx.stats.payloads_failed, 1);
-            req.outcome.set(Delivery::Refused);
+        let name = match &req.spooled {
+            Some(sp) => ObjectName::Spooled {
+                segment: sp.id.segment,
+                offset: sp.id.offset,
+                index: i,
+            },
+            None => ctx.keys.seq_name(job.first_seq + i as u64),
+        };
+        opens.opened += 1;
+        let mut o = Open {
+            builder,
+            name,
+            keys: recorded.clone(),
+            partition: slot.partition.clone(),
+            opened: Instant::now(),
+            order: opens.opened,
+            members: Vec::new(),
+        };
+        if !push(ctx, &mut o, payload, &req) {
             continue;
         }
-        if !o.members.last().is_some_and(|m| Rc::ptr_eq(m, &req)) {
-            req.pending.set(req.pending.get() + 1);
-            o.members.push(req.clone());
+        if o.full(batch) {
+            // Full at once (one payload per object): never kept open, so never counted
+            // against the bound.
+            close(ctx, permits, o).await;
+            continue;
         }
-        if o.builder.payloads() >= batch.max_payloads || o.builder.raw_bytes() >= batch.max_bytes {
-            if let Some(o) = opens.map.remove(&slot) {
-                close(ctx, permits, o).await;
-            }
+        while opens.map.len() >= batch.max_open_partitions.max(1) {
+            opens.close_oldest(ctx, permits).await;
         }
+        opens.map.insert(slot.clone(), o);
     }
     ctx.finish(&req, None);
+}
+
+impl Open {
+    /// Whether `payload` fits (an empty object takes any payload, however large).
+    fn fits(&self, payload: &[u8], batch: &BatchConfig) -> bool {
+        self.builder.payloads() == 0
+            || self.builder.raw_bytes() + self.builder.cost(payload) <= batch.max_bytes
+    }
+
+    /// Whether it is full by count or bytes.
+    fn full(&self, batch: &BatchConfig) -> bool {
+        self.builder.payloads() >= batch.max_payloads || self.builder.raw_bytes() >= batch.max_bytes
+    }
+}
+
+/// Adds one of `req`'s payloads to an object; `false` (logged, counted, the request marked)
+/// if it could not be added.
+fn push(ctx: &Ctx, o: &mut Open, payload: &[u8], req: &Rc<Request>) -> bool {
+    if let Err(e) = o.builder.push(payload) {
+        tracing::error!(shard = ctx.shard, error = %e, "cannot add to an object; payload LOST");
+        inc(&ctx.stats.payloads_failed, 1);
+        req.outcome.set(Delivery::Refused);
+        return false;
+    }
+    if !o.members.last().is_some_and(|m| Rc::ptr_eq(m, req)) {
+        req.pending.set(req.pending.get() + 1);
+        o.members.push(req.clone());
+    }
+    true
 }
 
 /// The key space a spool segment recorded (its prefix, instance, shard and template).

@@ -233,6 +233,7 @@ impl Template {
     /// `/`; empty if the template is only a name).
     pub fn partition(&self, req: &RequestFields<'_>, payload: &[u8]) -> String {
         let mut out = String::with_capacity(96);
+        let time = super::civil_minute(req.received_secs);
         for seg in &self.dirs {
             let before = out.len();
             if before > 0 {
@@ -247,7 +248,7 @@ impl Template {
             for piece in seg {
                 match piece {
                     Piece::Text(t) => out.push_str(t),
-                    Piece::Var(v) => render(&mut out, v, req, payload, optional),
+                    Piece::Var(v) => render(&mut out, v, req, time, payload, optional),
                 }
             }
             if out.len() == start {
@@ -309,9 +310,16 @@ impl Default for Template {
     }
 }
 
-/// One variable's value.
-fn render(out: &mut String, v: &Var, req: &RequestFields<'_>, payload: &[u8], optional: bool) {
-    let (y, mo, d, h, mi) = super::civil_minute(req.received_secs);
+/// One variable's value; `time` is the request's (year, month, day, hour, minute).
+fn render(
+    out: &mut String,
+    v: &Var,
+    req: &RequestFields<'_>,
+    time: (i64, u32, u32, u32, u32),
+    payload: &[u8],
+    optional: bool,
+) {
+    let (y, mo, d, h, mi) = time;
     // Writing into a String cannot fail.
     let _ = match v {
         Var::Prefix => out.write_str(req.prefix),

@@ -379,6 +379,11 @@ fn variable(name: &str, headers: &mut Vec<String>) -> Result<Var, String> {
                     ));
                 }
                 let h = h.to_ascii_lowercase();
+                if SECRET_HEADERS.contains(&h.as_str()) {
+                    return Err(format!(
+                        "{{{name}}}: the {h} header carries credentials, which must never be written into object keys"
+                    ));
+                }
                 let i = match headers.iter().position(|x| *x == h) {
                     Some(i) => i,
                     None => {
@@ -393,6 +398,14 @@ fn variable(name: &str, headers: &mut Vec<String>) -> Result<Var, String> {
         }
     })
 }
+
+/// Headers that carry credentials (tokens never reach logs, keys or `check-config`).
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-amz-security-token",
+];
 
 /// HTTP `tchar`.
 fn is_token_byte(b: u8) -> bool {

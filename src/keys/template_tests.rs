@@ -174,6 +174,10 @@ fn bad_templates_are_refused_saying_why() {
     assert!(err(&format!("{{payload.a..b}}/{name}")).contains("payload field path"));
     assert!(err(&format!("{{header.a b}}/{name}")).contains("not a header name"));
     assert!(err(&format!("{{header.}}/{name}")).contains("not a header name"));
+    for secret in ["Authorization", "cookie", "Proxy-Authorization"] {
+        let e = err(&format!("{{header.{secret}}}/{name}"));
+        assert!(e.contains("credentials"), "{e}");
+    }
     Template::parse(HIVE).unwrap();
     Template::parse(&format!("{{payload.os.name}}/{{header.X-Real-IP}}/{name}")).unwrap();
 }

@@ -339,8 +339,10 @@ fn durable_requests_replayed_after_kill_9_keep_the_keys_of_the_template_they_wer
     let root = tempfile::tempdir().unwrap();
     let spool_arg = spool.path().to_str().unwrap().to_string();
     // Releases are checkpointed once an hour: after the kill everything taken is replayed,
-    // also what was already stored, which must land on the same keys again.
-    let conf = "[server]\nack = \"durable\"\n[spool]\ncheckpoint_ms = 3600000\n[keys]\ntemplate = \"{prefix}/p={payload.p}/src={header.x-source}/{yyyy}/{instance}-{shard}-{start}-{seq}\"\n[batch]\nmax_payloads = 4\nmax_age_ms = 20\n";
+    // also what was already stored, which must land on the same keys again. Each request's
+    // six payloads fall in three partitions, two open at most: the bound splits a request's
+    // objects, and a replay must split them the same way.
+    let conf = "[server]\nack = \"durable\"\n[spool]\ncheckpoint_ms = 3600000\n[keys]\ntemplate = \"{prefix}/p={payload.p}/src={header.x-source}/{yyyy}/{instance}-{shard}-{start}-{seq}\"\n[batch]\nmax_payloads = 4\nmax_age_ms = 20\nmax_open_partitions = 2\n";
     let (s, _f) = fs_server(
         2,
         Some(root.path()),

@@ -10,7 +10,7 @@ use crate::keys::{KeySpace, ObjectName, Template};
 use crate::metrics::inc;
 use crate::queue::{Delivery, Job, Naming, Spooled};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,13 +57,30 @@ pub(super) struct Open {
 #[derive(Default)]
 pub(super) struct Opens {
     map: HashMap<Slot, Open>,
+    /// The same objects by `order`: the first was opened longest ago (orders and `opened`
+    /// instants grow together), so the oldest and the aged ones are found without a scan.
+    by_age: BTreeMap<u64, Slot>,
     opened: u64,
 }
 
 impl Opens {
     /// When the oldest of the objects being filled was opened.
     pub(super) fn oldest(&self) -> Option<Instant> {
-        self.map.values().map(|o| o.opened).min()
+        let (_, slot) = self.by_age.first_key_value()?;
+        self.map.get(slot).map(|o| o.opened)
+    }
+
+    /// Takes a partition's object out of the set.
+    fn take(&mut self, slot: &Slot) -> Option<Open> {
+        let o = self.map.remove(slot)?;
+        self.by_age.remove(&o.order);
+        Some(o)
+    }
+
+    /// Puts an object in the set.
+    fn put(&mut self, slot: &Slot, o: Open) {
+        self.by_age.insert(o.order, slot.clone());
+        self.map.insert(slot.clone(), o);
     }
 
     /// Closes every object being filled that has been open for `max_age` or longer, oldest
@@ -74,31 +91,36 @@ impl Opens {
         permits: &Arc<Semaphore>,
         max_age: Duration,
     ) {
-        let mut aged: Vec<(u64, Slot)> = self
-            .map
-            .iter()
-            .filter(|(_, o)| o.opened.elapsed() >= max_age)
-            .map(|(s, o)| (o.order, s.clone()))
-            .collect();
-        aged.sort_unstable_by_key(|(order, _)| *order);
-        for (_, slot) in aged {
-            if let Some(o) = self.map.remove(&slot) {
-                close(ctx, permits, o).await;
+        while let Some((_, slot)) = self.by_age.first_key_value() {
+            if self
+                .map
+                .get(slot)
+                .is_some_and(|o| o.opened.elapsed() < max_age)
+            {
+                break;
+            }
+            let slot = slot.clone();
+            match self.take(&slot) {
+                Some(o) => close(ctx, permits, o).await,
+                // Not in the map: cannot happen (both change together); drop the entry.
+                None => {
+                    self.by_age.pop_first();
+                }
             }
         }
     }
 
-    /// Closes the object opened longest ago (to make room for another partition's).
-    async fn close_oldest(&mut self, ctx: &Rc<Ctx>, permits: &Arc<Semaphore>) {
-        let oldest = self
-            .map
-            .iter()
-            .min_by_key(|(_, o)| o.order)
-            .map(|(s, _)| s.clone());
-        if let Some(o) = oldest.and_then(|s| self.map.remove(&s)) {
+    /// Closes the object opened longest ago (to make room for another partition's); `false`
+    /// if there was none.
+    async fn close_oldest(&mut self, ctx: &Rc<Ctx>, permits: &Arc<Semaphore>) -> bool {
+        let Some((_, slot)) = self.by_age.pop_first() else {
+            return false;
+        };
+        if let Some(o) = self.map.remove(&slot) {
             inc(&ctx.stats.partitions_evicted, 1);
             close(ctx, permits, o).await;
         }
+        true
     }
 }
 
@@ -151,14 +173,14 @@ pub(super) async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Ope
         // The common case, one lookup: the partition's object is open and has room.
         if let Some(o) = opens.map.get_mut(slot).filter(|o| o.fits(payload, batch)) {
             if push(ctx, o, payload, &req) && o.full(batch) {
-                if let Some(o) = opens.map.remove(slot) {
+                if let Some(o) = opens.take(slot) {
                     close(ctx, permits, o).await;
                 }
             }
             continue;
         }
         // Its object has no room for the payload (or there is none): a new one.
-        if let Some(o) = opens.map.remove(slot) {
+        if let Some(o) = opens.take(slot) {
             close(ctx, permits, o).await;
         }
         let builder = match ObjectBuilder::new(batch) {
@@ -199,9 +221,11 @@ pub(super) async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Ope
             continue;
         }
         while opens.map.len() >= batch.max_open_partitions.max(1) {
-            opens.close_oldest(ctx, permits).await;
+            if !opens.close_oldest(ctx, permits).await {
+                break;
+            }
         }
-        opens.map.insert(slot.clone(), o);
+        opens.put(slot, o);
     }
     ctx.finish(&req, None);
 }

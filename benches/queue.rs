@@ -41,6 +41,7 @@ fn handoff(c: &mut Criterion) {
                             first_seq: sent,
                             received_secs: 0,
                             tenant: None,
+                            headers: Vec::new(),
                             ack: None,
                             spooled: None,
                         };

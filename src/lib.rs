@@ -7,7 +7,9 @@
 //! - [`ingest`]: request body → validated payload byte ranges (simd-json or serde_json).
 //! - [`intake`]: what a shard does with a request: its token, room in the queue budget,
 //!   parsing, then the ack mode's strategy (queued, uploaded, durable); spool replay.
-//! - [`keys`]: object keys that never collide across shards, restarts or machines.
+//! - [`keys`]: object keys that never collide across shards, restarts or machines, laid out
+//!   by `keys.template` (Hive-style partitions from payload fields, headers, time), values
+//!   made safe for a path.
 //! - [`queue`]: the per-shard queue to the upload worker, bounded by payloads and bytes.
 //! - [`spool`]: the per-shard durable write-ahead spool (group-committed, O_DIRECT) behind
 //!   `ack = "durable"`; records are released once stored.

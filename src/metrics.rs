@@ -76,6 +76,8 @@ pub struct ShardStats {
     pub bytes_out: AtomicU64,
     /// Objects stored in the sink.
     pub objects_uploaded: AtomicU64,
+    /// Objects closed early to keep `batch.max_open_partitions`.
+    pub partitions_evicted: AtomicU64,
     /// Group syncs of the fs sink's file system (`ack = "durable"`).
     pub sink_syncs: AtomicU64,
     /// Write requests sent to the store (single PUTs, and multipart start, parts and
@@ -345,7 +347,7 @@ type SpoolField = fn(&crate::spool::SpoolStats) -> u64;
 /// Renders all shards in Prometheus text format.
 pub fn render(shards: &[ShardView], ready: bool) -> String {
     let mut out = String::with_capacity(8192);
-    let counters: [(&str, &str, Field); 21] = [
+    let counters: [(&str, &str, Field); 22] = [
         (
             "corepost_payloads_accepted_total",
             "Payloads answered 200 for.",
@@ -415,6 +417,11 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             "corepost_objects_uploaded_total",
             "Objects stored in the sink.",
             |s| &s.objects_uploaded,
+        ),
+        (
+            "corepost_partitions_evicted_total",
+            "Objects closed before they were full or aged, to keep batch.max_open_partitions.",
+            |s| &s.partitions_evicted,
         ),
         (
             "corepost_sink_syncs_total",

@@ -22,6 +22,8 @@ pub struct Job {
     /// The tenant of the token it was accepted with: its objects' keys start
     /// `{prefix}/{tenant}/`, and an object holds one tenant's payloads only.
     pub tenant: Option<crate::auth::Tenant>,
+    /// The request headers the key template names, for its objects' keys.
+    pub headers: HeaderValues,
     /// With `ack = "uploaded"`: told what became of the request's payloads once all of them
     /// are stored (or could not be).
     pub ack: Option<tokio::sync::oneshot::Sender<Delivery>>,
@@ -38,6 +40,7 @@ impl Job {
         spans: Vec<Span>,
         received_secs: u64,
         tenant: Option<crate::auth::Tenant>,
+        headers: HeaderValues,
         spooled: Spooled,
     ) -> Job {
         Job {
@@ -46,6 +49,7 @@ impl Job {
             first_seq: 0,
             received_secs,
             tenant,
+            headers,
             ack: None,
             spooled: Some(spooled),
         }
@@ -82,7 +86,20 @@ pub struct Naming {
     /// index is used then.
     #[serde(default)]
     pub shard: Option<usize>,
+    /// `keys.template`. Absent in segments written before templates existed: their keys
+    /// followed the default template.
+    #[serde(default = "default_template")]
+    pub template: String,
 }
+
+fn default_template() -> String {
+    crate::keys::DEFAULT_TEMPLATE.into()
+}
+
+/// The values of the request headers the key template names (`{header.NAME}`), in the
+/// template's order; `None` for a header the request did not have. Empty (no allocation)
+/// when the template names none.
+pub type HeaderValues = Vec<Option<Box<[u8]>>>;
 
 /// What became of a request's payloads, reported back to the shard that accepted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

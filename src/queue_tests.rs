@@ -9,6 +9,7 @@ fn job(n: usize, bytes: usize) -> Job {
         first_seq: 0,
         received_secs: 0,
         tenant: None,
+        headers: Vec::new(),
         ack: None,
         spooled: None,
     }

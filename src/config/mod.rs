@@ -447,6 +447,12 @@ pub struct BatchConfig {
     pub multipart_threshold_bytes: usize,
     /// Part size for multipart upload (S3 requires at least 5 MiB for all parts but the last).
     pub part_bytes: usize,
+    /// Objects being filled at once per shard, one per partition (`keys.template`) and
+    /// tenant. A payload of a partition with no open object while this many are open first
+    /// closes (uploads) the one opened longest ago: nothing waits and nothing is lost, but
+    /// payloads of many-valued partitions land in smaller objects. Each open object holds
+    /// its payloads' requests in the queue budget, and its compressor's state.
+    pub max_open_partitions: usize,
 }
 
 impl Default for BatchConfig {
@@ -459,6 +465,7 @@ impl Default for BatchConfig {
             level: None,
             multipart_threshold_bytes: 64 << 20,
             part_bytes: 8 << 20,
+            max_open_partitions: 500,
         }
     }
 }
@@ -531,6 +538,17 @@ pub struct KeysConfig {
     /// Name of this process in keys, so instances behind one load balancer never collide.
     /// Default: the host name.
     pub instance: Option<String>,
+    /// Layout of object keys: path segments separated by `/`, with variables `{prefix}`,
+    /// `{tenant}`, `{yyyy}` `{mm}` `{dd}` `{hh}` `{mi}` (UTC, when the request arrived),
+    /// `{instance}`, `{shard}`, `{start}`, `{seq}`, `{payload.FIELD}` (a field of each
+    /// payload; `os.name` for a nested one) and `{header.NAME}` (a request header). Values
+    /// are percent-encoded outside `[A-Za-z0-9._-]` and at most 128 bytes; a missing one is
+    /// `__HIVE_DEFAULT_PARTITION__`. The last segment names the object and must hold
+    /// `{instance}`, `{shard}`, `{start}` and `{seq}`; the segments before it are the
+    /// object's partition (objects are batched per partition, see
+    /// `batch.max_open_partitions`). The extension follows. The default is the layout keys
+    /// always had. See "Key templates" in docs/operations.md.
+    pub template: String,
 }
 
 impl Default for KeysConfig {
@@ -538,6 +556,7 @@ impl Default for KeysConfig {
         Self {
             prefix: "corepost".into(),
             instance: None,
+            template: crate::keys::DEFAULT_TEMPLATE.into(),
         }
     }
 }

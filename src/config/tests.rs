@@ -210,3 +210,20 @@ fn secrets_are_redacted() {
     assert!(!out.contains("hunter2"));
     assert!(out.contains("<redacted>"));
 }
+
+#[test]
+fn a_key_template_that_can_make_keys_longer_than_s3_takes_is_refused() {
+    let mut c = Config::default();
+    c.keys.template = "{prefix}/e={payload.event}/{instance}-{shard}-{start}-{seq}".into();
+    assert_eq!(c.validate(), Ok(()));
+    let many: Vec<String> = (0..8).map(|i| format!("{{header.h{i}}}")).collect();
+    c.keys.template = format!(
+        "{}/{{instance}}-{{shard}}-{{start}}-{{seq}}",
+        many.join("/")
+    );
+    let text = c.validate().unwrap_err().to_string();
+    assert!(
+        text.starts_with("keys.template: ") && text.contains("S3 refuses keys over 1024 bytes"),
+        "{text}"
+    );
+}

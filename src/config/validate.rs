@@ -211,8 +211,26 @@ impl Config {
         }
     }
 
-    /// The key prefix and instance name.
+    /// The key prefix, instance name and template.
     fn validate_keys(&self, bad: &mut impl FnMut(&str, String)) {
+        match crate::keys::Template::parse(&self.keys.template) {
+            Err(e) => bad("keys.template", format!("{:?}: {e}", self.keys.template)),
+            Ok(t) => {
+                // The host name (the default instance) is at most 64 bytes.
+                let instance = self.keys.instance.as_deref().map_or(64, str::len);
+                let longest = t.max_key_len(self.keys.prefix.len(), instance);
+                if longest > crate::keys::template::MAX_KEY {
+                    bad(
+                        "keys.template",
+                        format!(
+                            "{:?}: keys could be {longest} bytes long (each value up to 128 bytes, with keys.prefix and the instance name); S3 refuses keys over {} bytes",
+                            self.keys.template,
+                            crate::keys::template::MAX_KEY
+                        ),
+                    );
+                }
+            }
+        }
         if self.keys.prefix.starts_with('/') || self.keys.prefix.contains("..") {
             bad(
                 "keys.prefix",
@@ -403,6 +421,9 @@ impl Config {
             } else if !(lo..=hi).contains(&level) {
                 bad("batch.level", format!("must be between {lo} and {hi}"));
             }
+        }
+        if b.max_open_partitions == 0 {
+            bad("batch.max_open_partitions", "must be at least 1".into());
         }
         if b.part_bytes < 5 << 20 {
             bad(

@@ -395,5 +395,16 @@ async fn take(
         timeout_ms: cfg.body_read_timeout_ms,
     };
     let body = body::read(body_in, coding, limits, &mut admitted.room).await?;
-    Ok(front.intake.accept(admitted, body).await?.payloads)
+    // Only the headers the key template names, usually none (no allocation then).
+    let wanted = front
+        .intake
+        .header_names()
+        .iter()
+        .map(|name| {
+            headers
+                .get(name.as_str())
+                .map(|v| Box::<[u8]>::from(v.as_bytes()))
+        })
+        .collect();
+    Ok(front.intake.accept(admitted, body, wanted).await?.payloads)
 }

@@ -19,7 +19,9 @@ use crate::auth::{Denied, ShardTokens, Tenant};
 use crate::config::{Ack, Config};
 use crate::ingest::{BodyParser, ParseError, Span};
 use crate::metrics::{inc, ShardStats};
-use crate::queue::{Budget, Delivery, Job, JobSender, NoRoom, Reservation, Share, Spooled};
+use crate::queue::{
+    Budget, Delivery, HeaderValues, Job, JobSender, NoRoom, Reservation, Share, Spooled,
+};
 use crate::shutdown::Shutdown;
 use crate::spool::{Releaser, Spool, SpoolError};
 use bytes::Bytes;
@@ -136,6 +138,9 @@ pub struct Intake {
     unverified: Option<Arc<Share>>,
     shutdown: Rc<Shutdown>,
     mode: Mode,
+    /// The request headers the key template names (`{header.NAME}`, lower-cased): only
+    /// their values travel with a request, not its whole head.
+    header_names: Vec<String>,
 }
 
 /// What a shard's intake is built from.
@@ -176,7 +181,12 @@ impl Intake {
             let floor = p.config.server.max_body_bytes.min(p.config.queue.max_bytes);
             Arc::new(Share::new(max.max(floor)))
         });
+        // Validation refused a template that does not parse.
+        let header_names = crate::keys::Template::parse(&p.config.keys.template)
+            .map(|t| t.headers().to_vec())
+            .unwrap_or_default();
         Self {
+            header_names,
             shard: p.shard,
             unverified,
             parser: RefCell::new(BodyParser::new(p.config.server.parser)),
@@ -241,12 +251,19 @@ impl Intake {
         Ok(Admitted { room, pass })
     }
 
-    /// Step 3, with the whole body (read into `admitted.room`): validates it, then takes it
-    /// as the ack mode says.
+    /// The request headers whose values [`accept`](Self::accept) wants, in its order: those
+    /// the key template names, lower-cased (usually none).
+    pub fn header_names(&self) -> &[String] {
+        &self.header_names
+    }
+
+    /// Step 3, with the whole body (read into `admitted.room`) and the values of
+    /// [`header_names`](Self::header_names): validates it, then takes it as the ack mode says.
     pub async fn accept(
         self: &Rc<Self>,
         admitted: Admitted,
         body: Bytes,
+        headers: HeaderValues,
     ) -> Result<Accepted, Refusal> {
         let Admitted {
             mut room,
@@ -284,6 +301,7 @@ impl Intake {
             body,
             spans,
             tenant,
+            headers,
             room,
             token_at,
         };
@@ -350,6 +368,7 @@ impl Intake {
             first_seq,
             received_secs: crate::keys::unix_secs(),
             tenant: req.tenant,
+            headers: req.headers,
             ack,
             spooled: None,
         };
@@ -388,8 +407,12 @@ impl Intake {
         // One buffer for both: the spool writes the record, the worker reads the body part of
         // it (the spans are relative to the body). The tenant is recorded, so a replay stores
         // the payloads under it whatever the tokens file says by then.
-        let mut record =
-            crate::spool::request_record(received_secs, req.tenant.as_deref(), &req.body);
+        let mut record = crate::spool::request_record_with(
+            received_secs,
+            req.tenant.as_deref(),
+            &req.headers,
+            &req.body,
+        );
         let header = record.len() - req.body.len();
         // A bearer token is not kept at rest: the spooled copy (and a dead letter written
         // from it) has `*` in its place, the same length, so the spans stay valid.
@@ -415,7 +438,14 @@ impl Intake {
             releaser: releaser.clone(),
             naming: None,
         };
-        let job = Job::spooled(body, req.spans, received_secs, req.tenant, spooled);
+        let job = Job::spooled(
+            body,
+            req.spans,
+            received_secs,
+            req.tenant,
+            req.headers,
+            spooled,
+        );
         // If the worker is gone (shutdown) the request stays in the spool for the next start:
         // it is durable, so the answer is still 200.
         let _ = self.send(job, req.room);
@@ -457,6 +487,7 @@ struct Taken {
     body: Bytes,
     spans: Vec<Span>,
     tenant: Option<Tenant>,
+    headers: HeaderValues,
     room: Reservation,
     /// Where the body's `token` string lies (between its quotes), when it is to be blanked.
     token_at: Option<Range<usize>>,

@@ -101,10 +101,11 @@ impl Intake {
         let Some(data) = self.read(spool, rec).await else {
             return Ok(());
         };
-        let Some((secs, tenant, header)) = crate::spool::split_record(&data).map(|r| {
+        let Some((secs, tenant, headers, header)) = crate::spool::split_record(&data).map(|r| {
             (
                 r.received_secs,
                 r.tenant.map(crate::auth::Tenant::from),
+                r.header_values(),
                 r.header_len,
             )
         }) else {
@@ -137,7 +138,7 @@ impl Intake {
             releaser: releaser.clone(),
             naming,
         };
-        let job = Job::spooled(body, spans, secs, tenant, spooled);
+        let job = Job::spooled(body, spans, secs, tenant, headers, spooled);
         self.send(job, room).map_err(|_| Stop)?;
         inc(&self.stats.payloads_replayed, n as u64);
         Ok(())

@@ -172,6 +172,11 @@ fn start_workers(
     instance: &str,
 ) -> anyhow::Result<Workers> {
     let start_micros = unix_micros();
+    // Parsed once; validation has refused a template that does not parse.
+    let template = Arc::new(
+        crate::keys::Template::parse(&config.keys.template)
+            .map_err(|e| anyhow::anyhow!("keys.template: {e}"))?,
+    );
     let stored_anywhere: Arc<std::sync::atomic::AtomicU64> = Arc::default();
     let mut w = Workers {
         views: Vec::new(),
@@ -188,7 +193,13 @@ fn start_workers(
             config.queue.max_bytes,
         ));
         let (tx, rx) = channel(budget.clone());
-        let keys = KeySpace::new(&config.keys.prefix, instance, p.shard, start_micros);
+        let keys = KeySpace::with_template(
+            template.clone(),
+            &config.keys.prefix,
+            instance,
+            p.shard,
+            start_micros,
+        );
         let setup = WorkerSetup {
             shard: p.shard,
             cpu: p.worker_cpu,

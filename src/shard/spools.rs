@@ -76,6 +76,7 @@ pub(super) async fn open(
         instance: instance.to_string(),
         batch: cfg.batch.clone(),
         shard: Some(index),
+        template: cfg.keys.template.clone(),
     };
     let opts = SpoolOptions {
         dir: dir.to_path_buf(),

@@ -1,5 +1,5 @@
 //! The request record: what `ack = "durable"` spools per request (received time, optional
-//! tenant, body), and its parse.
+//! tenant, the header values the key template names, body), and its parse.
 
 /// Builds the record of one request: its arrival time (Unix seconds, for its keys' date
 /// path, so a replay names its objects as the first run did), its tenant if it has one (so a
@@ -10,16 +10,51 @@
 /// before tenants existed have the bit clear (no arrival time reaches 2^63) and read as
 /// records without a tenant.
 pub fn request_record(received_secs: u64, tenant: Option<&str>, body: &[u8]) -> Vec<u8> {
+    request_record_with(received_secs, tenant, &[], body)
+}
+
+/// As [`request_record`], with the values of the request headers the key template names
+/// (`{header.NAME}`), so a replay puts its payloads in the same partitions.
+///
+/// When there are any, [`HEADERS_FLAG`] is set in the arrival-time word and, after the
+/// tenant, a one-byte count follows, then per value a little-endian `u32` length
+/// ([`ABSENT`] for a header the request did not have) and its bytes. At most 255 values
+/// (a template names far fewer).
+pub fn request_record_with(
+    received_secs: u64,
+    tenant: Option<&str>,
+    headers: &[Option<Box<[u8]>>],
+    body: &[u8],
+) -> Vec<u8> {
     let tenant = tenant.filter(|t| !t.is_empty() && t.len() <= usize::from(u8::MAX));
-    let extra = tenant.map_or(0, |t| 1 + t.len());
+    let headers = &headers[..headers.len().min(usize::from(u8::MAX))];
+    let mut word = received_secs;
+    let mut extra = 0;
+    if let Some(t) = tenant {
+        word |= TENANT_FLAG;
+        extra += 1 + t.len();
+    }
+    if !headers.is_empty() {
+        word |= HEADERS_FLAG;
+        extra += 1 + headers
+            .iter()
+            .map(|v| 4 + v.as_ref().map_or(0, |v| v.len()))
+            .sum::<usize>();
+    }
     let mut rec = Vec::with_capacity(RECORD_HEADER + extra + body.len());
-    match tenant {
-        Some(t) => {
-            rec.extend_from_slice(&(received_secs | TENANT_FLAG).to_le_bytes());
-            rec.push(t.len() as u8);
-            rec.extend_from_slice(t.as_bytes());
+    rec.extend_from_slice(&word.to_le_bytes());
+    if let Some(t) = tenant {
+        rec.push(t.len() as u8);
+        rec.extend_from_slice(t.as_bytes());
+    }
+    if !headers.is_empty() {
+        rec.push(headers.len() as u8);
+        for v in headers {
+            // A header value is bounded by `server.max_header_bytes`, far below 4 GiB.
+            let len = v.as_ref().map_or(ABSENT, |v| v.len() as u32);
+            rec.extend_from_slice(&len.to_le_bytes());
+            rec.extend_from_slice(v.as_deref().unwrap_or_default());
         }
-        None => rec.extend_from_slice(&received_secs.to_le_bytes()),
     }
     rec.extend_from_slice(body);
     rec
@@ -32,6 +67,13 @@ pub const RECORD_HEADER: usize = 8;
 /// Set in a record's arrival-time word when a tenant follows it.
 pub const TENANT_FLAG: u64 = 1 << 63;
 
+/// Set in a record's arrival-time word when header values follow (after the tenant, if
+/// any). Records written before it existed have it clear (no arrival time reaches 2^62).
+pub const HEADERS_FLAG: u64 = 1 << 62;
+
+/// The length written for a header the request did not have.
+pub const ABSENT: u32 = u32::MAX;
+
 /// A record made by [`request_record`], split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestRecord<'a> {
@@ -39,6 +81,8 @@ pub struct RequestRecord<'a> {
     pub received_secs: u64,
     /// The tenant the request was accepted for.
     pub tenant: Option<&'a str>,
+    /// The recorded header values, encoded (see [`request_record_with`]); empty if none.
+    pub headers: &'a [u8],
     /// Bytes before the body.
     pub header_len: usize,
     /// The request body.
@@ -48,25 +92,95 @@ pub struct RequestRecord<'a> {
 /// Splits a record made by [`request_record`]; `None` if it is too short for its header or
 /// its tenant is not a valid tenant name.
 pub fn split_record(rec: &[u8]) -> Option<RequestRecord<'_>> {
-    let (word, rest) = rec.split_at_checked(RECORD_HEADER)?;
+    let (word, mut rest) = rec.split_at_checked(RECORD_HEADER)?;
     let word = u64::from_le_bytes(word.try_into().ok()?);
-    if word & TENANT_FLAG == 0 {
-        return Some(RequestRecord {
-            received_secs: word,
-            tenant: None,
-            header_len: RECORD_HEADER,
-            body: rest,
-        });
+    let mut tenant = None;
+    if word & TENANT_FLAG != 0 {
+        let (&len, after) = rest.split_first()?;
+        let (t, after) = after.split_at_checked(usize::from(len))?;
+        let t = std::str::from_utf8(t)
+            .ok()
+            .filter(|t| crate::auth::valid_tenant(t))?;
+        tenant = Some(t);
+        rest = after;
     }
-    let (&len, rest) = rest.split_first()?;
-    let (tenant, body) = rest.split_at_checked(usize::from(len))?;
-    let tenant = std::str::from_utf8(tenant)
-        .ok()
-        .filter(|t| crate::auth::valid_tenant(t))?;
+    let mut headers: &[u8] = &[];
+    if word & HEADERS_FLAG != 0 {
+        let start = rest;
+        let (&count, mut after) = rest.split_first()?;
+        for _ in 0..count {
+            let (len, more) = after.split_at_checked(4)?;
+            let len = u32::from_le_bytes(len.try_into().ok()?);
+            let n = if len == ABSENT { 0 } else { len as usize };
+            after = more.get(n..)?;
+        }
+        headers = &start[..start.len() - after.len()];
+        rest = after;
+    }
     Some(RequestRecord {
-        received_secs: word & !TENANT_FLAG,
-        tenant: Some(tenant),
-        header_len: RECORD_HEADER + 1 + usize::from(len),
-        body,
+        received_secs: word & !(TENANT_FLAG | HEADERS_FLAG),
+        tenant,
+        headers,
+        header_len: rec.len() - rest.len(),
+        body: rest,
     })
+}
+
+impl RequestRecord<'_> {
+    /// The recorded header values, in the order the record's key template names them.
+    pub fn header_values(&self) -> crate::queue::HeaderValues {
+        let Some((&count, mut rest)) = self.headers.split_first() else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let Some((len, more)) = rest.split_at_checked(4) else {
+                break;
+            };
+            let len = len.try_into().map_or(ABSENT, u32::from_le_bytes);
+            if len == ABSENT {
+                out.push(None);
+                rest = more;
+                continue;
+            }
+            let Some((v, more)) = more.split_at_checked(len as usize) else {
+                break;
+            };
+            out.push(Some(v.into()));
+            rest = more;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_recorded_with_the_tenant_and_read_back() {
+        let headers: crate::queue::HeaderValues = vec![
+            Some(b"app/v1".to_vec().into()),
+            None,
+            Some(Vec::new().into()),
+        ];
+        for tenant in [None, Some("acme")] {
+            let rec = request_record_with(1_795_910_399, tenant, &headers, b"{\"data\":[1]}");
+            let r = split_record(&rec).unwrap();
+            assert_eq!(r.received_secs, 1_795_910_399);
+            assert_eq!(r.tenant, tenant);
+            assert_eq!(r.body, b"{\"data\":[1]}");
+            assert_eq!(r.header_values(), headers);
+            // Cut anywhere before the body: unreadable, never a panic.
+            for end in 0..r.header_len {
+                if let Some(cut) = split_record(&rec[..end]) {
+                    assert!(cut.header_values().len() < headers.len() || cut.body.is_empty());
+                }
+            }
+        }
+        // Without header values the record is as before.
+        let plain = request_record_with(5, Some("acme"), &[], b"x");
+        assert_eq!(plain, request_record(5, Some("acme"), b"x"));
+        assert!(split_record(&plain).unwrap().header_values().is_empty());
+    }
 }

@@ -26,7 +26,7 @@ use crate::keys::KeySpace;
 use crate::metrics::ShardStats;
 use crate::queue::{Budget, Job};
 use delivery::Ctx;
-use objects::{add, close, close_aged, oldest, Open};
+use objects::{add, Opens};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -183,16 +183,16 @@ async fn watch_deadline(ctx: Rc<Ctx>, drain: flume::Receiver<Instant>) {
 async fn drain_queue(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, rx: &flume::Receiver<Job>) {
     let window = Duration::from_micros(ctx.config.upload.queue_poll_us);
     let max_age = Duration::from_millis(ctx.config.batch.max_age_ms);
-    // The objects being filled: one per tenant that has payloads waiting (a batch holds one
-    // tenant's payloads only), a single one without `[auth]` tenants.
-    let mut opens: Vec<Open> = Vec::new();
+    // The objects being filled: one per tenant and partition that has payloads waiting (an
+    // object holds one tenant's payloads of one partition only).
+    let mut opens = Opens::default();
     loop {
-        let first = match oldest(&opens).map(|t| t + max_age) {
+        let first = match opens.oldest().map(|t| t + max_age) {
             None => rx.recv_async().await,
             Some(due) => tokio::select! {
                 job = rx.recv_async() => job,
                 _ = tokio::time::sleep_until(due.into()) => {
-                    close_aged(ctx, permits, &mut opens, max_age).await;
+                    opens.close_aged(ctx, permits, max_age).await;
                     continue;
                 }
             },
@@ -205,31 +205,26 @@ async fn drain_queue(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, rx: &flume::Receiv
         }
         if !window.is_zero() {
             let mut until = Instant::now() + window;
-            if let Some(first) = oldest(&opens) {
+            if let Some(first) = opens.oldest() {
                 until = until.min(first + max_age);
             }
             tokio::time::sleep_until(until.into()).await;
-            close_aged(ctx, permits, &mut opens, max_age).await;
+            opens.close_aged(ctx, permits, max_age).await;
         }
     }
-    close_aged(ctx, permits, &mut opens, Duration::ZERO).await;
+    opens.close_aged(ctx, permits, Duration::ZERO).await;
 }
 
 /// Adds one job's payloads to the objects being filled.
-async fn take(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Vec<Open>, job: Job) {
+async fn take(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Opens, job: Job) {
     if job.spooled.is_some() {
         // A spooled request gets objects of its own, named by its record: the same objects
         // and keys however often it is replayed.
-        let mut own = None;
+        let mut own = Opens::default();
         add(ctx, permits, &mut own, job).await;
-        close(ctx, permits, &mut own).await;
+        own.close_aged(ctx, permits, Duration::ZERO).await;
     } else {
-        let mut open = opens
-            .iter()
-            .position(|o| o.tenant == job.tenant)
-            .map(|i| opens.swap_remove(i));
-        add(ctx, permits, &mut open, job).await;
-        opens.extend(open);
+        add(ctx, permits, opens, job).await;
     }
 }
 

@@ -1,13 +1,16 @@
-//! Objects from jobs: the object being filled per tenant, closed when full or aged, and the
-//! requests whose payloads each holds (a request is answered once all of its objects are done).
+//! Objects from jobs: the object being filled per tenant and partition (`keys.template`),
+//! closed when full or aged or to keep `batch.max_open_partitions`, and the requests whose
+//! payloads each holds (a request is answered once all of its objects are done).
 #![forbid(unsafe_code)]
 
 use super::delivery::{Ctx, Outcome};
 use super::{ObjectBuilder, Sink};
-use crate::keys::KeySpace;
+use crate::config::BatchConfig;
+use crate::keys::{KeySpace, ObjectName, Template};
 use crate::metrics::inc;
-use crate::queue::{Delivery, Job, Spooled};
+use crate::queue::{Delivery, Job, Naming, Spooled};
 use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,63 +29,105 @@ pub(super) struct Request {
     pub(super) spooled: Option<Spooled>,
 }
 
-/// How an object's key is made.
-#[derive(Debug, Clone)]
-pub(super) enum Name {
-    /// From the sequence number of its first payload (memory-queued requests).
-    Seq(u64),
-    /// From its request's spool record and the index of its first payload in the request, so
-    /// a replay after a crash builds the same objects under the same keys.
-    Spooled {
-        segment: u64,
-        offset: u64,
-        index: usize,
-        /// The key space of the run that wrote the record, if not this one's.
-        keys: Option<Rc<KeySpace>>,
-    },
+/// Which object a payload goes into: one per tenant and partition (an object never mixes
+/// tenants, nor partitions of `keys.template`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Slot {
+    tenant: Option<crate::auth::Tenant>,
+    partition: String,
 }
 
-/// The object being filled, and the requests whose payloads it holds.
+/// An object being filled, and the requests whose payloads it holds.
 pub(super) struct Open {
     pub(super) builder: ObjectBuilder,
-    pub(super) name: Name,
-    /// The tenant all its payloads belong to (an object never mixes tenants).
-    pub(super) tenant: Option<crate::auth::Tenant>,
-    pub(super) received_secs: u64,
+    /// What its key's last segment is made from.
+    pub(super) name: ObjectName,
+    /// The key space of the run that wrote its spool record, if not this one's (a replay).
+    pub(super) keys: Option<Rc<KeySpace>>,
+    /// Its partition: its key up to its name.
+    pub(super) partition: String,
     pub(super) opened: Instant,
+    /// Its place in the order objects were opened in (for the bound on open objects: unlike
+    /// `opened`, it orders the objects of one request the same at every replay).
+    pub(super) order: u64,
     pub(super) members: Vec<Rc<Request>>,
 }
 
-/// When the oldest of the objects being filled was opened.
-pub(super) fn oldest(opens: &[Open]) -> Option<Instant> {
-    opens.iter().map(|o| o.opened).min()
+/// The objects being filled, at most `batch.max_open_partitions` of them.
+#[derive(Default)]
+pub(super) struct Opens {
+    map: HashMap<Slot, Open>,
+    /// The same objects by `order`: the first was opened longest ago (orders and `opened`
+    /// instants grow together), so the oldest and the aged ones are found without a scan.
+    by_age: BTreeMap<u64, Slot>,
+    opened: u64,
 }
 
-/// Closes every object being filled that has been open for `max_age` or longer.
-pub(super) async fn close_aged(
-    ctx: &Rc<Ctx>,
-    permits: &Arc<Semaphore>,
-    opens: &mut Vec<Open>,
-    max_age: Duration,
-) {
-    let mut i = 0;
-    while i < opens.len() {
-        if opens[i].opened.elapsed() >= max_age {
-            let mut o = Some(opens.swap_remove(i));
-            close(ctx, permits, &mut o).await;
-        } else {
-            i += 1;
+impl Opens {
+    /// When the oldest of the objects being filled was opened.
+    pub(super) fn oldest(&self) -> Option<Instant> {
+        let (_, slot) = self.by_age.first_key_value()?;
+        self.map.get(slot).map(|o| o.opened)
+    }
+
+    /// Takes a partition's object out of the set.
+    fn take(&mut self, slot: &Slot) -> Option<Open> {
+        let o = self.map.remove(slot)?;
+        self.by_age.remove(&o.order);
+        Some(o)
+    }
+
+    /// Puts an object in the set.
+    fn put(&mut self, slot: &Slot, o: Open) {
+        self.by_age.insert(o.order, slot.clone());
+        self.map.insert(slot.clone(), o);
+    }
+
+    /// Closes every object being filled that has been open for `max_age` or longer, oldest
+    /// first.
+    pub(super) async fn close_aged(
+        &mut self,
+        ctx: &Rc<Ctx>,
+        permits: &Arc<Semaphore>,
+        max_age: Duration,
+    ) {
+        while let Some((_, slot)) = self.by_age.first_key_value() {
+            if self
+                .map
+                .get(slot)
+                .is_some_and(|o| o.opened.elapsed() < max_age)
+            {
+                break;
+            }
+            let slot = slot.clone();
+            match self.take(&slot) {
+                Some(o) => close(ctx, permits, o).await,
+                // Not in the map: cannot happen (both change together); drop the entry.
+                None => {
+                    self.by_age.pop_first();
+                }
+            }
         }
+    }
+
+    /// Closes the object opened longest ago (to make room for another partition's); `false`
+    /// if there was none.
+    async fn close_oldest(&mut self, ctx: &Rc<Ctx>, permits: &Arc<Semaphore>) -> bool {
+        let Some((_, slot)) = self.by_age.pop_first() else {
+            return false;
+        };
+        if let Some(o) = self.map.remove(&slot) {
+            inc(&ctx.stats.partitions_evicted, 1);
+            close(ctx, permits, o).await;
+        }
+        true
     }
 }
 
-/// Adds one request's payloads to the open object, closing objects as they fill.
-pub(super) async fn add(
-    ctx: &Rc<Ctx>,
-    permits: &Arc<Semaphore>,
-    open: &mut Option<Open>,
-    job: Job,
-) {
+/// Adds one request's payloads to the objects being filled (each to its partition's),
+/// closing objects as they fill, and the oldest when a new partition would open more than
+/// `batch.max_open_partitions`.
+pub(super) async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Opens, job: Job) {
     // A replayed request is built into objects as the run that accepted it built them.
     let naming = job.spooled.as_ref().and_then(|s| s.naming.clone());
     let req = Request {
@@ -104,74 +149,137 @@ pub(super) async fn add(
     }
     let req = Rc::new(req);
     let batch = naming.as_ref().map_or(&ctx.config.batch, |n| &n.batch);
-    let keys = naming.as_ref().map(|n| {
-        Rc::new(KeySpace::new(
-            &n.prefix,
-            &n.instance,
-            n.shard.unwrap_or(ctx.shard),
-            0,
-        ))
+    let recorded = naming.as_deref().map(|n| Rc::new(recorded_keys(ctx, n)));
+    let keys = recorded.as_deref().unwrap_or(&ctx.keys);
+    let fields = keys.fields(job.tenant.as_deref(), job.received_secs, &job.headers);
+    // Without `{payload.FIELD}` every payload of the request is in the same partition.
+    let shared = (!keys.template().per_payload()).then(|| Slot {
+        tenant: job.tenant.clone(),
+        partition: keys.partition(&fields, b""),
     });
     for (i, &(start, end)) in job.spans.iter().enumerate() {
         let payload = &job.body[start as usize..end as usize];
-        if let Some(o) = open.as_ref() {
-            if o.builder.payloads() > 0
-                && o.builder.raw_bytes() + o.builder.cost(payload) > batch.max_bytes
-            {
-                close(ctx, permits, open).await;
+        let own;
+        let slot = match &shared {
+            Some(s) => s,
+            None => {
+                own = Slot {
+                    tenant: job.tenant.clone(),
+                    partition: keys.partition(&fields, payload),
+                };
+                &own
             }
-        }
-        if open.is_none() {
-            match ObjectBuilder::new(batch) {
-                Ok(builder) => {
-                    let name = match &req.spooled {
-                        Some(sp) => Name::Spooled {
-                            segment: sp.id.segment,
-                            offset: sp.id.offset,
-                            index: i,
-                            keys: keys.clone(),
-                        },
-                        None => Name::Seq(job.first_seq + i as u64),
-                    };
-                    *open = Some(Open {
-                        builder,
-                        name,
-                        tenant: job.tenant.clone(),
-                        received_secs: job.received_secs,
-                        opened: Instant::now(),
-                        members: Vec::new(),
-                    })
-                }
-                Err(e) => {
-                    // Only the compressor's set-up can fail here (memory); say so loudly.
-                    tracing::error!(shard = ctx.shard, error = %e, "cannot start an object; payload LOST");
-                    inc(&ctx.stats.payloads_failed, 1);
-                    req.outcome.set(Delivery::Refused);
-                    continue;
+        };
+        // The common case, one lookup: the partition's object is open and has room.
+        if let Some(o) = opens.map.get_mut(slot).filter(|o| o.fits(payload, batch)) {
+            if push(ctx, o, payload, &req) && o.full(batch) {
+                if let Some(o) = opens.take(slot) {
+                    close(ctx, permits, o).await;
                 }
             }
-        }
-        let Some(o) = open.as_mut() else { continue };
-        if let Err(e) = o.builder.push(payload) {
-            tracing::error!(shard = ctx.shard, error = %e, "cannot add to an object; payload LOST");
-            inc(&ctx.stats.payloads_failed, 1);
-            req.outcome.set(Delivery::Refused);
             continue;
         }
-        if !o.members.last().is_some_and(|m| Rc::ptr_eq(m, &req)) {
-            req.pending.set(req.pending.get() + 1);
-            o.members.push(req.clone());
+        // Its object has no room for the payload (or there is none): a new one.
+        if let Some(o) = opens.take(slot) {
+            close(ctx, permits, o).await;
         }
-        if o.builder.payloads() >= batch.max_payloads || o.builder.raw_bytes() >= batch.max_bytes {
-            close(ctx, permits, open).await;
+        let builder = match ObjectBuilder::new(batch) {
+            Ok(b) => b,
+            Err(e) => {
+                // Only the compressor's set-up can fail here (memory); say so loudly.
+                tracing::error!(shard = ctx.shard, error = %e, "cannot start an object; payload LOST");
+                inc(&ctx.stats.payloads_failed, 1);
+                req.outcome.set(Delivery::Refused);
+                continue;
+            }
+        };
+        let name = match &req.spooled {
+            Some(sp) => ObjectName::Spooled {
+                segment: sp.id.segment,
+                offset: sp.id.offset,
+                index: i,
+            },
+            None => ctx.keys.seq_name(job.first_seq + i as u64),
+        };
+        opens.opened += 1;
+        let mut o = Open {
+            builder,
+            name,
+            keys: recorded.clone(),
+            partition: slot.partition.clone(),
+            opened: Instant::now(),
+            order: opens.opened,
+            members: Vec::new(),
+        };
+        if !push(ctx, &mut o, payload, &req) {
+            continue;
         }
+        if o.full(batch) {
+            // Full at once (one payload per object): never kept open, so never counted
+            // against the bound.
+            close(ctx, permits, o).await;
+            continue;
+        }
+        while opens.map.len() >= batch.max_open_partitions.max(1) {
+            if !opens.close_oldest(ctx, permits).await {
+                break;
+            }
+        }
+        opens.put(slot, o);
     }
     ctx.finish(&req, None);
 }
 
-/// Closes the open object (if any) and starts its upload once an in-flight permit is free.
-pub(super) async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Option<Open>) {
-    let Some(o) = open.take() else { return };
+impl Open {
+    /// Whether `payload` fits (an empty object takes any payload, however large).
+    fn fits(&self, payload: &[u8], batch: &BatchConfig) -> bool {
+        self.builder.payloads() == 0
+            || self.builder.raw_bytes() + self.builder.cost(payload) <= batch.max_bytes
+    }
+
+    /// Whether it is full by count or bytes.
+    fn full(&self, batch: &BatchConfig) -> bool {
+        self.builder.payloads() >= batch.max_payloads || self.builder.raw_bytes() >= batch.max_bytes
+    }
+}
+
+/// Adds one of `req`'s payloads to an object; `false` (logged, counted, the request marked)
+/// if it could not be added.
+fn push(ctx: &Ctx, o: &mut Open, payload: &[u8], req: &Rc<Request>) -> bool {
+    if let Err(e) = o.builder.push(payload) {
+        tracing::error!(shard = ctx.shard, error = %e, "cannot add to an object; payload LOST");
+        inc(&ctx.stats.payloads_failed, 1);
+        req.outcome.set(Delivery::Refused);
+        return false;
+    }
+    if !o.members.last().is_some_and(|m| Rc::ptr_eq(m, req)) {
+        req.pending.set(req.pending.get() + 1);
+        o.members.push(req.clone());
+    }
+    true
+}
+
+/// The key space a spool segment recorded (its prefix, instance, shard and template).
+fn recorded_keys(ctx: &Ctx, n: &Naming) -> KeySpace {
+    let template = match Template::parse(&n.template) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            // Only a template a later version wrote could fail here.
+            tracing::warn!(shard = ctx.shard, template = %n.template, error = %e, "spool: the recorded key template does not parse; replaying under this run's");
+            ctx.keys.template().clone()
+        }
+    };
+    KeySpace::with_template(
+        template,
+        &n.prefix,
+        &n.instance,
+        n.shard.unwrap_or(ctx.shard),
+        0,
+    )
+}
+
+/// Closes an object and starts its upload once an in-flight permit is free.
+pub(super) async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, o: Open) {
     let payloads = o.builder.payloads();
     let (data, format) = match o.builder.finish() {
         Ok(done) => done,
@@ -184,25 +292,12 @@ pub(super) async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, open: &mut Op
             return;
         }
     };
-    let key = match &o.name {
-        Name::Seq(seq) => ctx
-            .keys
-            .key(o.tenant.as_deref(), o.received_secs, *seq, format.ext),
-        Name::Spooled {
-            segment,
-            offset,
-            index,
-            keys,
-        } => keys.as_deref().unwrap_or(&ctx.keys).spooled_key(
-            o.tenant.as_deref(),
-            o.received_secs,
-            *segment,
-            *offset,
-            *index,
-            format.ext,
-        ),
-    };
-    let spooled = matches!(o.name, Name::Spooled { .. });
+    let key = o
+        .keys
+        .as_deref()
+        .unwrap_or(&ctx.keys)
+        .object_key(&o.partition, o.name, format.ext);
+    let spooled = matches!(o.name, ObjectName::Spooled { .. });
     let Ok(permit) = permits.clone().acquire_owned().await else {
         return;
     };

@@ -399,6 +399,9 @@ impl S3Sink {
     }
 }
 
+/// Directories an [`FsSink`] remembers having made, at most.
+const MADE_DIRS: usize = 4096;
+
 impl FsSink {
     /// Files under `root`; `durable` fsyncs each file before it is renamed into place.
     pub fn new(root: impl Into<PathBuf>, durable: bool) -> Self {
@@ -442,7 +445,14 @@ impl FsSink {
         let dir = path.parent().unwrap_or(&self.root);
         if !self.made.borrow().contains(dir) {
             std::fs::create_dir_all(dir).map_err(|e| io("mkdir", dir, e))?;
-            self.made.borrow_mut().insert(dir.to_path_buf());
+            let mut made = self.made.borrow_mut();
+            // Partitioned keys (`keys.template`) make new directories for as long as the
+            // process runs: remembering them all would grow without bound. Forgetting costs
+            // one `mkdir` that finds the directory there.
+            if made.len() >= MADE_DIRS {
+                made.clear();
+            }
+            made.insert(dir.to_path_buf());
         }
         let name = path
             .file_name()
@@ -550,5 +560,22 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "no temporary file left behind: {names:?}");
+    }
+
+    #[test]
+    fn the_fs_sinks_memory_of_directories_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FsSink::new(dir.path(), false);
+        let n = MADE_DIRS + 10;
+        for i in 0..n {
+            sink.put(&format!("p/e={i}/a-0-1-{i}.ndjson"), b"{}\n")
+                .unwrap();
+            assert!(sink.made.borrow().len() <= MADE_DIRS);
+        }
+        // After forgetting, a directory made before is written into again.
+        sink.put("p/e=0/a-0-1-again.ndjson", b"{}\n").unwrap();
+        let files = std::fs::read_dir(dir.path().join("p")).unwrap().count();
+        assert_eq!(files, n);
+        assert!(dir.path().join("p/e=0/a-0-1-again.ndjson").exists());
     }
 }

@@ -1,32 +1,98 @@
-//! Object keys: `{prefix}/{yyyy}/{mm}/{dd}/{hh}/{instance}-{shard}-{start}-{seq}.json`, and
-//! `{prefix}/{tenant}/{yyyy}/...` for the payloads of a token with a tenant (`[auth]`).
+//! Object keys: by default `{prefix}/{yyyy}/{mm}/{dd}/{hh}/{instance}-{shard}-{start}-{seq}.json`,
+//! and `{prefix}/{tenant}/{yyyy}/...` for the payloads of a token with a tenant (`[auth]`);
+//! `keys.template` lays them out otherwise (see [`template`]), for example partitioned
+//! Hive-style by a payload field.
 //!
 //! `instance` names the process, `start` is its start time in microseconds and `seq` counts
 //! per shard, so two keys collide only if the same host name starts two processes within the
 //! same microsecond: never across shards, restarts or machines (the Go service's
 //! `folder/UnixNano` keys could collide between any two workers).
+//!
+//! - [`template`]: the template's grammar, its checks, rendering.
+//! - [`value`]: values made safe for a key; a payload's field looked up in its JSON.
 #![forbid(unsafe_code)]
 
-use std::fmt::Write;
+pub mod template;
+#[cfg(test)]
+mod template_tests;
+pub mod value;
+
+pub use template::{ObjectName, RequestFields, Template, DEFAULT_TEMPLATE};
+
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Everything about a key that is fixed for a shard's lifetime.
 #[derive(Debug, Clone)]
 pub struct KeySpace {
+    template: Arc<Template>,
     prefix: String,
-    /// `{instance}-{shard}-{start}-`, formatted once.
-    stem: String,
-    /// `{instance}-{shard}-s`, for payloads kept in the durable spool.
-    spool_stem: String,
+    instance: String,
+    shard: usize,
+    start_micros: u64,
 }
 
 impl KeySpace {
-    /// The key space of one shard of one process.
+    /// The key space of one shard of one process, with the default template.
     pub fn new(prefix: &str, instance: &str, shard: usize, start_micros: u64) -> Self {
+        Self::with_template(Arc::default(), prefix, instance, shard, start_micros)
+    }
+
+    /// The key space of one shard of one process, laid out by `template`.
+    pub fn with_template(
+        template: Arc<Template>,
+        prefix: &str,
+        instance: &str,
+        shard: usize,
+        start_micros: u64,
+    ) -> Self {
         Self {
+            template,
             prefix: prefix.trim_end_matches('/').to_string(),
-            stem: format!("{instance}-{shard}-{start_micros}-"),
-            spool_stem: format!("{instance}-{shard}-s"),
+            instance: instance.to_string(),
+            shard,
+            start_micros,
+        }
+    }
+
+    /// The template keys follow.
+    pub fn template(&self) -> &Arc<Template> {
+        &self.template
+    }
+
+    /// What a request's partitions are rendered from.
+    pub fn fields<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        received_secs: u64,
+        headers: &'a [Option<Box<[u8]>>],
+    ) -> RequestFields<'a> {
+        RequestFields {
+            prefix: &self.prefix,
+            tenant,
+            received_secs,
+            headers,
+            instance: &self.instance,
+            shard: self.shard,
+        }
+    }
+
+    /// The partition of `payload` of a request (see [`Template::partition`]).
+    pub fn partition(&self, req: &RequestFields<'_>, payload: &[u8]) -> String {
+        self.template.partition(req, payload)
+    }
+
+    /// The key of an object in `partition`.
+    pub fn object_key(&self, partition: &str, name: ObjectName, ext: &str) -> String {
+        self.template
+            .key(partition, &self.instance, self.shard, name, ext)
+    }
+
+    /// A memory-queued object's name: its first payload's sequence number `seq`.
+    pub fn seq_name(&self, seq: u64) -> ObjectName {
+        ObjectName::Seq {
+            start: self.start_micros,
+            seq,
         }
     }
 
@@ -43,35 +109,20 @@ impl KeySpace {
         index: usize,
         ext: &str,
     ) -> String {
-        let mut k = self.dated(tenant, unix_secs);
-        let _ = write!(k, "{}{segment}-{offset}-{index}.{ext}", self.spool_stem);
-        k
-    }
-
-    /// `{prefix}/{tenant}/{yyyy}/{mm}/{dd}/{hh}/` (without `{tenant}/` when there is none)
-    fn dated(&self, tenant: Option<&str>, unix_secs: u64) -> String {
-        let (y, m, d, h) = civil_hour(unix_secs);
-        let tenant_len = tenant.map_or(0, |t| t.len() + 1);
-        let mut k = String::with_capacity(self.prefix.len() + tenant_len + self.stem.len() + 48);
-        if !self.prefix.is_empty() {
-            k.push_str(&self.prefix);
-            k.push('/');
-        }
-        if let Some(t) = tenant {
-            k.push_str(t);
-            k.push('/');
-        }
-        let _ = write!(k, "{y:04}/{m:02}/{d:02}/{h:02}/");
-        k
+        let part = self.partition(&self.fields(tenant, unix_secs, &[]), b"");
+        let name = ObjectName::Spooled {
+            segment,
+            offset,
+            index,
+        };
+        self.object_key(&part, name, ext)
     }
 
     /// The key of payload `seq` of `tenant`, received at `unix_secs`, with the given
     /// extension.
     pub fn key(&self, tenant: Option<&str>, unix_secs: u64, seq: u64, ext: &str) -> String {
-        let mut k = self.dated(tenant, unix_secs);
-        // Writing into a String cannot fail.
-        let _ = write!(k, "{}{seq}.{ext}", self.stem);
-        k
+        let part = self.partition(&self.fields(tenant, unix_secs, &[]), b"");
+        self.object_key(&part, self.seq_name(seq), ext)
     }
 }
 
@@ -98,6 +149,12 @@ pub fn host_name() -> String {
         .map(|s| s.trim().replace('/', "_"))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "corepost".into())
+}
+
+/// UTC (year, month, day, hour, minute) of a Unix time.
+fn civil_minute(unix_secs: u64) -> (i64, u32, u32, u32, u32) {
+    let (y, m, d, h) = civil_hour(unix_secs);
+    (y, m, d, h, ((unix_secs % 3600) / 60) as u32)
 }
 
 /// UTC (year, month, day, hour) of a Unix time, by Howard Hinnant's `civil_from_days`.

@@ -6,6 +6,10 @@
 
 use crate::queue::Budget;
 use crate::spool::Spools;
+pub use waiting::Waiting;
+
+#[path = "metrics_waiting.rs"]
+mod waiting;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -299,48 +303,6 @@ fn series(out: &mut String, name: &str, help: &str, values: impl Iterator<Item =
     }
 }
 
-/// What waits for the store outside the memory queues: in the durable spools and the spill
-/// directory (`/metrics` and `/readyz`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Waiting {
-    /// Spooled requests not yet stored, in every shard's spools.
-    pub spool_records: u64,
-    /// Spill files, and their bytes.
-    pub spill_files: u64,
-    /// See `spill_files`.
-    pub spill_bytes: u64,
-    /// Age of the oldest of them (see `corepost_waiting_oldest_seconds`), 0 when none.
-    pub oldest_seconds: u64,
-}
-
-impl Waiting {
-    /// Sums what every shard's spools and the spill directory hold.
-    pub fn of(shards: &[ShardView]) -> Waiting {
-        let now = now_ms() / 1000;
-        let mut w = Waiting::default();
-        let mut oldest = u64::MAX;
-        for sh in shards {
-            if let Some(sp) = sh.spool.stats() {
-                w.spool_records += sp.live_records;
-                if sp.oldest_live_segment > 0 {
-                    // Segment ids are their creation time in µs (see `spool`).
-                    oldest = oldest.min(sp.oldest_live_segment / 1_000_000);
-                }
-            }
-            w.spill_files += sh.stats.spill_files.load(Relaxed);
-            w.spill_bytes += sh.stats.spill_bytes.load(Relaxed);
-            match sh.stats.spill_oldest_unix.load(Relaxed) {
-                0 => {}
-                t => oldest = oldest.min(t),
-            }
-        }
-        if oldest != u64::MAX {
-            w.oldest_seconds = now.saturating_sub(oldest);
-        }
-        w
-    }
-}
-
 /// Picks one number out of a spool's stats.
 type SpoolField = fn(&crate::spool::SpoolStats) -> u64;
 
@@ -609,37 +571,5 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_per_shard_values() {
-        let views: Vec<_> = (0..2)
-            .map(|_| ShardView {
-                spool: Default::default(),
-                stats: Arc::new(ShardStats::default()),
-                budget: Arc::new(Budget::new(10, 100)),
-                max_connections: 5,
-            })
-            .collect();
-        views[1].stats.request(Route::Payloads, 200);
-        views[1].stats.request(Route::Payloads, 200);
-        views[0].stats.request(Route::Other, 404);
-        inc(&views[0].stats.payloads_accepted, 7);
-        views[0].stats.observe_upload(0.003);
-        let text = render(&views, true);
-        assert!(text
-            .contains("corepost_requests_total{shard=\"1\",route=\"payloads\",status=\"200\"} 2"));
-        assert!(
-            text.contains("corepost_requests_total{shard=\"0\",route=\"other\",status=\"404\"} 1")
-        );
-        assert!(text.contains("corepost_payloads_accepted_total{shard=\"0\"} 7"));
-        assert!(
-            text.contains("corepost_upload_duration_seconds_bucket{shard=\"0\",le=\"0.005\"} 1")
-        );
-        assert!(
-            text.contains("corepost_upload_duration_seconds_bucket{shard=\"0\",le=\"0.002\"} 0")
-        );
-        assert!(text.contains("corepost_ready 1"));
-    }
-}
+#[path = "metrics_tests.rs"]
+mod tests;

@@ -184,6 +184,15 @@ impl<'b> Walk<'b, '_> {
         self.b.get(open + 1..close)
     }
 
+    /// A nested object member's key and its colon, whose bytes nothing needs (stage 1 checked
+    /// the string).
+    #[inline(always)]
+    fn member(&mut self) -> Option<()> {
+        let ok = self.byte(self.t) == b'"' && self.byte(self.t + 1) == b':';
+        self.t += 2;
+        ok.then_some(())
+    }
+
     /// The literal `word` at byte `p`, ending its run.
     #[inline(always)]
     fn literal(&self, p: usize, word: &[u8]) -> Option<()> {
@@ -215,7 +224,7 @@ impl<'b> Walk<'b, '_> {
                         stack = (stack << 1) | u128::from(c == b'[');
                         depth += 1;
                         if c == b'{' {
-                            self.key()?;
+                            self.member()?;
                         }
                         continue 'value;
                     }
@@ -223,12 +232,7 @@ impl<'b> Walk<'b, '_> {
                 b't' => self.literal(p, b"true")?,
                 b'f' => self.literal(p, b"false")?,
                 b'n' => self.literal(p, b"null")?,
-                _ => {
-                    let end = number(self.b, p)?;
-                    if !ENDS_RUN[self.at(end) as usize] {
-                        return None;
-                    }
-                }
+                _ => number(self.b, p)?,
             }
             // After a value: the next element or member, or the end of containers.
             loop {
@@ -241,7 +245,7 @@ impl<'b> Walk<'b, '_> {
                 match c {
                     b',' => {
                         if !in_array {
-                            self.key()?;
+                            self.member()?;
                         }
                         continue 'value;
                     }
@@ -256,34 +260,59 @@ impl<'b> Walk<'b, '_> {
     }
 }
 
-/// How many ASCII digits start at byte `i`, eight bytes at a time.
+/// One bit per byte of `word` (bit `k` for byte `k`) that is no ASCII digit.
 #[inline(always)]
-fn digits(b: &[u8], mut i: usize) -> usize {
+fn not_digits(word: &[u8]) -> u32 {
     const ONES: u64 = 0x0101_0101_0101_0101;
-    let start = i;
-    while let Some(chunk) = b.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        // A digit becomes 0..=9; a byte that is no digit keeps a high bit, either its own or
-        // one that adding 0x76 sets. Only the lowest such byte is exact (a carry out of a byte
-        // with its high bit set may reach the ones above), and it is the one used.
-        let x = u64::from_le_bytes(word) ^ (ONES * 0x30);
-        let not_digit = (x | x.wrapping_add(ONES * 0x76)) & (ONES * 0x80);
-        if not_digit != 0 {
-            return i - start + (not_digit.trailing_zeros() / 8) as usize;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(word);
+    // A digit becomes 0..=9; any other byte gets its high bit set, either its own or the one
+    // that adding 0x76 to its low seven bits sets (which cannot carry into the next byte).
+    let x = u64::from_le_bytes(w) ^ (ONES * 0x30);
+    let high = (((x & (ONES * 0x7F)) + ONES * 0x76) | x) & (ONES * 0x80);
+    // Gathers the eight high bits into the top byte.
+    ((high >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32
+}
+
+/// A number at byte `p` that ends its run: RFC 8259's grammar without an exponent, within
+/// the digit counts above. A number that fits 16 bytes (past its sign) is checked from two
+/// words' digit masks; a longer one, or one near the body's end, byte by byte.
+#[inline(always)]
+fn number(b: &[u8], p: usize) -> Option<()> {
+    let i = p + usize::from(b.get(p) == Some(&b'-'));
+    if let Some(w) = b.get(i..i + 16) {
+        // Bit 16 stops the counts at the window's end.
+        let mask = not_digits(&w[..8]) | (not_digits(&w[8..]) << 8) | (1 << 16);
+        let int = mask.trailing_zeros() as usize;
+        if int == 0 || (int > 1 && w[0] == b'0') {
+            return None;
         }
-        i += 8;
+        let mut end = int;
+        if w.get(int) == Some(&b'.') {
+            end += 1 + (mask >> (int + 1)).trailing_zeros() as usize;
+            if end == int + 1 && end < 16 {
+                return None;
+            }
+        }
+        if let Some(&c) = w.get(end) {
+            return ENDS_RUN[c as usize].then_some(());
+        }
     }
+    let end = number_slow(b, p)?;
+    ENDS_RUN[b.get(end).copied().unwrap_or(0) as usize].then_some(())
+}
+
+/// How many ASCII digits start at byte `i`.
+fn digits(b: &[u8], mut i: usize) -> usize {
+    let start = i;
     while b.get(i).is_some_and(u8::is_ascii_digit) {
         i += 1;
     }
     i - start
 }
 
-/// RFC 8259's number grammar at byte `p`, without an exponent and within the digit counts
-/// above; returns the byte after it.
-#[inline(always)]
-fn number(b: &[u8], p: usize) -> Option<usize> {
+/// [`number`] byte by byte; returns the byte after the number.
+fn number_slow(b: &[u8], p: usize) -> Option<usize> {
     let mut i = p + usize::from(b.get(p) == Some(&b'-'));
     let int = digits(b, i);
     if int == 0 || int > MAX_INT_DIGITS || (int > 1 && b.get(i) == Some(&b'0')) {

@@ -23,8 +23,12 @@ const BODIES: [(&str, &[u8]); 3] = [
 
 const CASES: [&str; 4] = ["simd", "serde", "simd-tape", "simd-dom"];
 
-/// One way of parsing a body, with its reused buffers.
-fn case(label: &str) -> Box<dyn FnMut(&[u8]) -> usize> {
+/// One way of parsing a body, with its reused buffers; returns something of the result so
+/// that the parse is not optimised away.
+type Case = Box<dyn FnMut(&[u8]) -> usize>;
+
+/// The case called `label` (one of [`CASES`]).
+fn case(label: &str) -> Case {
     match label {
         "simd" | "serde" => {
             let kind = if label == "simd" {

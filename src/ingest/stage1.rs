@@ -359,12 +359,13 @@ mod tests {
     }
 
     /// The three instances of stage 1 (AVX2, SSE2, scalar) give the same answer and the same
-    /// token positions on every one-byte deletion and replacement of the standard bodies, so
+    /// token positions on every one-byte deletion and replacement of two bodies, so
     /// that the instances this CPU does not run are tested through the one it does.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn every_instance_gives_the_same_tokens() {
-        let run = |f: &dyn Fn(&[u8], &mut Vec<u32>) -> Option<usize>, body: &[u8]| {
+        type Instance<'a> = &'a dyn Fn(&[u8], &mut Vec<u32>) -> Option<usize>;
+        let run = |f: Instance<'_>, body: &[u8]| {
             let mut idx = Vec::new();
             f(body, &mut idx).map(|n| idx[..n].to_vec())
         };

@@ -1,7 +1,7 @@
 //! simd-json parser: validation by simd-json's tape (reused buffers, no DOM), payload byte
 //! ranges from simd-json's structural indexes, so payloads stay the bytes the client sent.
-//! A plain body is taken by one cheaper validating pass first (`scan`, vectorised); simd-json decides the
-//! rest and words every fault.
+//! A plain body is taken by one cheaper, vectorised validating pass first (`scan`);
+//! simd-json decides the rest and words every fault.
 #![forbid(unsafe_code)]
 
 use super::describe::*;

@@ -260,29 +260,15 @@ impl<'b> Walk<'b, '_> {
     }
 }
 
-/// One bit per byte of `word` (bit `k` for byte `k`) that is no ASCII digit.
-#[inline(always)]
-fn not_digits(word: &[u8]) -> u32 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let mut w = [0u8; 8];
-    w.copy_from_slice(word);
-    // A digit becomes 0..=9; any other byte gets its high bit set, either its own or the one
-    // that adding 0x76 to its low seven bits sets (which cannot carry into the next byte).
-    let x = u64::from_le_bytes(w) ^ (ONES * 0x30);
-    let high = (((x & (ONES * 0x7F)) + ONES * 0x76) | x) & (ONES * 0x80);
-    // Gathers the eight high bits into the top byte.
-    ((high >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32
-}
-
 /// A number at byte `p` that ends its run: RFC 8259's grammar without an exponent, within
-/// the digit counts above. A number that fits 16 bytes (past its sign) is checked from two
-/// words' digit masks; a longer one, or one near the body's end, byte by byte.
+/// the digit counts above. A number that fits 16 bytes (past its sign) is checked from their
+/// digit mask (`stage1::not_digits16`); a longer one, or one near the body's end, byte by byte.
 #[inline(always)]
 fn number(b: &[u8], p: usize) -> Option<()> {
     let i = p + usize::from(b.get(p) == Some(&b'-'));
-    if let Some(w) = b.get(i..i + 16) {
+    if let (Some(w), Some(mask)) = (b.get(i..i + 16), stage1::not_digits16(b, i)) {
         // Bit 16 stops the counts at the window's end.
-        let mask = not_digits(&w[..8]) | (not_digits(&w[8..]) << 8) | (1 << 16);
+        let mask = mask | (1 << 16);
         let int = mask.trailing_zeros() as usize;
         if int == 0 || (int > 1 && w[0] == b'0') {
             return None;

@@ -100,17 +100,25 @@ mod x86 {
             #[allow(unsafe_code)]
             let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
             let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
+            // simdjson's look-ups by the low nibble (`vpshufb` gives 0 for bytes >= 0x80):
+            // each whitespace byte is the only byte that equals the table's entry at its low
+            // nibble; `{}[]:,` with bit 0x20 set (`[` and `]` become `{` and `}`) likewise,
+            // but so would 0x0C and 0x1A, control characters, which are taken out.
+            let ws_table = _mm256_setr_epi8(
+                32, 100, 100, 100, 17, 100, 113, 2, 100, 9, 10, 112, 100, 13, 100, 100, 32, 100,
+                100, 100, 17, 100, 113, 2, 100, 9, 10, 112, 100, 13, 100, 100,
+            );
+            let op_table = _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 58, 123, 44, 125, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                58, 123, 44, 125, 0, 0,
+            );
+            let ws = _mm256_cmpeq_epi8(v, _mm256_shuffle_epi8(ws_table, v));
             let folded = _mm256_or_si256(v, _mm256_set1_epi8(0x20));
-            let brackets = _mm256_or_si256(
-                _mm256_cmpeq_epi8(folded, _mm256_set1_epi8(b'{' as i8)),
-                _mm256_cmpeq_epi8(folded, _mm256_set1_epi8(b'}' as i8)),
-            );
-            let op = _mm256_or_si256(brackets, _mm256_or_si256(eq(b':'), eq(b',')));
-            let ws = _mm256_or_si256(
-                _mm256_or_si256(eq(b' '), eq(b'\t')),
-                _mm256_or_si256(eq(b'\n'), eq(b'\r')),
-            );
             let ctrl = _mm256_cmpeq_epi8(_mm256_min_epu8(v, _mm256_set1_epi8(0x1F)), v);
+            let op = _mm256_andnot_si256(
+                ctrl,
+                _mm256_cmpeq_epi8(folded, _mm256_shuffle_epi8(op_table, v)),
+            );
             let bits = |x: __m256i| (_mm256_movemask_epi8(x) as u32 as u64) << (32 * k);
             m.quote |= bits(eq(b'"'));
             m.backslash |= bits(eq(b'\\'));
@@ -120,6 +128,19 @@ mod x86 {
             m.non_ascii |= bits(v);
         }
         m
+    }
+
+    /// One bit per byte of `w` (bit `k` for byte `k`) that is no ASCII digit.
+    #[target_feature(enable = "sse2")]
+    #[inline]
+    pub(super) fn not_digits_sse2(w: &[u8; 16]) -> u32 {
+        // SAFETY: `w` is 16 readable bytes; `loadu` has no alignment requirement.
+        #[allow(unsafe_code)]
+        let v = unsafe { _mm_loadu_si128(w.as_ptr().cast()) };
+        let d = _mm_sub_epi8(v, _mm_set1_epi8(b'0' as i8));
+        // Unsigned `d <= 9`.
+        let digit = _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d);
+        !(_mm_movemask_epi8(digit) as u32) & 0xFFFF
     }
 
     /// Stage 1 with SSE2: the generic loop inlined with the SSE2 classifier.
@@ -160,6 +181,26 @@ pub(super) fn index(body: &[u8], idx: &mut Vec<u32>) -> Option<usize> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     index_with(body, idx, classify_scalar)
+}
+
+/// One bit per byte of the 16 bytes at `i` of `b` (bit `k` for byte `i + k`) that is no ASCII
+/// digit; `None` when fewer than 16 bytes are left. Stage 2 checks numbers with it.
+#[inline(always)]
+pub(super) fn not_digits16(b: &[u8], i: usize) -> Option<u32> {
+    let w: &[u8; 16] = b.get(i..i + 16)?.try_into().ok()?;
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: SSE2 is part of every x86_64 CPU, which is all `not_digits_sse2` needs.
+        #[allow(unsafe_code)]
+        Some(unsafe { x86::not_digits_sse2(w) })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Some(
+        w.iter()
+            .enumerate()
+            .filter(|(_, c)| !c.is_ascii_digit())
+            .fold(0, |m, (k, _)| m | 1 << k),
+    )
 }
 
 const EVEN_BITS: u64 = 0x5555_5555_5555_5555;

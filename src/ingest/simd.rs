@@ -1,7 +1,7 @@
 //! simd-json parser: validation by simd-json's tape (reused buffers, no DOM), payload byte
 //! ranges from simd-json's structural indexes, so payloads stay the bytes the client sent.
-//! A plain body is taken by one cheaper validating pass first (`scan`); simd-json decides the
-//! rest and words every fault.
+//! A plain body is taken by one cheaper, vectorised validating pass first (`scan`);
+//! simd-json decides the rest and words every fault.
 #![forbid(unsafe_code)]
 
 use super::describe::*;
@@ -18,6 +18,8 @@ pub(super) struct SimdState {
     scratch: Vec<u8>,
     buffers: Buffers,
     tape: Tape<'static>,
+    /// The fast path's token positions (`scan`), kept from one body to the next.
+    index: Vec<u32>,
 }
 
 impl std::fmt::Debug for SimdState {
@@ -34,6 +36,7 @@ impl Default for SimdState {
             scratch: Vec::with_capacity(16 * 1024),
             buffers: Buffers::with_max_depth(16 * 1024, MAX_DEPTH),
             tape: Tape::null().reset(),
+            index: Vec::new(),
         }
     }
 }
@@ -55,7 +58,7 @@ impl SimdState {
         spans: &mut Vec<Span>,
     ) -> Result<super::BodyToken<'b>, ParseError> {
         // The plain case without simd-json (see `scan`); anything else is decided below.
-        if let Some(token) = super::scan::scan(body, spans) {
+        if let Some(token) = super::scan::scan(body, &mut self.index, spans) {
             return Ok(token);
         }
         spans.clear();

@@ -177,15 +177,7 @@ fn a_spool_disk_failing_with_eio_gives_503_with_retry_after_and_readiness_says_w
         .status()
         .unwrap();
     assert!(st.success(), "losetup -c {dev}");
-    let r = post(s.addr, &numbered_body(2, 0, 5));
-    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
-    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
-    let msg = r.json()["error"].as_str().unwrap().to_string();
-    assert!(msg.contains("disk error"), "{msg}");
-    let ready = request(s.addr, "GET", "/readyz", &[], b"");
-    assert_eq!(ready.status, 503);
-    let why = String::from_utf8_lossy(&ready.body).into_owned();
-    assert!(why.contains("Input/output error"), "{why}");
+    assert_refused_for_a_disk_error(&s, &numbered_body(2, 0, 5));
     // What was answered 200 before the disk failed is stored (the fs sink is elsewhere).
     wait_until(30, "the first request stored", || {
         numbered_copies(&spilled_objects(out.path())).len() == 5

@@ -27,18 +27,7 @@ fn a_spool_write_failing_with_eio_is_503_with_retry_after_and_unready() {
     wait_until(30, "ready", || {
         request(s.addr, "GET", "/readyz", &[], b"").status == 200
     });
-    let r = post(s.addr, &numbered_body(1, 0, 3));
-    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
-    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
-    let msg = r.json()["error"].as_str().unwrap().to_string();
-    assert!(msg.contains("disk error"), "{msg}");
-    let ready = request(s.addr, "GET", "/readyz", &[], b"");
-    assert_eq!(ready.status, 503);
-    let why = String::from_utf8_lossy(&ready.body).into_owned();
-    assert!(
-        why.contains("spool write failed") && why.contains("Input/output error"),
-        "{why}"
-    );
+    assert_refused_for_a_disk_error(&s, &numbered_body(1, 0, 3));
     // The disk works again: the next request is taken, and a successful write makes the
     // shard ready again.
     assert_eq!(post(s.addr, &numbered_body(2, 0, 3)).status, 200);

@@ -21,20 +21,10 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 /// client is served (once the stalled bodies time out; until then it is told to retry).
 #[test]
 fn a_thousand_stalled_large_bodies_stay_within_the_queue_budget() {
-    let mut conf = tempfile::NamedTempFile::new().unwrap();
-    conf.write_all(
-        b"[queue]\nmax_bytes = 67108864\n[server]\nbody_read_timeout_ms = 4000\n[shards]\nmax_connections = 2000\n",
-    )
-    .unwrap();
-    let s = Server::start(
-        &[
-            "--cores",
-            "1",
-            "--sink",
-            "discard",
-            "--config",
-            conf.path().to_str().unwrap(),
-        ],
+    let (s, _conf) = config_server(
+        1,
+        "[queue]\nmax_bytes = 67108864\n[server]\nbody_read_timeout_ms = 4000\n[shards]\nmax_connections = 2000\n",
+        &["--sink", "discard"],
         &[],
     );
     let addr = s.addr;
@@ -106,20 +96,10 @@ fn gzip_start() -> Vec<u8> {
 /// and where the allocator backs them with huge pages each such request held 2 MiB.
 #[test]
 fn stalled_compressed_bodies_stay_within_the_queue_budget() {
-    let mut conf = tempfile::NamedTempFile::new().unwrap();
-    conf.write_all(
-        b"[queue]\nmax_bytes = 67108864\n[server]\nbody_read_timeout_ms = 60000\n[shards]\nmax_connections = 2000\n",
-    )
-    .unwrap();
-    let s = Server::start(
-        &[
-            "--cores",
-            "1",
-            "--sink",
-            "discard",
-            "--config",
-            conf.path().to_str().unwrap(),
-        ],
+    let (s, _conf) = config_server(
+        1,
+        "[queue]\nmax_bytes = 67108864\n[server]\nbody_read_timeout_ms = 60000\n[shards]\nmax_connections = 2000\n",
+        &["--sink", "discard"],
         &[],
     );
     let start = gzip_start();

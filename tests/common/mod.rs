@@ -1053,3 +1053,20 @@ pub fn check_numbered(copies: &HashMap<Numbered, u32>, count: &NumberedCount, ex
 }
 
 pub mod fault_proxy;
+
+/// A request refused because the spool's disk failed (not full): `503` with `Retry-After`
+/// and a "disk error" message, and `/readyz` `503` naming the I/O error.
+pub fn assert_refused_for_a_disk_error(s: &Server, body: &[u8]) {
+    let r = post(s.addr, body);
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    let msg = r.json()["error"].as_str().unwrap().to_string();
+    assert!(msg.contains("disk error"), "{msg}");
+    let ready = request(s.addr, "GET", "/readyz", &[], b"");
+    assert_eq!(ready.status, 503);
+    let why = String::from_utf8_lossy(&ready.body).into_owned();
+    assert!(
+        why.contains("spool write failed") && why.contains("Input/output error"),
+        "{why}"
+    );
+}

@@ -41,12 +41,14 @@ impl HyperIo<Plain, ()> {
     /// Wraps an accepted plain connection. Its reads go through glommio's buffered stream:
     /// a speculative `recv` first, and when that finds nothing, the buffer is lent to the
     /// kernel for an io_uring `RECV` (a completion, not a readiness poll and a second
-    /// syscall); the bytes are then copied once, into hyper's buffer.
+    /// syscall); the bytes are then copied once, into hyper's buffer. Its writes are sent
+    /// behind (glommio patch): each answer goes to the kernel as an io_uring `SEND` in the
+    /// reactor's next submission batch, with the other connections' sends and receives, not
+    /// as a `send(2)` of its own; a close waits for it.
     pub fn plain(stream: TcpStream) -> Self {
-        Self {
-            stream: stream.buffered_with(Preallocated::new(PLAIN_READ_BUFFER)),
-            reads: (),
-        }
+        let mut stream = stream.buffered_with(Preallocated::new(PLAIN_READ_BUFFER));
+        stream.set_send_behind(true);
+        Self { stream, reads: () }
     }
 }
 

@@ -7,7 +7,6 @@
 //! files and swaps the new certificate into every shard's slot, or refuses it and keeps the old
 //! one. Handshakes in progress and connections already open keep the certificate they started
 //! with. Error messages name the file, never the key's contents.
-#![forbid(unsafe_code)]
 
 use crate::config::TlsConfig;
 use futures_lite::future;

@@ -1,5 +1,4 @@
 //! Merging the configuration layers: defaults → file → profile → environment → flags.
-#![forbid(unsafe_code)]
 
 use super::{Config, ConfigError, ConfigErrors, Cores, SinkKind};
 use std::collections::HashMap;

@@ -1,6 +1,5 @@
 //! Validation: every value the types alone cannot check, each error naming its key; the
 //! data directories and their overlaps; the redacted print of `check-config`.
-#![forbid(unsafe_code)]
 
 use super::*;
 

@@ -1,5 +1,4 @@
 //! The API's answers, and the one table from every refusal to its HTTP status.
-#![forbid(unsafe_code)]
 
 use super::body::BodyError;
 use super::decode;

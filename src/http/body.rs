@@ -1,6 +1,5 @@
 //! Request bodies on the wire: read within the request's queue reservation (decoded when they
 //! have a `Content-Encoding`), within `server.body_read_timeout_ms`; refused bodies drained.
-#![forbid(unsafe_code)]
 
 use super::decode::{BodyDecoder, Coding};
 use crate::queue::{NoRoom, Reservation};

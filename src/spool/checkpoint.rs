@@ -15,7 +15,6 @@
 //! count (u32), ranges as (start, end) pairs (u64, u64); then CRC32C of everything before
 //! (u32). Written to `release.ckpt.tmp`, synced, renamed over `release.ckpt`: a crash leaves
 //! the old checkpoint or the new one, never a mix (the CRC also rejects a torn file).
-#![forbid(unsafe_code)]
 
 use super::release::Table;
 use super::RecordId;

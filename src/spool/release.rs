@@ -1,7 +1,6 @@
 //! The release table: which records of which segments are still live, shared by the shard
 //! (which adds each commit's records) and the upload worker (which releases stored ones); a
 //! sealed segment whose last record is released is deleted.
-#![forbid(unsafe_code)]
 
 use super::*;
 

@@ -1,6 +1,5 @@
 //! The kernel's CPU list format (`0-3,8,10-11`) both ways, and the hexadecimal masks that
 //! `rps_cpus` and `xps_cpus` take.
-#![forbid(unsafe_code)]
 
 /// Parses a CPU list such as `0-3,8,10-11` (an empty or blank list is empty). Returns the
 /// CPUs ascending, without duplicates, or a description of what is wrong.

@@ -1,6 +1,5 @@
 //! The disk under `spool.dir`: its mount (`/proc/self/mountinfo`), block device
 //! (`/sys/dev/block/MAJ:MIN`), the whole disk for a partition, and that disk's I/O scheduler.
-#![forbid(unsafe_code)]
 
 use super::machine::{selected, Root, SpoolDisk};
 use super::TuneError;

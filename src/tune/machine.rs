@@ -2,7 +2,6 @@
 //! their IRQs, limits, kernel, clock, THP, memory, a few sysctls. Every path is read under a
 //! root (`/`, or a recorded tree for `--sysfs-root`). A file that is missing is noted as such;
 //! a file whose contents make no sense is an error naming the file, never a panic.
-#![forbid(unsafe_code)]
 
 use super::cpulist;
 pub use super::nic::{irq_names_nic, parse_interrupts, Irq, Nic};

@@ -9,7 +9,6 @@
 //! - [`plan`] decides (pure functions, each rule tested alone);
 //! - [`render`] writes the profile and the script;
 //! - [`cpulist`] parses and formats the kernel's CPU lists and masks.
-#![forbid(unsafe_code)]
 
 pub mod cpulist;
 pub mod disk;

@@ -1,6 +1,5 @@
 //! The NICs: physical interfaces, their receive and transmit queues, and their IRQs from
 //! `/proc/interrupts` and the device's `msi_irqs`.
-#![forbid(unsafe_code)]
 
 use super::machine::Root;
 use super::TuneError;

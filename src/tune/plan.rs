@@ -1,7 +1,6 @@
 //! Deciding: which CPUs take the NIC's interrupts and which the shards, where the upload
 //! workers go, and the capacities that fit the machine's limits. Pure functions of what
 //! `machine` read, so each rule is tested on its own.
-#![forbid(unsafe_code)]
 
 use super::machine::{Cpu, Machine};
 use super::sizing;

@@ -1,7 +1,6 @@
 //! Writing: the tuning profile (a comment block saying what was read and why each value was
 //! chosen, then `[shards]`, `[queue]`, `[upload]`, `[glommio]`) and the shell script of
 //! recommended system changes, each with the reason for it.
-#![forbid(unsafe_code)]
 
 use super::cpulist::{format as list, hex_mask};
 use super::kernel;

@@ -8,7 +8,7 @@
 //! write that would pass a limit. Decoding therefore stops there, and no more than the cap
 //! is ever allocated for the output, however much the input would expand.
 
-use super::body::BodyError;
+use super::body_error::BodyError;
 use crate::queue::Reservation;
 use http::header::CONTENT_ENCODING;
 use std::io::{self, Write};

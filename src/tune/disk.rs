@@ -1,9 +1,29 @@
 //! The disk under `spool.dir`: its mount (`/proc/self/mountinfo`), block device
 //! (`/sys/dev/block/MAJ:MIN`), the whole disk for a partition, and that disk's I/O scheduler.
 
-use super::machine::{selected, Root, SpoolDisk};
+use super::root::{selected, Root};
 use super::TuneError;
 use std::path::{Component, Path, PathBuf};
+
+/// Where the spool directory lives and how its disk is scheduled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpoolDisk {
+    /// The spool directory as configured.
+    pub dir: String,
+    /// The path looked up (absolute; on the live machine the nearest existing ancestor,
+    /// symlinks resolved).
+    pub looked_up: String,
+    /// Mount point, file system type, source and `major:minor` from `mountinfo`.
+    pub mount: Option<(String, String, String, String)>,
+    /// Block device of the mount (`vda1`), when it is one.
+    pub device: Option<String>,
+    /// The whole disk (`vda` for `vda1`), whose queue has the scheduler.
+    pub disk: Option<String>,
+    /// Scheduler in use and the ones available.
+    pub scheduler: Option<(String, Vec<String>)>,
+    /// Whether the disk is rotational.
+    pub rotational: Option<bool>,
+}
 
 /// One line of `mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 //! writes a tuning profile that fits it, plus, on request, a shell script of the system
 //! changes it recommends. It never changes the system itself.
 //!
-//! - [`machine`] reads (under a root: `/`, or a recorded tree for `--sysfs-root`);
+//! - [`root`] is where files are read from: `/`, or a recorded tree for `--sysfs-root`;
+//! - [`machine`] reads (under a root), with [`nic`] for NIC queues and IRQs;
 //! - [`disk`] finds the disk under `spool.dir` and its I/O scheduler;
 //! - [`kernel`] says what the kernel's version means for io_uring;
 //! - [`plan`] decides (pure functions, each rule tested alone);
@@ -17,14 +18,15 @@ pub mod machine;
 pub mod nic;
 pub mod plan;
 pub mod render;
+pub mod root;
 pub mod sizing;
 pub mod steering;
 
 use crate::config::{resolve_placement, Config, Cores};
 use std::path::Path;
 
-pub use machine::Root;
 pub use plan::{Options, Plan, WorkerPlacement};
+pub use root::Root;
 
 /// Why `corepost tune` could not do its job; names the file when a file is to blame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! The NICs: physical interfaces, their receive and transmit queues, and their IRQs from
 //! `/proc/interrupts` and the device's `msi_irqs`.
 
-use super::machine::Root;
+use super::root::Root;
 use super::TuneError;
 
 /// One IRQ line of `/proc/interrupts`.

@@ -4,8 +4,9 @@
 
 use super::cpulist::{format as list, hex_mask};
 use super::kernel;
-use super::machine::{Machine, Root};
+use super::machine::Machine;
 use super::plan::{Plan, RPS_SOCK_FLOW_ENTRIES};
+use super::root::Root;
 use std::fmt::Write as _;
 
 /// Comment lines, `# ` each.

@@ -38,17 +38,22 @@ pub struct Mount {
     pub source: String,
 }
 
+/// A line of `/proc/self/mountinfo` that is not a mount (the line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a mountinfo line")]
+pub struct MountinfoError(pub String);
+
 /// Parses `/proc/self/mountinfo`.
-pub fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, String> {
+pub fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, MountinfoError> {
     let mut mounts = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
         let sep = f.iter().position(|w| *w == "-");
         let (Some(sep), true) = (sep, f.len() >= 5) else {
-            return Err(format!("{line:?} is not a mountinfo line"));
+            return Err(MountinfoError(line.to_string()));
         };
         if sep < 6 || f.len() < sep + 3 || !f[2].contains(':') {
-            return Err(format!("{line:?} is not a mountinfo line"));
+            return Err(MountinfoError(line.to_string()));
         }
         mounts.push(Mount {
             dev: f[2].to_string(),
@@ -143,7 +148,10 @@ pub fn read(root: &Root, spool_dir: &str) -> Result<SpoolDisk, TuneError> {
     let Some(text) = root.read_opt(mi)? else {
         return Ok(disk);
     };
-    let mounts = parse_mountinfo(&text).map_err(|e| root.bad(mi, e))?;
+    let mounts = parse_mountinfo(&text).map_err(|source| TuneError::Mountinfo {
+        path: root.path(mi),
+        source,
+    })?;
     let Some(m) = mount_of(&mounts, &path) else {
         return Ok(disk);
     };

@@ -41,17 +41,14 @@ impl Root {
         match std::fs::read_to_string(&full) {
             Ok(t) => Ok(Some(t)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(TuneError(format!("{}: cannot read: {e}", full.display()))),
+            Err(source) => Err(TuneError::Read { path: full, source }),
         }
     }
 
     /// The contents of `path`, which must exist.
     pub fn read(&self, path: &str) -> Result<String, TuneError> {
-        self.read_opt(path)?.ok_or_else(|| {
-            TuneError(format!(
-                "{}: missing (corepost tune needs it)",
-                self.path(path).display()
-            ))
+        self.read_opt(path)?.ok_or_else(|| TuneError::Missing {
+            path: self.path(path),
         })
     }
 
@@ -61,7 +58,7 @@ impl Root {
         let rd = match std::fs::read_dir(&full) {
             Ok(rd) => rd,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(TuneError(format!("{}: cannot list: {e}", full.display()))),
+            Err(source) => return Err(TuneError::List { path: full, source }),
         };
         let mut names: Vec<String> = rd
             .flatten()
@@ -76,14 +73,20 @@ impl Root {
         self.path(path).exists()
     }
 
-    /// An error about the contents of `path`.
+    /// An error about the contents of `path`: `what` is wrong with them, in words.
     pub fn bad(&self, path: &str, what: impl std::fmt::Display) -> TuneError {
-        TuneError(format!("{}: {what}", self.path(path).display()))
+        TuneError::Contents {
+            path: self.path(path),
+            what: what.to_string(),
+        }
     }
 
     /// Parses `path`'s contents as a CPU list.
     pub(super) fn cpu_list(&self, path: &str, text: &str) -> Result<Vec<usize>, TuneError> {
-        cpulist::parse(text).map_err(|e| self.bad(path, e))
+        cpulist::parse(text).map_err(|source| TuneError::CpuList {
+            path: self.path(path),
+            source,
+        })
     }
 
     /// Parses `path`'s contents (trimmed) as a number.

@@ -432,18 +432,15 @@ fn circles(graph: &Graph) -> Vec<Vec<PathBuf>> {
     walk.out
 }
 
-fn graph() -> (
-    PathBuf,
-    BTreeMap<PathBuf, BTreeMap<PathBuf, BTreeSet<String>>>,
-) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let files = module_tree(&root.join("src"));
-    (root, edges(&files))
+/// The graph of the library's files (absolute paths) under `root`.
+fn graph_of(root: &Path) -> Graph {
+    edges(&module_tree(&root.join("src")))
 }
 
 #[test]
 fn no_import_circles_in_src() {
-    let (root, graph) = graph();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let graph = graph_of(&root);
     let rel = |p: &Path| p.strip_prefix(&root).unwrap().display().to_string();
     let mut report = String::new();
     for scc in circles(&graph) {
@@ -480,32 +477,88 @@ fn no_import_circles_in_src() {
     );
 }
 
-/// The reader sees what it must: the library's files, and edges through `use` trees, code
-/// paths, `super` in inline modules and child modules.
+/// The reader sees what it must, on a small crate of its own: the module tree (`#[path]`,
+/// `mod.rs`, test modules left out), arrows through `use` trees, code paths, re-exports and
+/// child modules, none to containers or from test code, and the circle they close.
 #[test]
 fn the_graph_reads_the_imports() {
-    let (root, graph) = graph();
-    let file = |p: &str| root.join(p);
-    for f in ["src/lib.rs", "src/metrics_waiting.rs", "src/tune/root.rs"] {
-        assert!(graph.contains_key(&file(f)), "{f} not in the module tree");
+    let dir = tempfile::tempdir().unwrap();
+    for (file, text) in [
+        (
+            "lib.rs",
+            "pub mod a;\nmod b;\npub mod c;\n#[cfg(test)]\n#[path = \"lib_tests.rs\"]\nmod tests;\n",
+        ),
+        // A container: its own item, a child's item re-exported and not used here.
+        (
+            "a/mod.rs",
+            "pub mod x;\npub mod y;\npub use x::X;\n/// Not an arrow: crate::c::C\npub struct Shared;\n",
+        ),
+        (
+            "a/x.rs",
+            "use super::Shared;\nuse super::{y::{self, Y}};\npub struct X;\n\
+             fn f() -> &'static str { let _ = (Shared, Y, y::g); \"crate::c::C\" } // crate::c\n",
+        ),
+        ("a/y.rs", "pub struct Y;\npub fn g() -> usize { crate::b::B::N }\n"),
+        (
+            "b.rs",
+            "#[path = \"b_extra.rs\"]\nmod extra;\npub struct B;\n\
+             impl B { pub const N: usize = extra::E; }\n\
+             #[cfg(test)]\nmod tests { use crate::c::C; }\n",
+        ),
+        ("b_extra.rs", "pub const E: usize = 1;\nfn h(_: crate::a::X) {}\n"),
+        ("c.rs", "pub struct C;\nfn k() -> crate::b::B { crate::b::B }\n"),
+        ("lib_tests.rs", "use crate::c::C;\n"),
+    ] {
+        let path = dir.path().join("src").join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
     }
-    // `#[cfg(test)] #[path = "decode_tests.rs"] mod tests;`: test code, not the library.
-    assert!(!graph.contains_key(&file("src/http/decode_tests.rs")));
-    let imports = |from: &str, to: &str| graph[&file(from)].contains_key(&file(to));
-    // `use super::body_error::BodyError;`
-    assert!(imports("src/http/decode.rs", "src/http/body_error.rs"));
-    // `nics: super::nic::read_nics(root)?` in code.
-    assert!(imports("src/tune/machine.rs", "src/tune/nic.rs"));
-    // `pub use plan::{..}` in tune/mod.rs: a child module named without `self::`.
-    assert!(imports("src/tune/mod.rs", "src/tune/plan.rs"));
-    // `use crate::queue::Reservation;`
-    assert!(imports("src/http/decode.rs", "src/queue.rs"));
-    // Containers are not imports: `use super::TuneError;` in tune/disk.rs.
-    assert!(!imports("src/tune/disk.rs", "src/tune/mod.rs"));
-    // `use crate::spool::{RecordId, Releaser};` in queue.rs: `RecordId` is defined in
-    // spool/mod.rs, `Releaser` re-exported there from spool/release.rs.
-    assert!(imports("src/queue.rs", "src/spool/mod.rs"));
-    assert!(imports("src/queue.rs", "src/spool/release.rs"));
+    let graph = graph_of(dir.path());
+    let file = |p: &str| dir.path().join("src").join(p);
+    let mut files: Vec<&PathBuf> = graph.keys().collect();
+    files.sort();
+    let want = [
+        "a/mod.rs",
+        "a/x.rs",
+        "a/y.rs",
+        "b.rs",
+        "b_extra.rs",
+        "c.rs",
+        "lib.rs",
+    ];
+    assert_eq!(files, want.map(file).iter().collect::<Vec<_>>());
+    let arrows: BTreeSet<(String, String)> = graph
+        .iter()
+        .flat_map(|(from, to)| to.keys().map(move |t| (from.clone(), t.clone())))
+        .map(|(f, t)| {
+            let rel = |p: PathBuf| {
+                p.strip_prefix(dir.path().join("src"))
+                    .unwrap()
+                    .display()
+                    .to_string()
+            };
+            (rel(f), rel(t))
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = [
+        ("a/x.rs", "a/y.rs"),     // `use super::{y::{self, Y}}`
+        ("a/y.rs", "b.rs"),       // `crate::b::B::N` in code
+        ("b.rs", "b_extra.rs"),   // `extra::E`: a child module by name
+        ("b_extra.rs", "a/x.rs"), // `crate::a::X`, re-exported by a/mod.rs
+        ("c.rs", "b.rs"),         // a type and an expression
+    ]
+    .iter()
+    .map(|(f, t)| (f.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(arrows, want);
+    let circle: Vec<PathBuf> = ["a/x.rs", "a/y.rs", "b.rs", "b_extra.rs"]
+        .map(file)
+        .to_vec();
+    assert_eq!(circles(&graph), [circle]);
+}
+
+#[test]
+fn use_trees_and_literals() {
     let words = "crate :: a :: { b , c :: { d as e , self } , f :: * }";
     let words: Vec<&str> = words.split(' ').collect();
     let got: Vec<(String, String)> = expand_use(&words)

@@ -8,6 +8,7 @@
 
 pub mod answer;
 pub mod body;
+pub mod body_error;
 pub mod decode;
 mod io;
 

@@ -3,7 +3,6 @@
 //! An NDJSON object holds one payload per line in arrival order. A payload is stored as the
 //! client sent it, except that line breaks between its tokens (legal JSON whitespace; a JSON
 //! string cannot hold a raw line break) become spaces, so each payload stays on one line.
-#![forbid(unsafe_code)]
 
 use crate::config::{BatchConfig, Compression};
 use flate2::write::GzEncoder;

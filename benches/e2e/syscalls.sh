@@ -6,17 +6,20 @@
 # Prints (and with --out writes) a markdown table: requests/s, syscalls per request in all,
 # and the main ones by name.
 #
-# usage: benches/e2e/syscalls.sh [--conns "4 64"] [--duration S] [--out FILE] NAME=BINARY...
+# usage: benches/e2e/syscalls.sh [--conns "4 64"] [--duration S] [--cores N] [--out FILE] NAME=BINARY...
+#   --cores N    corepost shards (default 1, pinned to CPU 1 with wrk on CPU 0); with N > 1 the
+#                server and wrk are not pinned (the peer's runtime then has a worker per CPU)
 #   NAME=BINARY  a corepost build to count (e.g. main=target/release/corepost); the name
 #                `peer` runs benches/tokio-peer's binary as the conventional epoll server
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-CONNS="4 64" DURATION=5 OUT="" BUILDS=()
+CONNS="4 64" DURATION=5 CORES=1 OUT="" BUILDS=()
 while (($#)); do
     case $1 in
         --conns) CONNS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
+        --cores) CORES=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         *=*) BUILDS+=("$1"); shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -25,6 +28,8 @@ done
 ((${#BUILDS[@]})) || { echo "usage: $0 [--conns \"4 64\"] [--duration S] [--out FILE] NAME=BINARY..." >&2; exit 2; }
 command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
 RUN=$(mktemp -d -p "$ROOT/target" syscalls.XXXXXX)
+SRV=(taskset -c 1) LOAD=(taskset -c 0)
+((CORES == 1)) || SRV=() LOAD=()
 PORT=18271 PID=""
 stop() { if [[ -n $PID ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi; PID=""; }
 trap 'stop' EXIT
@@ -45,16 +50,16 @@ for build in "${BUILDS[@]}"; do
     name=${build%%=*} bin=${build#*=}
     for c in $CONNS; do
         if [[ $name == peer ]]; then
-            taskset -c 1 "$bin" --listen "127.0.0.1:$PORT" >"$RUN/$name.log" 2>&1 &
+            "${SRV[@]}" "$bin" --listen "127.0.0.1:$PORT" >"$RUN/$name.log" 2>&1 &
         else
             printf '[server]\nack = "queued"\n' >"$RUN/c.toml"
-            taskset -c 1 "$bin" serve --listen "127.0.0.1:$PORT" --cores 1 --sink discard \
+            "${SRV[@]}" "$bin" serve --listen "127.0.0.1:$PORT" --cores "$CORES" --sink discard \
                 --config "$RUN/c.toml" --spill-dir "$RUN/spill" >"$RUN/$name.log" 2>&1 &
         fi
         PID=$!; wait_up; sleep 0.5
         perf stat -x, -e "$EVENTS" -p "$PID" -o "$RUN/perf-$name-$c" -- sleep "$((DURATION + 1))" &
         perf_pid=$!; sleep 0.5
-        out=$(cd benches/workload && BODY=body10.json taskset -c 0 wrk -t1 -c"$c" -d"${DURATION}s" \
+        out=$(cd benches/workload && BODY=body10.json "${LOAD[@]}" wrk -t1 -c"$c" -d"${DURATION}s" \
             --timeout 5s -s post.lua "http://127.0.0.1:$PORT/v1/payloads")
         wait "$perf_pid"; stop
         total=$(awk '/requests in/{print $1}' <<<"$out"); non2xx=$(awk '/Non-2xx/{print $NF}' <<<"$out")
@@ -75,7 +80,7 @@ EOF
     done
 done
 {
-    echo "Command: \`benches/e2e/syscalls.sh --conns \"$CONNS\" --duration $DURATION ${BUILDS[*]}\`"
+    echo "Command: \`benches/e2e/syscalls.sh --conns \"$CONNS\" --duration $DURATION --cores $CORES ${BUILDS[*]}\`"
     echo "(perf counts the whole server process, every thread, for the wrk run plus about 1 s around it;"
     echo "wrk's own syscalls are not counted.)"
     echo

@@ -1434,6 +1434,11 @@ pub(crate) struct Reactor {
     /// preemption timer that has not fired is kept from turn to turn instead of being
     /// cancelled and re-armed on every call to `wait` (corepost patch).
     latency_preemption_armed_for: Cell<Option<Duration>>,
+    /// The timer that wakes a sleeping reactor for the next user timer, and its deadline
+    /// (corepost patch: upstream keeps it in the slot above, so every sleep armed one and
+    /// every wake-up cancelled it). Kept while its deadline is not later than the next
+    /// sleep's: firing early only wakes the reactor for one more turn.
+    sleep_timer_src: Cell<Option<(Source, Instant)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1574,6 +1579,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             latency_preemption_armed_for: Cell::new(None),
+            sleep_timer_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -2070,13 +2076,15 @@ impl Reactor {
         // a linked eventfd write: about five SQEs, five CQEs and two more `io_uring_enter`
         // on the latency ring per reactor turn). Kept armed, the latency timer fires at most
         // one preemption period after it was armed instead of after this turn: a task queue
-        // is preempted a little early now and then, never late. It is still cancelled when
-        // the reactor may sleep (so an idle reactor does not wake for it) and replaced when
-        // it fired or the period changed.
+        // is preempted a little early now and then, never late. It also stays armed when
+        // the reactor goes to sleep: it then wakes the reactor once, at most one period
+        // later, instead of costing a cancel before every sleep and a new timer after every
+        // wake-up. It is replaced when it fired or the period changed.
         let latency_kept = {
             let armed = self.latency_preemption_timeout_src.take();
-            let keep = preempt_timer().is_some()
-                && self.latency_preemption_armed_for.get() == preempt_timer()
+            let period = self.latency_preemption_armed_for.get();
+            let keep = period.is_some()
+                && (preempt_timer().is_none() || preempt_timer() == period)
                 && armed.as_ref().is_some_and(|src| src.result().is_none());
             if keep {
                 self.latency_preemption_timeout_src.set(armed);
@@ -2128,9 +2136,23 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                let deadline = Instant::now() + dur;
+                let kept = match self.sleep_timer_src.take() {
+                    Some((src, at)) if at <= deadline && src.result().is_none() => {
+                        self.sleep_timer_src.set(Some((src, at)));
+                        true
+                    }
+                    // Fired, or too late for this sleep: cancelled (if still armed).
+                    _ => false,
+                };
+                if !kept {
+                    self.sleep_timer_src.set(Some((
+                        lat_ring.prepare_latency_preemption_timer(dur),
+                        deadline,
+                    )));
+                    flush_cancellations!(into &mut 0; lat_ring);
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -2158,7 +2180,7 @@ impl Reactor {
 
         if let Some(preempt) = preempt_timer() {
             if !(latency_kept && self.latency_preemption_armed_for.get() == Some(preempt)) {
-                // Replaces a user timer armed for a sleep, if any (dropping it cancels it).
+                // Replaces a timer of another period, if any (dropping it cancels it).
                 drop(self.latency_preemption_timeout_src.take());
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));

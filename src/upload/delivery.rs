@@ -53,6 +53,19 @@ pub(super) enum Outcome {
     NotStored { refused: bool },
 }
 
+impl Outcome {
+    /// The outcome of two objects of the same requests: stored if both are, refused if
+    /// either is.
+    pub(super) fn and(self, other: Outcome) -> Outcome {
+        match (self, other) {
+            (Outcome::Stored, o) | (o, Outcome::Stored) => o,
+            (Outcome::NotStored { refused: a }, Outcome::NotStored { refused: b }) => {
+                Outcome::NotStored { refused: a || b }
+            }
+        }
+    }
+}
+
 /// What the worker's tasks share.
 pub(super) struct Ctx {
     pub(super) sink: Sink,
@@ -60,6 +73,8 @@ pub(super) struct Ctx {
     /// stored, since storing one releases its spool record.
     pub(super) fs_sync: Option<group_sync::GroupSync>,
     pub(super) spill: FsSink,
+    /// `batch.schema_file`'s columns, read at start.
+    pub(super) schema: Option<arrow_schema::SchemaRef>,
     pub(super) stats: Arc<ShardStats>,
     pub(super) budget: Arc<Budget>,
     pub(super) keys: KeySpace,

@@ -13,10 +13,12 @@ mod batch;
 mod delivery;
 mod group_sync;
 mod objects;
+mod parquet;
+pub mod schema_file;
 mod sink;
 mod spill;
 
-pub use batch::{payloads_in, ObjectBuilder, ObjectFormat};
+pub use batch::{payloads_in, Finished, ObjectBuilder, ObjectFormat, Unfit, UNFIT};
 pub use delivery::{backoff, refused_backoff, throttled_backoff};
 pub use sink::{FsSink, Sink, UploadError, SPILL_SUFFIX};
 pub use spill::spilled_files;
@@ -129,9 +131,21 @@ fn worker_ctx(s: &WorkerSetup) -> Ctx {
         }
         _ => None,
     };
+    let schema = match (&s.config.batch.schema_file, s.config.batch.format) {
+        (Some(path), crate::config::BatchFormat::Parquet) => match schema_file::load(path) {
+            Ok(schema) => Some(schema),
+            Err(e) => {
+                // Validation read it at start; if it is gone now, columns are inferred.
+                tracing::error!(shard = s.shard, error = %e, "batch.schema_file: cannot read it; inferring columns per object");
+                None
+            }
+        },
+        _ => None,
+    };
     Ctx {
         sink,
         fs_sync,
+        schema,
         // Spill files are written without a per-file fsync (thousands of fsyncs would outlast
         // any drain deadline); one syncfs at the end of the drain makes them all durable.
         spill: FsSink::spill(&s.config.upload.spill_dir),

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use super::delivery::{Ctx, Outcome};
-use super::{ObjectBuilder, Sink};
+use super::{ObjectBuilder, Sink, UNFIT};
 use crate::config::BatchConfig;
 use crate::keys::{KeySpace, ObjectName, Template};
 use crate::metrics::inc;
@@ -183,7 +183,10 @@ pub(super) async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Ope
         if let Some(o) = opens.take(slot) {
             close(ctx, permits, o).await;
         }
-        let builder = match ObjectBuilder::new(batch) {
+        // A fixed schema only for objects whose batch settings name one (a replay of a
+        // record written without `batch.schema_file` infers, as its run did).
+        let schema = batch.schema_file.as_ref().and(ctx.schema.as_ref());
+        let builder = match ObjectBuilder::new(batch, schema) {
             Ok(b) => b,
             Err(e) => {
                 // Only the compressor's set-up can fail here (memory); say so loudly.
@@ -278,10 +281,12 @@ fn recorded_keys(ctx: &Ctx, n: &Naming) -> KeySpace {
     )
 }
 
-/// Closes an object and starts its upload once an in-flight permit is free.
+/// Closes an object and starts its upload once an in-flight permit is free: the object
+/// itself and, for a Parquet object with payloads that did not fit, its error output. Its
+/// requests count it done once both are.
 pub(super) async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, o: Open) {
     let payloads = o.builder.payloads();
-    let (data, format) = match o.builder.finish() {
+    let done = match o.builder.finish() {
         Ok(done) => done,
         Err(e) => {
             tracing::error!(shard = ctx.shard, payloads, error = %e, "cannot finish an object; its payloads are LOST");
@@ -292,18 +297,38 @@ pub(super) async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, o: Open) {
             return;
         }
     };
-    let key = o
-        .keys
-        .as_deref()
-        .unwrap_or(&ctx.keys)
-        .object_key(&o.partition, o.name, format.ext);
+    let keys = o.keys.as_deref().unwrap_or(&ctx.keys);
+    let mut objects = Vec::with_capacity(2);
+    if let Some((data, format, n)) = done.object {
+        let key = keys.object_key(&o.partition, o.name, format.ext);
+        objects.push((key, data, format, n));
+    }
+    if let Some(unfit) = done.unfit {
+        let key = keys.unfit_key(&o.partition, o.name);
+        let n = unfit.payloads as u64;
+        if ctx
+            .stats
+            .payloads_unfit
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            tracing::warn!(shard = ctx.shard, key, payloads = n, reason = %unfit.reason, "payloads that do not fit a Parquet object are stored as NDJSON in the error output (counted in corepost_payloads_unfit_total; logged once per shard, then at debug)");
+        } else {
+            tracing::debug!(shard = ctx.shard, key, payloads = n, reason = %unfit.reason, "payloads stored in the error output");
+        }
+        objects.push((key, unfit.data, UNFIT, unfit.payloads));
+    }
     let spooled = matches!(o.name, ObjectName::Spooled { .. });
     let Ok(permit) = permits.clone().acquire_owned().await else {
         return;
     };
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {
-        let outcome = ctx.deliver(&key, &data, format, payloads, spooled).await;
+        let mut outcome = Outcome::Stored;
+        for (key, data, format, n) in &objects {
+            let one = ctx.deliver(key, data, *format, *n, spooled).await;
+            outcome = outcome.and(one);
+        }
         drop(permit);
         for m in &o.members {
             ctx.finish(m, Some(outcome));

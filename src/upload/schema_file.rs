@@ -1,0 +1,169 @@
+//! `batch.schema_file`: a fixed set of Parquet columns, written as a JSON object that maps
+//! each column to its type, in column order:
+//!
+//! ```json
+//! {"device_id": "string", "ts": "int64", "os": {"name": "string", "build": "int64"},
+//!  "metrics": ["float64"], "ok": "bool"}
+//! ```
+//!
+//! A type is `"string"`, `"int64"`, `"float64"` or `"bool"`, an object (a struct of such
+//! columns) or an array of one type (a list of it). Every column is nullable.
+#![forbid(unsafe_code)]
+
+use arrow_schema::{DataType, Field, Fields, Schema};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use std::fmt;
+use std::sync::Arc;
+
+/// Reads and parses a schema file; the error says what is wrong (the caller names the key).
+pub fn load(path: &str) -> Result<Arc<Schema>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    parse(&text).map_err(|e| format!("{path}: {e}"))
+}
+
+/// Parses a schema file's text.
+pub fn parse(text: &[u8]) -> Result<Arc<Schema>, String> {
+    let cols: Columns = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    if cols.0.is_empty() {
+        return Err("names no column".into());
+    }
+    Ok(Arc::new(Schema::new(fields(&cols)?)))
+}
+
+/// A column's type as written.
+enum Type {
+    Name(String),
+    Struct(Columns),
+    List(Box<Type>),
+}
+
+/// Columns in the order written.
+struct Columns(Vec<(String, Type)>);
+
+fn fields(cols: &Columns) -> Result<Fields, String> {
+    let mut seen = std::collections::HashSet::new();
+    cols.0
+        .iter()
+        .map(|(name, ty)| {
+            if !seen.insert(name.as_str()) {
+                return Err(format!("column {name:?} is named twice"));
+            }
+            Ok(Field::new(
+                name,
+                data_type(ty).map_err(|e| format!("{name}: {e}"))?,
+                true,
+            ))
+        })
+        .collect()
+}
+
+fn data_type(ty: &Type) -> Result<DataType, String> {
+    Ok(match ty {
+        Type::Name(n) => match n.as_str() {
+            "string" => DataType::Utf8,
+            "int64" => DataType::Int64,
+            "float64" => DataType::Float64,
+            "bool" => DataType::Boolean,
+            other => {
+                return Err(format!(
+                    "unknown type {other:?} (string, int64, float64, bool, an object or a one-element array)"
+                ))
+            }
+        },
+        Type::Struct(cols) if cols.0.is_empty() => return Err("a struct needs a column".into()),
+        Type::Struct(cols) => DataType::Struct(fields(cols)?),
+        Type::List(inner) => DataType::List(Arc::new(Field::new_list_field(
+            data_type(inner)?,
+            true,
+        ))),
+    })
+}
+
+impl<'de> de::Deserialize<'de> for Columns {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Type::deserialize(d)? {
+            Type::Struct(cols) => Ok(cols),
+            _ => Err(de::Error::custom(
+                "a schema file is a JSON object of columns",
+            )),
+        }
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Type {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TypeVisitor)
+    }
+}
+
+struct TypeVisitor;
+
+impl<'de> Visitor<'de> for TypeVisitor {
+    type Value = Type;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a type name, an object of columns or a one-element array")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Type, E> {
+        Ok(Type::Name(v.to_string()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Type, A::Error> {
+        let mut cols = Vec::new();
+        while let Some((k, v)) = map.next_entry::<String, Type>()? {
+            cols.push((k, v));
+        }
+        Ok(Type::Struct(Columns(cols)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Type, A::Error> {
+        let Some(inner) = seq.next_element::<Type>()? else {
+            return Err(de::Error::custom("a list type names its element's type"));
+        };
+        if seq.next_element::<de::IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom("a list type names one element type"));
+        }
+        Ok(Type::List(Box::new(inner)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_keep_their_order_and_nest() {
+        let s = parse(br#"{"z": "string", "a": {"n": "int64", "b": "bool"}, "m": ["float64"], "l": [{"k": "string"}]}"#).unwrap();
+        let names: Vec<_> = s.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["z", "a", "m", "l"]);
+        assert_eq!(s.field(0).data_type(), &DataType::Utf8);
+        let DataType::Struct(inner) = s.field(1).data_type() else {
+            panic!("{:?}", s.field(1))
+        };
+        assert_eq!(inner[0].name(), "n");
+        assert_eq!(inner[1].data_type(), &DataType::Boolean);
+        assert!(
+            matches!(s.field(2).data_type(), DataType::List(f) if f.data_type() == &DataType::Float64)
+        );
+        assert!(s.fields().iter().all(|f| f.is_nullable()));
+    }
+
+    #[test]
+    fn bad_files_say_why() {
+        for (text, why) in [
+            (&br#"{"a": "int"}"#[..], "unknown type \"int\""),
+            (br#"{"a": "string", "a": "int64"}"#, "named twice"),
+            (br#"{"a": []}"#, "names its element"),
+            (br#"{"a": ["string", "int64"]}"#, "one element type"),
+            (br#"{"a": {}}"#, "needs a column"),
+            (br#"{}"#, "names no column"),
+            (br#"["string"]"#, "JSON object of columns"),
+            (br#"{"a": 1}"#, "a type name"),
+            (b"{", "EOF"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
+}

@@ -11,6 +11,7 @@
 
 mod batch;
 mod delivery;
+mod fs_sink;
 mod group_sync;
 mod objects;
 mod parquet;
@@ -20,7 +21,8 @@ mod spill;
 
 pub use batch::{payloads_in, Finished, ObjectBuilder, ObjectFormat, Unfit, UNFIT};
 pub use delivery::{backoff, refused_backoff, throttled_backoff};
-pub use sink::{FsSink, Sink, UploadError, SPILL_SUFFIX};
+pub use fs_sink::{FsSink, SPILL_SUFFIX};
+pub use sink::{Sink, UploadError};
 pub use spill::spilled_files;
 
 use crate::config::Config;

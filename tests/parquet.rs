@@ -90,7 +90,7 @@ fn download(g: &Garage, prefix: &str, dir: &Path) -> Vec<String> {
 fn rows_by_duckdb(root: &Path, prefix: &str) -> (Vec<u64>, BTreeMap<String, u64>) {
     let glob = format!("{}/{prefix}/*/*/*.parquet", root.display());
     let rows = duckdb(&format!(
-        "SELECT type, i, event, os.name, len(metrics) FROM read_parquet('{glob}', hive_partitioning = true)"
+        "SELECT type, i, event, os.name, len(metrics) FROM read_parquet('{glob}', hive_partitioning = true, union_by_name = true)"
     ));
     let (mut ids, mut per_type) = (Vec::new(), BTreeMap::new());
     for r in rows {
@@ -208,35 +208,10 @@ fn after_kill_9_durable_parquet_objects_hold_every_200_once() {
     let args = ["--sink", "s3", "--spool-dir", &spool_arg];
     let (s, _c) = config_server(2, &conf, &args, &g.server_env(&p));
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4u64)
-        .map(|c| {
-            let (addr, stop) = (s.addr, stop.clone());
-            std::thread::spawn(move || {
-                let (mut ok, mut sent) = (Vec::new(), Vec::new());
-                let (mut w, mut r) = connect(addr);
-                for n in 0u64.. {
-                    if stop.load(Relaxed) {
-                        break;
-                    }
-                    let (body, ids) = body10_request(c * 100_000 + n);
-                    let req = raw_request("POST", "/v1/payloads", &[], &body);
-                    sent.extend(ids.iter().cloned());
-                    if w.write_all(&req).is_err() {
-                        break;
-                    }
-                    match try_read_response(&mut r) {
-                        Some(resp) if resp.status == 200 => ok.extend(ids),
-                        Some(resp) if resp.status == 503 => {
-                            std::thread::sleep(Duration::from_millis(10))
-                        }
-                        Some(resp) => panic!("status {}", resp.status),
-                        None => break,
-                    }
-                }
-                (ok, sent)
-            })
-        })
-        .collect();
+    let clients = post_until_stopped(s.addr, 4, &stop, |c, n| {
+        let (body, ids) = body10_request(c * 100_000 + n);
+        (raw_request("POST", "/v1/payloads", &[], &body), ids)
+    });
     wait_until(60, "a few thousand payloads stored", || {
         s.metrics().sum("corepost_payloads_uploaded_total") >= 3_000
     });

@@ -1070,3 +1070,44 @@ pub fn assert_refused_for_a_disk_error(s: &Server, body: &[u8]) {
         "{why}"
     );
 }
+
+/// Clients posting until `stop` is set or the server goes away (killed), each on its own
+/// keep-alive connection: client `c`'s request `n` is `make(c, n)`, the raw request and the
+/// ids of its payloads. A `503` pauses 10 ms; any other status but `200` fails the test.
+/// Join the threads after setting `stop`: each gives the ids of its requests answered `200`
+/// and of every request it wrote.
+pub fn post_until_stopped<T: Clone + Send + 'static>(
+    addr: SocketAddr,
+    clients: u64,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    make: fn(u64, u64) -> (Vec<u8>, Vec<T>),
+) -> Vec<std::thread::JoinHandle<(Vec<T>, Vec<T>)>> {
+    (0..clients)
+        .map(|c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut sent) = (Vec::new(), Vec::new());
+                let (mut w, mut r) = connect(addr);
+                for n in 0u64.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let (req, ids) = make(c, n);
+                    sent.extend(ids.iter().cloned());
+                    if w.write_all(&req).is_err() {
+                        break;
+                    }
+                    match try_read_response(&mut r) {
+                        Some(resp) if resp.status == 200 => ok.extend(ids),
+                        Some(resp) if resp.status == 503 => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                        Some(resp) => panic!("status {}", resp.status),
+                        None => break,
+                    }
+                }
+                (ok, sent)
+            })
+        })
+        .collect()
+}

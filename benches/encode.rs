@@ -146,6 +146,15 @@ fn objects_into_fs(c: &mut Criterion<ThreadCpu>) {
             .parse(body, &mut spans)
             .expect("a valid body");
         g.throughput(Throughput::Elements(spans.len() as u64));
+        // The template alone: each payload's partition.
+        g.bench_function(BenchmarkId::new("template_only", body_name), |b| {
+            b.iter(|| {
+                let fields = ks.fields(None, 1_796_656_260, &[]);
+                for &(s, e) in &spans {
+                    black_box(ks.partition(&fields, &body[s as usize..e as usize]));
+                }
+            })
+        });
         for (name, format, compression, schema) in formats {
             let cfg = BatchConfig {
                 format,

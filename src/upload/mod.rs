@@ -1,7 +1,8 @@
 //! Upload workers: one OS thread per shard (pinned, tokio current_thread, because rust-s3 needs
-//! tokio) that drains the shard's queue into objects (one per payload, or NDJSON batches; see
-//! `batch`) and stores them, `upload.max_in_flight` at a time, retrying transient failures with
-//! capped exponential backoff and full jitter. A retried object keeps its key, so a retry after
+//! tokio) that drains the shard's queue into objects (one per payload, NDJSON batches, or
+//! Parquet files encoded at close; see `batch` and `parquet`) and stores them,
+//! `upload.max_in_flight` at a time, retrying transient failures with capped exponential
+//! backoff and full jitter. A retried object keeps its key, so a retry after
 //! a lost answer overwrites rather than duplicates.
 //!
 //! Nothing answered `200` is dropped: a payload the store refuses for good, or one still

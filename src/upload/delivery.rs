@@ -267,6 +267,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn two_objects_are_stored_only_if_both_are() {
+        let (stored, later, refused) = (
+            Outcome::Stored,
+            Outcome::NotStored { refused: false },
+            Outcome::NotStored { refused: true },
+        );
+        assert_eq!(stored.and(stored), stored);
+        for o in [later, refused] {
+            assert_eq!(stored.and(o), o);
+            assert_eq!(o.and(stored), o);
+        }
+        assert_eq!(later.and(refused), refused);
+        assert_eq!(refused.and(later), refused);
+        assert_eq!(later.and(later), later);
+    }
+
+    #[test]
     fn backoff_is_capped_and_jittered() {
         for attempt in 1..40 {
             let d = backoff(attempt, 50, 5_000);

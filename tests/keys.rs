@@ -12,8 +12,6 @@ use common::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
 const DEFAULT: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -368,20 +366,13 @@ fn durable_requests_replayed_after_kill_9_keep_the_keys_of_the_template_they_wer
         &["--spool-dir", &spool_arg],
         &[],
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = post_until_stopped(s.addr, 4, &stop, six_payloads_in_three_partitions);
+    let clients = post_until_stopped(s.addr, 4, six_payloads_in_three_partitions);
     wait_until(30, "a few hundred payloads stored", || {
         files_under(root.path()).len() > 200
     });
     s.signal("KILL");
     drop(s);
-    stop.store(true, Relaxed);
-    let (mut ok, mut sent) = (Vec::new(), Vec::new());
-    for h in clients {
-        let (o, s) = h.join().unwrap();
-        ok.extend(o);
-        sent.extend(s);
-    }
+    let (ok, sent) = clients.stop();
     assert!(ok.len() > 100, "{} payloads answered 200", ok.len());
 
     // Restart with another template and other batches: the spool's records are built and

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// The Garage tests load the machine; they take turns.
@@ -207,8 +207,7 @@ fn after_kill_9_durable_parquet_objects_hold_every_200_once() {
     let conf = parquet_conf("[server]\nack = \"durable\"\n[spool]\ncheckpoint_ms = 3600000\n");
     let args = ["--sink", "s3", "--spool-dir", &spool_arg];
     let (s, _c) = config_server(2, &conf, &args, &g.server_env(&p));
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = post_until_stopped(s.addr, 4, &stop, |c, n| {
+    let clients = post_until_stopped(s.addr, 4, |c, n| {
         let (body, ids) = body10_request(c * 100_000 + n);
         (raw_request("POST", "/v1/payloads", &[], &body), ids)
     });
@@ -217,13 +216,7 @@ fn after_kill_9_durable_parquet_objects_hold_every_200_once() {
     });
     s.signal("KILL");
     drop(s);
-    stop.store(true, Relaxed);
-    let (mut ok, mut sent) = (Vec::new(), Vec::new());
-    for h in clients {
-        let (o, s) = h.join().unwrap();
-        ok.extend(o);
-        sent.extend(s);
-    }
+    let (ok, sent) = clients.stop();
     assert!(ok.len() > 1_000, "{} payloads answered 200", ok.len());
 
     let (s, _c) = config_server(1, &conf, &args, &g.server_env(&p));

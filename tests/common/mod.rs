@@ -1071,18 +1071,16 @@ pub fn assert_refused_for_a_disk_error(s: &Server, body: &[u8]) {
     );
 }
 
-/// Clients posting until `stop` is set or the server goes away (killed), each on its own
+/// Clients posting until stopped or until the server goes away (killed), each on its own
 /// keep-alive connection: client `c`'s request `n` is `make(c, n)`, the raw request and the
 /// ids of its payloads. A `503` pauses 10 ms; any other status but `200` fails the test.
-/// Join the threads after setting `stop`: each gives the ids of its requests answered `200`
-/// and of every request it wrote.
 pub fn post_until_stopped<T: Clone + Send + 'static>(
     addr: SocketAddr,
     clients: u64,
-    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
     make: fn(u64, u64) -> (Vec<u8>, Vec<T>),
-) -> Vec<std::thread::JoinHandle<(Vec<T>, Vec<T>)>> {
-    (0..clients)
+) -> Posting<T> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads = (0..clients)
         .map(|c| {
             let stop = stop.clone();
             std::thread::spawn(move || {
@@ -1109,5 +1107,27 @@ pub fn post_until_stopped<T: Clone + Send + 'static>(
                 (ok, sent)
             })
         })
-        .collect()
+        .collect();
+    Posting { stop, threads }
+}
+
+/// The clients of [`post_until_stopped`].
+pub struct Posting<T> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(Vec<T>, Vec<T>)>>,
+}
+
+impl<T> Posting<T> {
+    /// Stops the clients; the ids of the payloads answered `200`, and of every payload
+    /// written.
+    pub fn stop(self) -> (Vec<T>, Vec<T>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut sent) = (Vec::new(), Vec::new());
+        for t in self.threads {
+            let (o, s) = t.join().unwrap();
+            ok.extend(o);
+            sent.extend(s);
+        }
+        (ok, sent)
+    }
 }

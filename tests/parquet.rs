@@ -3,7 +3,8 @@
 //! template come back from the bucket with exactly the posted payloads per partition value,
 //! nested fields and list lengths intact; the same after `kill -9` with `ack = "durable"`;
 //! the query documented in docs/operations.md runs as written; payloads that do not fit a
-//! fixed schema land in the error output and are counted in `/metrics`.
+//! fixed schema land in the error output and are counted in `/metrics`, and a replay after a
+//! crash encodes with the schema file its requests were taken with.
 
 mod common;
 
@@ -240,6 +241,71 @@ fn after_kill_9_durable_parquet_objects_hold_every_200_once() {
     assert!(unknown.is_empty(), "never sent: {unknown:?}");
     let want = count_events(seen.keys().map(|i| &events[i]));
     assert_eq!(per_type, want, "rows per partition value");
+}
+
+#[test]
+fn a_replay_after_kill_9_encodes_with_the_schema_file_its_records_were_taken_with() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let g = garage();
+    let p = prefix("parquet-schema");
+    let spool = spool_dir();
+    let spool_arg = spool.path().to_str().unwrap().to_string();
+    let schema = text_file(r#"{"i": "int64", "event": "string", "a": "string"}"#);
+    let conf = format!(
+        "[server]\nack = \"durable\"\n[keys]\ntemplate = \"{TEMPLATE}\"\n[batch]\nformat = \"parquet\"\nschema_file = \"{}\"\nmax_payloads = 100\nmax_age_ms = 50\n",
+        schema.path().display()
+    );
+    let args = ["--sink", "s3", "--spool-dir", &spool_arg];
+    // A store nothing answers: every request taken stays in the spool.
+    let (s, _c) = config_server(1, &conf, &args, &unreachable_store_env(g, &p));
+    // Even payloads fit the first schema file; odd ones have a field only the second has.
+    for r in 0..10u64 {
+        let data: Vec<String> = (r * 10..r * 10 + 10)
+            .map(|i| match i % 2 {
+                0 => format!(r#"{{"i":{i},"event":"x","a":"s"}}"#),
+                _ => format!(r#"{{"i":{i},"event":"x","b":true}}"#),
+            })
+            .collect();
+        let body = format!(r#"{{"data":[{}]}}"#, data.join(","));
+        assert_eq!(post(s.addr, body.as_bytes()).status, 200);
+    }
+    s.signal("KILL");
+    drop(s);
+    // The file changes before the restart: under it, the odd payloads fit and the even not.
+    std::fs::write(
+        schema.path(),
+        r#"{"i": "int64", "event": "string", "b": "bool"}"#,
+    )
+    .unwrap();
+    let (s, _c) = config_server(1, &conf, &args, &g.server_env(&p));
+    wait_spool_empty(&s, 60);
+    assert!(s.stop(30).success());
+
+    // Encoded as the first run would have: even payloads in Parquet, odd ones in the error
+    // output, each once.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = download(g, &p, dir.path());
+    let glob = format!("{}/{p}/type=*/*/*.parquet", dir.path().display());
+    let rows = duckdb(&format!("SELECT i FROM read_parquet('{glob}') ORDER BY i"));
+    let in_parquet: Vec<u64> = rows.iter().map(|r| r[0].as_u64().unwrap()).collect();
+    assert_eq!(in_parquet, (0..100).step_by(2).collect::<Vec<u64>>());
+    let mut in_errors = Vec::new();
+    for k in keys
+        .iter()
+        .filter(|k| k.starts_with(&format!("{p}/errors/")))
+    {
+        for line in std::fs::read(dir.path().join(k))
+            .unwrap()
+            .split(|&b| b == b'\n')
+        {
+            if !line.is_empty() {
+                let v: Value = serde_json::from_slice(line).unwrap();
+                in_errors.push(v["i"].as_u64().unwrap());
+            }
+        }
+    }
+    in_errors.sort();
+    assert_eq!(in_errors, (1..100).step_by(2).collect::<Vec<u64>>());
 }
 
 #[test]

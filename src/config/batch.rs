@@ -41,8 +41,9 @@ pub struct BatchConfig {
     /// or a one-element array (a list of that type), e.g. `{"event": "string", "os":
     /// {"name": "string"}, "metrics": ["float64"]}`. Every column may be null or missing; a
     /// payload with a field the file does not name, or a value of another type, goes to
-    /// the error output. Read at start: after a crash, spooled requests are encoded with the
-    /// file in force at the restart.
+    /// the error output. Read at start; with `ack = "durable"` a copy is kept in
+    /// `{spool.dir}/schemas/`, so requests replayed after a crash are encoded with the file
+    /// they were taken with, even once it has changed.
     pub schema_file: Option<String>,
     /// `none`, `gzip`, `zstd` or (Parquet only) `snappy`. JSON objects: sets
     /// `Content-Encoding` and the key's suffix; Parquet objects: the codec of the columns

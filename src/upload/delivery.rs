@@ -75,6 +75,9 @@ pub(super) struct Ctx {
     pub(super) spill: FsSink,
     /// `batch.schema_file`'s columns, read at start.
     pub(super) schema: Option<arrow_schema::SchemaRef>,
+    /// Schema files replayed records were taken with, by digest (see `objects::schema_for`).
+    pub(super) kept_schemas:
+        std::cell::RefCell<std::collections::HashMap<String, Option<arrow_schema::SchemaRef>>>,
     pub(super) stats: Arc<ShardStats>,
     pub(super) budget: Arc<Budget>,
     pub(super) keys: KeySpace,

@@ -149,6 +149,7 @@ fn worker_ctx(s: &WorkerSetup) -> Ctx {
         sink,
         fs_sync,
         schema,
+        kept_schemas: Default::default(),
         // Spill files are written without a per-file fsync (thousands of fsyncs would outlast
         // any drain deadline); one syncfs at the end of the drain makes them all durable.
         spill: FsSink::spill(&s.config.upload.spill_dir),

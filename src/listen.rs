@@ -7,7 +7,6 @@
 //! TIME_WAIT entry only when the entry's own socket had `SO_REUSEADDR` too (accepted sockets
 //! inherit it from their listener), and never while any socket listens on the port. glommio's
 //! `TcpListener::bind` sets only `SO_REUSEPORT`, so the shards build their sockets here.
-#![deny(unsafe_code)]
 
 use anyhow::anyhow;
 use socket2::{Domain, Protocol, Socket, Type};

@@ -1,6 +1,5 @@
 //! `corepost serve`, `corepost check-config` and `corepost tune`: parse flags, load the
 //! configuration, run (or write a tuning profile for this machine).
-#![forbid(unsafe_code)]
 
 use clap::{Args, Parser, Subcommand};
 use corepost::config::{self, Flags, SinkKind, Sources};

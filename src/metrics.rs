@@ -2,7 +2,6 @@
 //!
 //! Each counter has one writer: the shard's executor or the shard's upload worker, so the
 //! atomics are never contended on the hot path; a scrape only reads them.
-#![forbid(unsafe_code)]
 
 use crate::queue::Budget;
 use crate::spool::Spools;

@@ -1,5 +1,4 @@
 //! What waits for the store outside the memory queues (`/metrics` and `/readyz`).
-#![forbid(unsafe_code)]
 
 use super::{now_ms, ShardView};
 use std::sync::atomic::Ordering::Relaxed;

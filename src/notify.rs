@@ -1,7 +1,6 @@
 //! systemd's readiness protocol (`Type=notify`): a datagram such as `READY=1` sent to the unix
 //! socket named by `NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace). Without the
 //! variable (not started by systemd) nothing is sent. No dependency: one `UnixDatagram`.
-#![forbid(unsafe_code)]
 
 use std::io;
 use std::os::unix::net::UnixDatagram;

@@ -1,6 +1,5 @@
 //! The per-shard queue between a shard (glommio) and its upload worker (tokio), with
 //! backpressure: bounded by payload count and by bytes, a request is queued whole or not at all.
-#![forbid(unsafe_code)]
 
 use crate::ingest::Span;
 use crate::spool::{RecordId, Releaser};

@@ -4,9 +4,22 @@
 //! bad, refuses it and keeps the old state; either way it says so in the log. A reload never
 //! drops a connection or a request.
 
+use crate::auth::TokensError;
+use crate::tls::TlsError;
 use std::sync::{Arc, Mutex};
 
-type Hook = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+/// Why a reloader refused the new state (and kept the old one).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The tokens file.
+    #[error("{0}")]
+    Tokens(#[from] TokensError),
+    /// The TLS certificate and key.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+}
+
+type Hook = Box<dyn Fn() -> Result<String, ReloadError> + Send + Sync>;
 
 /// The reload hooks of one server. Cloning shares them.
 #[derive(Clone, Default)]
@@ -25,18 +38,18 @@ impl std::fmt::Debug for Reloaders {
 impl Reloaders {
     /// Registers `hook` under `what` (e.g. `"tokens"`). The hook returns a line for the log
     /// on success (never a secret), or why the new state was refused.
-    pub fn add(
+    pub fn add<E: Into<ReloadError>>(
         &self,
         what: &'static str,
-        hook: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+        hook: impl Fn() -> Result<String, E> + Send + Sync + 'static,
     ) {
         if let Ok(mut hooks) = self.0.lock() {
-            hooks.push((what, Box::new(hook)));
+            hooks.push((what, Box::new(move || hook().map_err(Into::into))));
         }
     }
 
     /// Runs every hook, logs each outcome, and returns them (`Err` for a refused reload).
-    pub fn reload_all(&self) -> Vec<(&'static str, Result<String, String>)> {
+    pub fn reload_all(&self) -> Vec<(&'static str, Result<String, ReloadError>)> {
         let Ok(hooks) = self.0.lock() else {
             return Vec::new();
         };
@@ -67,15 +80,19 @@ mod tests {
         let r = Reloaders::default();
         let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let h = hits.clone();
-        r.add("bad", || Err("no such file".into()));
-        r.add("good", move || {
+        r.add("bad", || {
+            Err(TokensError::Empty {
+                path: "no such file".into(),
+            })
+        });
+        r.add("good", move || -> Result<String, ReloadError> {
             h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Ok("3 entries".into())
         });
         let out = r.reload_all();
         assert_eq!(out.len(), 2);
         assert!(out[0].1.is_err());
-        assert_eq!(out[1].1.as_deref(), Ok("3 entries"));
+        assert_eq!(out[1].1.as_deref().ok(), Some("3 entries"));
         assert_eq!(hits.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

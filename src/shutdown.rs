@@ -1,5 +1,4 @@
 //! A shard-local shutdown signal: set once, wakes every waiter.
-#![forbid(unsafe_code)]
 
 use event_listener::Event;
 use std::cell::Cell;

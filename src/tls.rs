@@ -7,7 +7,6 @@
 //! files and swaps the new certificate into every shard's slot, or refuses it and keeps the old
 //! one. Handshakes in progress and connections already open keep the certificate they started
 //! with. Error messages name the file, never the key's contents.
-#![forbid(unsafe_code)]
 
 use crate::config::TlsConfig;
 use futures_lite::future;
@@ -31,61 +30,168 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why the files `[tls]` names cannot be used. Each message names the setting and the file;
+/// none quotes the files' contents (a malformed key file's lines would be secret).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file that could not be read, or is not valid PEM.
+    #[error("{setting}: {path}: {problem}")]
+    Pem {
+        /// `tls.cert_file`, `tls.key_file` or `tls.client_ca_file`.
+        setting: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong.
+        #[source]
+        problem: PemProblem,
+    },
+    /// A certificate file (or CA file) without a certificate.
+    #[error("{setting}: {path}: no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)")]
+    NoCertificate {
+        /// `tls.cert_file` or `tls.client_ca_file`.
+        setting: &'static str,
+        /// The file.
+        path: String,
+    },
+    /// `tls.key_file` holds no private key.
+    #[error("tls.key_file: {0}: no private key in it (expected PEM \"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\")")]
+    NoPrivateKey(String),
+    /// `tls.key_file` holds a key rustls cannot sign with (rustls's error is not kept: it
+    /// might describe the key).
+    #[error("tls.key_file: {0}: not a usable private key (RSA, ECDSA P-256/P-384 or Ed25519)")]
+    UnusableKey(String),
+    /// The key is not the certificate's.
+    #[error(
+        "tls.key_file: {key_file} does not match the certificate in tls.cert_file {cert_file}"
+    )]
+    KeyMismatch {
+        /// `tls.key_file`.
+        key_file: String,
+        /// `tls.cert_file`.
+        cert_file: String,
+    },
+    /// The certificate and key could not be checked against each other.
+    #[error("tls.cert_file: {path}: {source}")]
+    Certificate {
+        /// `tls.cert_file`.
+        path: String,
+        /// rustls's reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// A certificate of `tls.client_ca_file` cannot be a trust anchor.
+    #[error("tls.client_ca_file: {path}: not a usable CA certificate: {source}")]
+    CaCertificate {
+        /// `tls.client_ca_file`.
+        path: String,
+        /// rustls's reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// No client certificate verifier can be built from `tls.client_ca_file`.
+    #[error("tls.client_ca_file: {path}: {source}")]
+    ClientVerifier {
+        /// `tls.client_ca_file`.
+        path: String,
+        /// rustls's reason.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+    /// rustls offers no safe protocol version with its provider.
+    #[error("tls: {0}")]
+    Protocols(#[source] rustls::Error),
+}
+
+/// What is wrong with a PEM file, without its contents: the I/O error, or what kind of damage.
+#[derive(Debug, thiserror::Error)]
+pub enum PemProblem {
+    /// The file could not be read.
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    /// No block of the kind looked for.
+    #[error("no PEM block of the expected kind in it")]
+    NoBlock,
+    /// A block without its END line.
+    #[error("not valid PEM: a block has no END line")]
+    NoSectionEnd,
+    /// A malformed BEGIN line.
+    #[error("not valid PEM: a malformed BEGIN line")]
+    BadSectionStart,
+    /// Bad base64 inside a block.
+    #[error("not valid PEM: bad base64 in a block")]
+    Base64,
+    /// A block too large.
+    #[error("not valid PEM: a block is too large")]
+    TooLarge,
+    /// Anything else rustls's PEM reader refuses.
+    #[error("not valid PEM")]
+    Other,
+}
+
 /// Reads a PEM certificate chain (end-entity certificate first).
-fn read_chain(key: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read_chain(setting: &'static str, path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(key, path, &e))?
+        .map_err(|e| pem_error(setting, path, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| pem_error(key, path, &e))?;
+        .map_err(|e| pem_error(setting, path, e))?;
     if chain.is_empty() {
-        return Err(format!(
-            "{key}: {path}: no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)"
-        ));
+        return Err(TlsError::NoCertificate {
+            setting,
+            path: path.to_string(),
+        });
     }
     Ok(chain)
 }
 
-/// A PEM reading error, without the file's contents (a malformed key file's lines would be
-/// secret): the I/O error, or what kind of damage.
-fn pem_error(key: &str, path: &str, e: &rustls::pki_types::pem::Error) -> String {
+/// A PEM reading error, without the file's contents (the variants of rustls's error that
+/// carry a line of the file are not kept).
+fn pem_error(setting: &'static str, path: &str, e: rustls::pki_types::pem::Error) -> TlsError {
     use rustls::pki_types::pem::Error as E;
-    let why = match e {
-        E::Io(io) => format!("cannot read: {io}"),
-        E::NoItemsFound => "no PEM block of the expected kind in it".into(),
-        E::MissingSectionEnd { .. } => "not valid PEM: a block has no END line".into(),
-        E::IllegalSectionStart { .. } => "not valid PEM: a malformed BEGIN line".into(),
-        E::Base64Decode(_) => "not valid PEM: bad base64 in a block".into(),
-        E::SectionTooLarge => "not valid PEM: a block is too large".into(),
-        _ => "not valid PEM".into(),
+    let problem = match e {
+        E::Io(io) => PemProblem::Read(io),
+        E::NoItemsFound => PemProblem::NoBlock,
+        E::MissingSectionEnd { .. } => PemProblem::NoSectionEnd,
+        E::IllegalSectionStart { .. } => PemProblem::BadSectionStart,
+        E::Base64Decode(_) => PemProblem::Base64,
+        E::SectionTooLarge => PemProblem::TooLarge,
+        _ => PemProblem::Other,
     };
-    format!("{key}: {path}: {why}")
+    TlsError::Pem {
+        setting,
+        path: path.to_string(),
+        problem,
+    }
 }
 
 /// Reads `cert_file` and `key_file` and checks that they belong together. Errors name the
 /// setting and the file; none quotes the key.
-pub fn load_certified_key(cfg: &TlsConfig) -> Result<Arc<CertifiedKey>, String> {
+pub fn load_certified_key(cfg: &TlsConfig) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = read_chain("tls.cert_file", &cfg.cert_file)?;
     let key_path = cfg.key_file.as_str();
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => format!(
-            "tls.key_file: {key_path}: no private key in it (expected PEM \"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\")"
-        ),
-        e => pem_error("tls.key_file", key_path, &e),
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey(key_path.into()),
+        e => pem_error("tls.key_file", key_path, e),
     })?;
     let provider = provider();
-    let signing = provider.key_provider.load_private_key(key).map_err(|_| {
-        format!("tls.key_file: {key_path}: not a usable private key (RSA, ECDSA P-256/P-384 or Ed25519)")
-    })?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|_| TlsError::UnusableKey(key_path.into()))?;
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
-            return Err(format!(
-                "tls.key_file: {key_path} does not match the certificate in tls.cert_file {}",
-                cfg.cert_file
-            ))
+            return Err(TlsError::KeyMismatch {
+                key_file: key_path.into(),
+                cert_file: cfg.cert_file.clone(),
+            })
         }
-        Err(e) => return Err(format!("tls.cert_file: {}: {e}", cfg.cert_file)),
+        Err(source) => {
+            return Err(TlsError::Certificate {
+                path: cfg.cert_file.clone(),
+                source,
+            })
+        }
     }
     Ok(Arc::new(certified))
 }
@@ -93,21 +199,25 @@ pub fn load_certified_key(cfg: &TlsConfig) -> Result<Arc<CertifiedKey>, String> 
 /// Reads the CAs that client certificates must chain to.
 fn client_verifier(
     path: &str,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in read_chain("tls.client_ca_file", path)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("tls.client_ca_file: {path}: not a usable CA certificate: {e}"))?;
+        roots.add(cert).map_err(|source| TlsError::CaCertificate {
+            path: path.to_string(),
+            source,
+        })?;
     }
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .map_err(|e| format!("tls.client_ca_file: {path}: {e}"))
+        .map_err(|source| TlsError::ClientVerifier {
+            path: path.to_string(),
+            source,
+        })
 }
 
 /// Checks that every file `[tls]` names can be used (for `check-config` and start-up); the
 /// errors name setting and file.
-pub fn check(cfg: &TlsConfig) -> Vec<String> {
+pub fn check(cfg: &TlsConfig) -> Vec<TlsError> {
     let mut errs = Vec::new();
     if let Err(e) = load_certified_key(cfg) {
         errs.push(e);
@@ -161,7 +271,7 @@ pub struct Tls {
 
 impl Tls {
     /// Reads the files and builds `shards` server configurations. Errors name the file.
-    pub fn new(cfg: &TlsConfig, shards: usize) -> Result<Tls, String> {
+    pub fn new(cfg: &TlsConfig, shards: usize) -> Result<Tls, TlsError> {
         let key = load_certified_key(cfg)?;
         crate::auth::warn_if_exposed("tls.key_file", std::path::Path::new(&cfg.key_file));
         let verifier = cfg
@@ -178,7 +288,7 @@ impl Tls {
             let slot = Arc::new(CertSlot(RwLock::new(key.clone())));
             let builder = ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| format!("tls: {e}"))?;
+                .map_err(TlsError::Protocols)?;
             let builder = match &verifier {
                 Some(v) => builder.with_client_cert_verifier(v.clone()),
                 None => builder.with_no_client_auth(),
@@ -197,7 +307,7 @@ impl Tls {
     /// Re-reads `cert_file` and `key_file`; if both are good and match, every shard presents
     /// the new certificate from its next handshake on. Otherwise nothing changes. Returns a
     /// line for the log (the certificate's file, never the key).
-    pub fn reload(&self) -> Result<String, String> {
+    pub fn reload(&self) -> Result<String, TlsError> {
         let key = load_certified_key(&self.files)?;
         for slot in &self.slots {
             slot.set(key.clone());

@@ -1,5 +1,4 @@
 //! `[batch]`: how payloads are grouped and encoded into objects (JSON, NDJSON or Parquet).
-#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 

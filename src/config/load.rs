@@ -1,5 +1,4 @@
 //! Merging the configuration layers: defaults → file → profile → environment → flags.
-#![forbid(unsafe_code)]
 
 use super::{Config, ConfigError, ConfigErrors, Cores, SinkKind};
 use std::collections::HashMap;
@@ -65,7 +64,7 @@ pub fn load(src: &Sources) -> Result<Config, ConfigErrors> {
     }
     let mut cfg: Config = match Config::deserialize_table(merged) {
         Ok(c) => c,
-        Err(e) => return Err(ConfigErrors(vec![ConfigError(e)])),
+        Err(e) => return Err(ConfigErrors(vec![e])),
     };
     apply_env(&mut cfg, &src.env, &mut errs);
     apply_flags(&mut cfg, &src.flags, &mut errs);
@@ -80,10 +79,10 @@ pub fn load(src: &Sources) -> Result<Config, ConfigErrors> {
 }
 
 impl Config {
-    fn deserialize_table(t: toml::Table) -> Result<Config, String> {
+    fn deserialize_table(t: toml::Table) -> Result<Config, ConfigError> {
         toml::Value::Table(t)
             .try_into()
-            .map_err(|e: toml::de::Error| format!("configuration: {}", e.message()))
+            .map_err(|e: toml::de::Error| ConfigError(format!("configuration: {}", e.message())))
     }
 }
 

@@ -4,7 +4,6 @@
 //! Every struct here is the user's reference: each field's doc comment says what it does and
 //! why it exists. Unknown keys are errors (`deny_unknown_fields`) and `validate` names the key
 //! of every impossible value.
-#![forbid(unsafe_code)]
 
 mod batch;
 mod load;

@@ -1,5 +1,4 @@
 //! Which CPU each shard and each upload worker runs on.
-#![forbid(unsafe_code)]
 
 use super::{ConfigError, Cores, ShardsConfig};
 

@@ -1,7 +1,6 @@
 //! The API's answers, and the one table from every refusal to its HTTP status.
-#![forbid(unsafe_code)]
 
-use super::body::BodyError;
+use super::body_error::BodyError;
 use super::decode;
 use crate::ingest::ParseError;
 use crate::intake::Refusal;

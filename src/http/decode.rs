@@ -7,9 +7,8 @@
 //! flate2, zstd's block size for zstd) at a time, into the output buffer, which refuses the
 //! write that would pass a limit. Decoding therefore stops there, and no more than the cap
 //! is ever allocated for the output, however much the input would expand.
-#![forbid(unsafe_code)]
 
-use super::body::BodyError;
+use super::body_error::BodyError;
 use crate::queue::Reservation;
 use http::header::CONTENT_ENCODING;
 use std::io::{self, Write};

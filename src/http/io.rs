@@ -2,8 +2,8 @@
 //! `hyper::rt::Timer` on glommio timers (hyper's header-read timeout needs one), which keeps one
 //! reactor registration per connection instead of one per request.
 
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use futures_lite::{AsyncBufRead, AsyncRead, AsyncWrite};
+use glommio::net::{Preallocated, TcpStream};
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -14,34 +14,84 @@ use std::task::{Context, Poll};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-/// Read scratch shared by every connection of a shard. `poll_read` borrows it only for the
-/// duration of one synchronous call, so one buffer per shard serves all its connections and
-/// hyper's uninitialised read buffer is filled by a safe copy instead of an unsafe cast.
+/// Read scratch shared by every connection of a shard that is not read through a buffered
+/// stream (TLS). `poll_read` borrows it only for the duration of one synchronous call, so one
+/// buffer per shard serves all its connections and hyper's uninitialised read buffer is
+/// filled by a safe copy instead of an unsafe cast.
 pub type Scratch = Rc<RefCell<Box<[u8]>>>;
 
+/// The receive buffer of a plain connection (glommio's buffered stream).
+pub type Plain = TcpStream<Preallocated>;
+
+/// Bytes of a plain connection's receive buffer: a request head and a body10 body in one
+/// read; larger bodies take several (after a read that fills it, the next one is a direct
+/// `recv`).
+const PLAIN_READ_BUFFER: usize = 8 * 1024;
+
 /// A glommio TCP stream (or a TLS stream over one) as hyper sees it. Errors stay errors; only
-/// a real EOF reads as EOF.
+/// a real EOF reads as EOF. `R` is how reads reach hyper: `()` for a plain connection (its
+/// own buffer, see [`HyperIo::plain`]), a [`Scratch`] for a stream without one.
 #[derive(Debug)]
-pub struct HyperIo<S = TcpStream> {
+pub struct HyperIo<S = Plain, R = ()> {
     stream: S,
-    scratch: Scratch,
+    reads: R,
 }
 
-impl<S> HyperIo<S> {
-    /// Wraps an accepted stream.
-    pub fn new(stream: S, scratch: Scratch) -> Self {
-        Self { stream, scratch }
+impl HyperIo<Plain, ()> {
+    /// Wraps an accepted plain connection. Its reads go through glommio's buffered stream:
+    /// a speculative `recv` first, and when that finds nothing, the buffer is lent to the
+    /// kernel for an io_uring `RECV` (a completion, not a readiness poll and a second
+    /// syscall); the bytes are then copied once, into hyper's buffer. Its writes are sent
+    /// behind (glommio patch): each answer goes to the kernel as an io_uring `SEND` in the
+    /// reactor's next submission batch, with the other connections' sends and receives, not
+    /// as a `send(2)` of its own; a close waits for it.
+    pub fn plain(stream: TcpStream) -> Self {
+        let mut stream = stream.buffered_with(Preallocated::new(PLAIN_READ_BUFFER));
+        stream.set_send_behind(true);
+        Self { stream, reads: () }
     }
 }
 
-impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
+impl<S> HyperIo<S, Scratch> {
+    /// Wraps a stream without a receive buffer of its own (TLS), read through the shard's
+    /// scratch.
+    pub fn with_scratch(stream: S, scratch: Scratch) -> Self {
+        Self {
+            stream,
+            reads: scratch,
+        }
+    }
+}
+
+impl hyper::rt::Read for HyperIo<Plain, ()> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let mut scratch = this.scratch.borrow_mut();
+        let n = match Pin::new(&mut this.stream).poll_fill_buf(cx) {
+            Poll::Ready(Ok(bytes)) => {
+                let n = bytes.len().min(buf.remaining());
+                buf.put_slice(&bytes[..n]);
+                n
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        Pin::new(&mut this.stream).consume(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S, Scratch> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut scratch = this.reads.borrow_mut();
         let want = buf.remaining().min(scratch.len());
         match Pin::new(&mut this.stream).poll_read(cx, &mut scratch[..want]) {
             Poll::Ready(Ok(n)) => {
@@ -54,7 +104,7 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
+impl<S: AsyncWrite + Unpin, R: Unpin> hyper::rt::Write for HyperIo<S, R> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -8,6 +8,7 @@
 
 pub mod answer;
 pub mod body;
+pub mod body_error;
 pub mod decode;
 mod io;
 
@@ -55,7 +56,7 @@ pub struct Front {
     stats: Arc<ShardStats>,
     /// Every shard's counters, for `/metrics` and `/readyz`.
     views: Arc<Vec<ShardView>>,
-    /// Read scratch for the hyper adapter.
+    /// Read scratch for the hyper adapter on TLS connections.
     scratch: Scratch,
     shutdown: Rc<Shutdown>,
     /// Process-wide "shutting down" flag, for `/readyz` on every shard.
@@ -204,7 +205,7 @@ pub async fn serve_connection(stream: glommio::net::TcpStream, front: Rc<Front>,
             match handshake.await {
                 None => {}
                 Some(Ok(tls_stream)) => {
-                    serve_http(HyperIo::new(tls_stream, front.scratch.clone()), front, on).await
+                    serve_http(HyperIo::with_scratch(tls_stream, front.scratch.clone()), front, on).await
                 }
                 Some(Err(e)) => {
                     inc(&front.stats.tls_handshake_failures, 1);
@@ -212,14 +213,14 @@ pub async fn serve_connection(stream: glommio::net::TcpStream, front: Rc<Front>,
                 }
             }
         }
-        _ => serve_http(HyperIo::new(stream, front.scratch.clone()), front, on).await,
+        _ => serve_http(HyperIo::plain(stream), front, on).await,
     }
 }
 
 /// Serves HTTP/1.1 on a connection (plain, or TLS once its handshake is done).
-async fn serve_http<S>(io: HyperIo<S>, front: Rc<Front>, on: Listener)
+async fn serve_http<S, R>(io: HyperIo<S, R>, front: Rc<Front>, on: Listener)
 where
-    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + 'static,
+    HyperIo<S, R>: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
     let cfg = &front.config.server;
     let closes_at = closes_at(cfg.max_connection_age_ms);

@@ -14,7 +14,6 @@
 //! number, a `\u` surrogate, an escaped key or token, nesting near the limit) gives `None`,
 //! and the full parser then decides and words the answer, so what a client sees does not
 //! depend on this pass.
-#![forbid(unsafe_code)]
 
 use super::stage1;
 use super::{BodyToken, Span, MAX_DEPTH};

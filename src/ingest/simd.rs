@@ -2,7 +2,6 @@
 //! ranges from simd-json's structural indexes, so payloads stay the bytes the client sent.
 //! A plain body is taken by one cheaper, vectorised validating pass first (`scan`);
 //! simd-json decides the rest and words every fault.
-#![forbid(unsafe_code)]
 
 use super::describe::*;
 use super::{

@@ -12,7 +12,6 @@
 //! The classification uses AVX2 or SSE2 (`std::arch`), AVX2 chosen at run time when the CPU
 //! has it, or a scalar loop elsewhere. It is the only code here that needs `unsafe`: unaligned
 //! vector loads, and the call into the AVX2 instance once the CPU is known to have AVX2.
-#![deny(unsafe_code)]
 
 /// Bitmaps of one 64-byte block: bit `i` stands for byte `i`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,4 @@
 //! Both parsers on the same bodies: the same payloads, the same refusals in the same words.
-#![forbid(unsafe_code)]
 use super::*;
 
 const BODY10: &[u8] = include_bytes!("../../benches/workload/body10.json");

@@ -11,7 +11,6 @@
 //!    once queued, [`Mode::Uploaded`] once stored, [`Mode::Durable`] once in the spool.
 //!
 //! Every refusal is a [`Refusal`]; `http` maps it to a status.
-#![forbid(unsafe_code)]
 
 mod replay;
 

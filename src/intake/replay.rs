@@ -1,6 +1,5 @@
 //! Replay at start-up: the requests an earlier run left in the shard's spool go to the upload
 //! worker again, with the naming their segment recorded.
-#![forbid(unsafe_code)]
 
 use super::Intake;
 use crate::metrics::inc;

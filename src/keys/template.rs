@@ -5,7 +5,6 @@
 //! the object within it and must hold `{instance}`, `{shard}`, `{start}` and `{seq}`, which
 //! keep keys unique across shards, restarts and machines. The object's extension (`.json`,
 //! `.ndjson.gz`, ...) follows it.
-#![forbid(unsafe_code)]
 
 use super::value::{lookup, push_safe, DEFAULT_PARTITION, MAX_VALUE};
 use std::fmt::Write;

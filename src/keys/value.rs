@@ -7,7 +7,6 @@
 //! two distinct values stay distinct; an empty or missing value is
 //! [`DEFAULT_PARTITION`], as Hive names it. Whole path segments of `.` or `..` are taken
 //! care of where a segment is put together (see `template`).
-#![forbid(unsafe_code)]
 
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;

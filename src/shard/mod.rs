@@ -1,7 +1,6 @@
 //! Shards: one glommio executor per configured core, pinned, each with its own `SO_REUSEPORT`
 //! listener, parser buffers, counters and queue sender; plus start-up and shutdown of the whole
 //! server.
-#![forbid(unsafe_code)]
 
 mod spools;
 

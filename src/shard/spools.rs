@@ -3,7 +3,6 @@
 //! `durable` and is not now). The spool belongs to the data, not to the settings: every
 //! spool found is delivered, whatever `ack` and `cores` are now. Also the release checkpoints
 //! of all of them (`spool.checkpoint_ms`, and once more at shutdown).
-#![forbid(unsafe_code)]
 
 use crate::config::{Ack, Config, SinkKind};
 use crate::intake::Intake;

@@ -15,9 +15,7 @@
 //! count (u32), ranges as (start, end) pairs (u64, u64); then CRC32C of everything before
 //! (u32). Written to `release.ckpt.tmp`, synced, renamed over `release.ckpt`: a crash leaves
 //! the old checkpoint or the new one, never a mix (the CRC also rejects a torn file).
-#![forbid(unsafe_code)]
 
-use super::release::Table;
 use super::RecordId;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -43,23 +41,6 @@ pub(super) struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The table's live records as ranges: consecutive live records make one range, so a
-    /// backlog the store refuses is one range per segment, whatever its length.
-    pub(super) fn of(t: &Table) -> Checkpoint {
-        let mut segments = BTreeMap::new();
-        for (&id, s) in &t.segments {
-            let mut live: Vec<(u64, u64)> = Vec::new();
-            for (&start, &end) in &s.live {
-                match live.last_mut() {
-                    Some(last) if last.1 == start => last.1 = end,
-                    _ => live.push((start, end)),
-                }
-            }
-            segments.insert(id, SegmentProgress { end: s.end, live });
-        }
-        Checkpoint { segments }
-    }
-
     /// Whether record `id` was stored when the checkpoint was taken.
     pub(super) fn released(&self, id: RecordId) -> bool {
         let Some(s) = self.segments.get(&id.segment) else {

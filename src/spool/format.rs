@@ -1,6 +1,5 @@
 //! The spool's on-disk encoding (segment header, record frame, meta file) and the recovery
 //! scan. Pure functions over byte slices: no I/O, and no panic on any input.
-#![forbid(unsafe_code)]
 
 use super::{Corrupt, CorruptReason, RecordId, Recovered, TornTail};
 

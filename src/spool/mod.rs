@@ -70,7 +70,6 @@
 //! resyncs at the next 8-byte position holding a record whose CRC checks. Recovered records
 //! are live: they must be released like new ones. Segments without a valid record are deleted
 //! at open.
-#![forbid(unsafe_code)]
 
 mod checkpoint;
 mod files;

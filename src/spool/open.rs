@@ -1,5 +1,4 @@
 //! Opening a spool: its options checked, its segments recovered, its free pool filled.
-#![forbid(unsafe_code)]
 
 use super::*;
 

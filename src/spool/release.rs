@@ -1,8 +1,8 @@
 //! The release table: which records of which segments are still live, shared by the shard
 //! (which adds each commit's records) and the upload worker (which releases stored ones); a
 //! sealed segment whose last record is released is deleted.
-#![forbid(unsafe_code)]
 
+use super::checkpoint::{Checkpoint, SegmentProgress};
 use super::*;
 
 /// Counters and gauges of a spool, readable from any thread through [`Releaser::stats`].
@@ -54,6 +54,25 @@ pub(super) struct Table {
     /// Releases so far, and how many of them the last checkpoint written covers.
     pub(super) released: u64,
     pub(super) checkpointed: u64,
+}
+
+impl Table {
+    /// A checkpoint of the table: its live records as ranges (consecutive live records make one
+    /// range, so a backlog the store refuses is one range per segment, whatever its length).
+    pub(super) fn progress(&self) -> Checkpoint {
+        let mut segments = BTreeMap::new();
+        for (&id, s) in &self.segments {
+            let mut live: Vec<(u64, u64)> = Vec::new();
+            for (&start, &end) in &s.live {
+                match live.last_mut() {
+                    Some(last) if last.1 == start => last.1 = end,
+                    _ => live.push((start, end)),
+                }
+            }
+            segments.insert(id, SegmentProgress { end: s.end, live });
+        }
+        Checkpoint { segments }
+    }
 }
 
 /// Retired segment files kept for reuse: a new segment is then a rename and one header
@@ -159,7 +178,7 @@ impl Shared {
             if t.released == t.checkpointed {
                 return Ok(false);
             }
-            (super::checkpoint::Checkpoint::of(&t), t.released)
+            (t.progress(), t.released)
         };
         super::checkpoint::write(&self.dir, &ckpt)?;
         self.table().checkpointed = released;

@@ -1,10 +1,20 @@
 //! The kernel's CPU list format (`0-3,8,10-11`) both ways, and the hexadecimal masks that
 //! `rps_cpus` and `xps_cpus` take.
-#![forbid(unsafe_code)]
+
+/// What is wrong with a CPU list: the part that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CpuListError {
+    /// Neither a number nor `a-b`.
+    #[error("{0:?} is not a CPU number or range")]
+    NotACpu(String),
+    /// `a-b` with `a` after `b`, or wider than 65,536 CPUs.
+    #[error("{0:?} is not a CPU range")]
+    BadRange(String),
+}
 
 /// Parses a CPU list such as `0-3,8,10-11` (an empty or blank list is empty). Returns the
-/// CPUs ascending, without duplicates, or a description of what is wrong.
-pub fn parse(text: &str) -> Result<Vec<usize>, String> {
+/// CPUs ascending, without duplicates.
+pub fn parse(text: &str) -> Result<Vec<usize>, CpuListError> {
     let text = text.trim();
     let mut cpus = Vec::new();
     if text.is_empty() {
@@ -15,13 +25,13 @@ pub fn parse(text: &str) -> Result<Vec<usize>, String> {
         let num = |s: &str| {
             s.trim()
                 .parse::<usize>()
-                .map_err(|_| format!("{part:?} is not a CPU number or range"))
+                .map_err(|_| CpuListError::NotACpu(part.to_string()))
         };
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (num(a)?, num(b)?);
                 if a > b || b - a > 1 << 16 {
-                    return Err(format!("{part:?} is not a CPU range"));
+                    return Err(CpuListError::BadRange(part.to_string()));
                 }
                 cpus.extend(a..=b);
             }

@@ -1,10 +1,29 @@
 //! The disk under `spool.dir`: its mount (`/proc/self/mountinfo`), block device
 //! (`/sys/dev/block/MAJ:MIN`), the whole disk for a partition, and that disk's I/O scheduler.
-#![forbid(unsafe_code)]
 
-use super::machine::{selected, Root, SpoolDisk};
+use super::root::{selected, Root};
 use super::TuneError;
 use std::path::{Component, Path, PathBuf};
+
+/// Where the spool directory lives and how its disk is scheduled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpoolDisk {
+    /// The spool directory as configured.
+    pub dir: String,
+    /// The path looked up (absolute; on the live machine the nearest existing ancestor,
+    /// symlinks resolved).
+    pub looked_up: String,
+    /// Mount point, file system type, source and `major:minor` from `mountinfo`.
+    pub mount: Option<(String, String, String, String)>,
+    /// Block device of the mount (`vda1`), when it is one.
+    pub device: Option<String>,
+    /// The whole disk (`vda` for `vda1`), whose queue has the scheduler.
+    pub disk: Option<String>,
+    /// Scheduler in use and the ones available.
+    pub scheduler: Option<(String, Vec<String>)>,
+    /// Whether the disk is rotational.
+    pub rotational: Option<bool>,
+}
 
 /// One line of `mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,17 +38,22 @@ pub struct Mount {
     pub source: String,
 }
 
+/// A line of `/proc/self/mountinfo` that is not a mount (the line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a mountinfo line")]
+pub struct MountinfoError(pub String);
+
 /// Parses `/proc/self/mountinfo`.
-pub fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, String> {
+pub fn parse_mountinfo(text: &str) -> Result<Vec<Mount>, MountinfoError> {
     let mut mounts = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split_whitespace().collect();
         let sep = f.iter().position(|w| *w == "-");
         let (Some(sep), true) = (sep, f.len() >= 5) else {
-            return Err(format!("{line:?} is not a mountinfo line"));
+            return Err(MountinfoError(line.to_string()));
         };
         if sep < 6 || f.len() < sep + 3 || !f[2].contains(':') {
-            return Err(format!("{line:?} is not a mountinfo line"));
+            return Err(MountinfoError(line.to_string()));
         }
         mounts.push(Mount {
             dev: f[2].to_string(),
@@ -124,7 +148,10 @@ pub fn read(root: &Root, spool_dir: &str) -> Result<SpoolDisk, TuneError> {
     let Some(text) = root.read_opt(mi)? else {
         return Ok(disk);
     };
-    let mounts = parse_mountinfo(&text).map_err(|e| root.bad(mi, e))?;
+    let mounts = parse_mountinfo(&text).map_err(|source| TuneError::Mountinfo {
+        path: root.path(mi),
+        source,
+    })?;
     let Some(m) = mount_of(&mounts, &path) else {
         return Ok(disk);
     };

@@ -1,5 +1,4 @@
 //! What the running kernel's version means for io_uring.
-#![forbid(unsafe_code)]
 
 /// The oldest kernel glommio runs on (it needs `IORING_OP_*` networking operations).
 pub const GLOMMIO_MIN: (u32, u32) = (5, 8);

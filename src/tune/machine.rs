@@ -2,105 +2,12 @@
 //! their IRQs, limits, kernel, clock, THP, memory, a few sysctls. Every path is read under a
 //! root (`/`, or a recorded tree for `--sysfs-root`). A file that is missing is noted as such;
 //! a file whose contents make no sense is an error naming the file, never a panic.
-#![forbid(unsafe_code)]
 
-use super::cpulist;
+use super::disk::SpoolDisk;
 pub use super::nic::{irq_names_nic, parse_interrupts, Irq, Nic};
+use super::root::{selected, Root};
 use super::TuneError;
 use std::collections::BTreeMap;
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
-
-/// Where the machine's files are read from: `/`, or a recorded tree.
-#[derive(Debug, Clone)]
-pub struct Root {
-    base: PathBuf,
-}
-
-impl Root {
-    /// Files are read under `base` (`/` for the running machine).
-    pub fn new(base: impl Into<PathBuf>) -> Root {
-        Root { base: base.into() }
-    }
-
-    /// Whether this is the running machine (`/`) rather than a recorded tree.
-    pub fn is_live(&self) -> bool {
-        self.base == Path::new("/")
-    }
-
-    /// The path of the machine's `path` (absolute, e.g. `/proc/self/limits`) under the root.
-    pub fn path(&self, path: &str) -> PathBuf {
-        self.base.join(path.trim_start_matches('/'))
-    }
-
-    /// The root, for messages.
-    pub fn base(&self) -> &Path {
-        &self.base
-    }
-
-    /// The contents of `path`, or `None` if it does not exist. Any other failure to read it
-    /// is an error naming the file.
-    pub fn read_opt(&self, path: &str) -> Result<Option<String>, TuneError> {
-        let full = self.path(path);
-        match std::fs::read_to_string(&full) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(TuneError(format!("{}: cannot read: {e}", full.display()))),
-        }
-    }
-
-    /// The contents of `path`, which must exist.
-    pub fn read(&self, path: &str) -> Result<String, TuneError> {
-        self.read_opt(path)?.ok_or_else(|| {
-            TuneError(format!(
-                "{}: missing (corepost tune needs it)",
-                self.path(path).display()
-            ))
-        })
-    }
-
-    /// Names of the entries of directory `path` (empty if it does not exist), sorted.
-    pub fn list(&self, path: &str) -> Result<Vec<String>, TuneError> {
-        let full = self.path(path);
-        let rd = match std::fs::read_dir(&full) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(TuneError(format!("{}: cannot list: {e}", full.display()))),
-        };
-        let mut names: Vec<String> = rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        Ok(names)
-    }
-
-    /// Whether `path` exists under the root.
-    pub fn exists(&self, path: &str) -> bool {
-        self.path(path).exists()
-    }
-
-    /// An error about the contents of `path`.
-    pub fn bad(&self, path: &str, what: impl std::fmt::Display) -> TuneError {
-        TuneError(format!("{}: {what}", self.path(path).display()))
-    }
-
-    /// Parses `path`'s contents as a CPU list.
-    fn cpu_list(&self, path: &str, text: &str) -> Result<Vec<usize>, TuneError> {
-        cpulist::parse(text).map_err(|e| self.bad(path, e))
-    }
-
-    /// Parses `path`'s contents (trimmed) as a number.
-    pub(super) fn number<T: std::str::FromStr>(
-        &self,
-        path: &str,
-        text: &str,
-    ) -> Result<T, TuneError> {
-        text.trim()
-            .parse()
-            .map_err(|_| self.bad(path, format!("{:?} is not a number", text.trim())))
-    }
-}
 
 /// One online CPU and where it sits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,26 +31,6 @@ pub struct Limit {
     pub soft: Option<u64>,
     /// Hard limit.
     pub hard: Option<u64>,
-}
-
-/// Where the spool directory lives and how its disk is scheduled.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SpoolDisk {
-    /// The spool directory as configured.
-    pub dir: String,
-    /// The path looked up (absolute; on the live machine the nearest existing ancestor,
-    /// symlinks resolved).
-    pub looked_up: String,
-    /// Mount point, file system type, source and `major:minor` from `mountinfo`.
-    pub mount: Option<(String, String, String, String)>,
-    /// Block device of the mount (`vda1`), when it is one.
-    pub device: Option<String>,
-    /// The whole disk (`vda` for `vda1`), whose queue has the scheduler.
-    pub disk: Option<String>,
-    /// Scheduler in use and the ones available.
-    pub scheduler: Option<(String, Vec<String>)>,
-    /// Whether the disk is rotational.
-    pub rotational: Option<bool>,
 }
 
 /// Everything `corepost tune` reads.
@@ -526,13 +413,6 @@ fn read_clocksource(root: &Root) -> Result<Option<(String, Vec<String>)>, TuneEr
         ));
     }
     Ok(Some((cur.to_string(), avail)))
-}
-
-/// The bracketed choice of a sysfs selection file (`always [madvise] never` → `madvise`).
-pub fn selected(text: &str) -> Option<String> {
-    let start = text.find('[')?;
-    let end = start + text[start..].find(']')?;
-    Some(text[start + 1..end].to_string())
 }
 
 fn read_thp(root: &Root) -> Result<Option<String>, TuneError> {

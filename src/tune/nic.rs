@@ -1,8 +1,7 @@
 //! The NICs: physical interfaces, their receive and transmit queues, and their IRQs from
 //! `/proc/interrupts` and the device's `msi_irqs`.
-#![forbid(unsafe_code)]
 
-use super::machine::Root;
+use super::root::Root;
 use super::TuneError;
 
 /// One IRQ line of `/proc/interrupts`.
@@ -32,23 +31,48 @@ pub struct Nic {
     pub irqs: Vec<Irq>,
 }
 
+/// What is wrong with a `/proc/interrupts` text (each names the line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InterruptsError {
+    /// No header line.
+    #[error("empty")]
+    Empty,
+    /// The header names no `CPUn` column.
+    #[error("first line {0:?} names no CPU column")]
+    NoCpuColumn(String),
+    /// A line that does not start with `IRQ:`.
+    #[error("{0:?} does not start with `IRQ:`")]
+    NoIrq(String),
+    /// A numbered line with fewer counts than the header has CPUs.
+    #[error("{line:?} has fewer than {cpus} CPU columns")]
+    FewColumns {
+        /// The line.
+        line: String,
+        /// CPU columns of the header.
+        cpus: usize,
+    },
+    /// A CPU column that is not a number.
+    #[error("{0:?}: a CPU column is not a count")]
+    NotACount(String),
+}
+
 /// Parses `/proc/interrupts`: the numbered lines and their names (the last column).
-pub fn parse_interrupts(text: &str) -> Result<Vec<Irq>, String> {
+pub fn parse_interrupts(text: &str) -> Result<Vec<Irq>, InterruptsError> {
     let mut lines = text.lines();
-    let header = lines.next().ok_or("empty")?;
+    let header = lines.next().ok_or(InterruptsError::Empty)?;
     let ncpu = header
         .split_whitespace()
         .filter(|w| w.starts_with("CPU"))
         .count();
     if ncpu == 0 {
-        return Err(format!("first line {header:?} names no CPU column"));
+        return Err(InterruptsError::NoCpuColumn(header.to_string()));
     }
     let mut irqs = Vec::new();
     for line in lines {
         let mut f = line.split_whitespace();
         let Some(first) = f.next() else { continue };
         let Some(num) = first.strip_suffix(':') else {
-            return Err(format!("{line:?} does not start with `IRQ:`"));
+            return Err(InterruptsError::NoIrq(line.to_string()));
         };
         // NMI, LOC and other per-CPU counters have names, not numbers.
         let Ok(number) = num.parse::<u32>() else {
@@ -56,10 +80,13 @@ pub fn parse_interrupts(text: &str) -> Result<Vec<Irq>, String> {
         };
         let rest: Vec<&str> = f.collect();
         if rest.len() < ncpu {
-            return Err(format!("{line:?} has fewer than {ncpu} CPU columns"));
+            return Err(InterruptsError::FewColumns {
+                line: line.to_string(),
+                cpus: ncpu,
+            });
         }
         if rest[..ncpu].iter().any(|c| c.parse::<u64>().is_err()) {
-            return Err(format!("{line:?}: a CPU column is not a count"));
+            return Err(InterruptsError::NotACount(line.to_string()));
         }
         // Chip, hardware IRQ, then the actions' names (`name1, name2` when shared).
         let name = rest[ncpu..]
@@ -88,7 +115,10 @@ pub fn irq_names_nic(irq: &str, nic: &str) -> bool {
 /// The physical NICs (those with a `device`), their queues and IRQs.
 pub fn read_nics(root: &Root) -> Result<Vec<Nic>, TuneError> {
     let irqs = match root.read_opt("/proc/interrupts")? {
-        Some(t) => parse_interrupts(&t).map_err(|e| root.bad("/proc/interrupts", e))?,
+        Some(t) => parse_interrupts(&t).map_err(|source| TuneError::Interrupts {
+            path: root.path("/proc/interrupts"),
+            source,
+        })?,
         None => Vec::new(),
     };
     let mut nics = Vec::new();

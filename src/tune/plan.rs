@@ -1,7 +1,6 @@
 //! Deciding: which CPUs take the NIC's interrupts and which the shards, where the upload
 //! workers go, and the capacities that fit the machine's limits. Pure functions of what
 //! `machine` read, so each rule is tested on its own.
-#![forbid(unsafe_code)]
 
 use super::machine::{Cpu, Machine};
 use super::sizing;
@@ -279,16 +278,27 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
+/// Why no plan fits the machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The affinity mask and the cgroup cpuset leave no online CPU.
+    #[error("no online CPU is in both the affinity mask and the cgroup cpuset")]
+    NoAllowedCpu,
+    /// The IRQ CPUs took every CPU.
+    #[error("no CPU left for the shards")]
+    NoShardCpu,
+}
+
 /// Decides everything for `m`, with the settings of `cfg` that bound the choices (body and
 /// batch sizes, concurrent uploads).
-pub fn plan(m: &Machine, cfg: &Config, opt: &Options) -> Result<Plan, String> {
+pub fn plan(m: &Machine, cfg: &Config, opt: &Options) -> Result<Plan, PlanError> {
     let allowed = super::machine::allowed(
         &m.online,
         m.affinity.as_deref(),
         m.cpuset.as_ref().map(|(_, c)| c.as_slice()),
     );
     if allowed.is_empty() {
-        return Err("no online CPU is in both the affinity mask and the cgroup cpuset".into());
+        return Err(PlanError::NoAllowedCpu);
     }
     let cores = cores(&m.cpus, &allowed);
     let mut warnings = Vec::new();
@@ -304,7 +314,7 @@ pub fn plan(m: &Machine, cfg: &Config, opt: &Options) -> Result<Plan, String> {
     };
     let (shard_cpus, worker_cpus, worker_rule) = place(&cores, &irq_cpus, irq_shared, opt.workers);
     if shard_cpus.is_empty() {
-        return Err("no CPU left for the shards".into());
+        return Err(PlanError::NoShardCpu);
     }
     let shards = shard_cpus.len();
     let max_in_flight = cfg.upload.max_in_flight;

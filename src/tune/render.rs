@@ -1,12 +1,12 @@
 //! Writing: the tuning profile (a comment block saying what was read and why each value was
 //! chosen, then `[shards]`, `[queue]`, `[upload]`, `[glommio]`) and the shell script of
 //! recommended system changes, each with the reason for it.
-#![forbid(unsafe_code)]
 
 use super::cpulist::{format as list, hex_mask};
 use super::kernel;
-use super::machine::{Machine, Root};
+use super::machine::Machine;
 use super::plan::{Plan, RPS_SOCK_FLOW_ENTRIES};
+use super::root::Root;
 use std::fmt::Write as _;
 
 /// Comment lines, `# ` each.

@@ -1,7 +1,6 @@
 //! Capacities that fit the machine's limits: connections within `RLIMIT_NOFILE`, io memory
 //! within `RLIMIT_MEMLOCK`, queue bytes within the memory. Pure functions of what `machine`
 //! read.
-#![forbid(unsafe_code)]
 
 use super::kernel;
 use super::machine::Machine;

@@ -1,7 +1,6 @@
 //! Where the NIC's interrupts and packets go: each IRQ to an IRQ CPU (the NIC's NUMA node
 //! first), RPS/RFS to the shard CPUs when the IRQs are set apart, XPS one transmit queue per
 //! group of shard CPUs.
-#![forbid(unsafe_code)]
 
 use super::machine::{Irq, Machine};
 

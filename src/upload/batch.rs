@@ -5,7 +5,6 @@
 //! client sent it, except that line breaks between its tokens (legal JSON whitespace; a JSON
 //! string cannot hold a raw line break) become spaces, so each payload stays on one line. A
 //! Parquet object keeps its payloads the same way until it closes, then encodes them.
-#![forbid(unsafe_code)]
 
 use super::parquet;
 use crate::config::{BatchConfig, BatchFormat, Compression};

@@ -1,6 +1,5 @@
 //! Delivery: one object into the store, retried with backoff; spilled (or left in the durable
 //! spool) when it cannot be stored; each request answered once all its objects are done.
-#![forbid(unsafe_code)]
 
 use super::objects::Request;
 use super::{group_sync, FsSink, ObjectFormat, Sink, UploadError};

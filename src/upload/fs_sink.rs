@@ -1,6 +1,5 @@
 //! The fs sink: objects as files under a directory, written atomically (a dot-file, then a
 //! rename); also the spill directory's writer.
-#![forbid(unsafe_code)]
 
 use super::UploadError;
 use std::cell::RefCell;

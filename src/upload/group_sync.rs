@@ -2,7 +2,6 @@
 //! record may be released only once the files holding its payloads survive a power cut, and
 //! one `syncfs` per group of objects (files and directory entries at once) costs far less than
 //! an `fsync` of every file and directory.
-#![forbid(unsafe_code)]
 
 use std::cell::Cell;
 use std::path::PathBuf;

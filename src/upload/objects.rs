@@ -1,7 +1,6 @@
 //! Objects from jobs: the object being filled per tenant and partition (`keys.template`),
 //! closed when full or aged or to keep `batch.max_open_partitions`, and the requests whose
 //! payloads each holds (a request is answered once all of its objects are done).
-#![forbid(unsafe_code)]
 
 use super::delivery::{Ctx, Outcome};
 use super::{ObjectBuilder, Sink, UNFIT};

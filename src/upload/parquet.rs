@@ -6,7 +6,6 @@
 //! arrow-json. Payloads that do not fit (not a JSON object; a field the schema does not
 //! have; a value of another type; a field whose shape conflicts with the others' in an
 //! inferred schema) are set apart, in arrival order, for the error output.
-#![forbid(unsafe_code)]
 
 use crate::config::Compression;
 use arrow_array::RecordBatch;

@@ -13,7 +13,6 @@
 //! and its digest recorded with the spool's segments, so a replay after a crash encodes its
 //! records with the schema they were taken with, even once the file has changed (a payload
 //! could otherwise move between a Parquet object and its error output, and be stored twice).
-#![forbid(unsafe_code)]
 
 use arrow_schema::{DataType, Field, Fields, Schema};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -23,15 +22,80 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Reads and parses a schema file; the error says what is wrong (the caller names the key).
-pub fn load(path: &str) -> Result<Arc<Schema>, String> {
+pub fn load(path: &str) -> Result<Arc<Schema>, SchemaFileError> {
     Ok(read(path)?.0)
 }
 
 /// Reads and parses a schema file: its schema and its text.
-pub fn read(path: &str) -> Result<(Arc<Schema>, Vec<u8>), String> {
-    let text = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let schema = parse(&text).map_err(|e| format!("{path}: {e}"))?;
+pub fn read(path: &str) -> Result<(Arc<Schema>, Vec<u8>), SchemaFileError> {
+    let text = std::fs::read(path).map_err(|source| SchemaFileError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let schema = parse(&text).map_err(|e| e.in_file(path))?;
     Ok((schema, text))
+}
+
+/// What is wrong with a schema file (or its kept copy).
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaFileError {
+    /// It cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A kept copy whose text no longer matches its digest.
+    #[error("{path} does not match its digest")]
+    Digest {
+        /// The kept copy.
+        path: String,
+    },
+    /// The file's content is wrong (the path in front of what is wrong).
+    #[error("{path}: {problem}")]
+    Content {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        #[source]
+        problem: Box<SchemaFileError>,
+    },
+    /// Not the JSON object of columns the format asks for.
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    /// An empty object.
+    #[error("names no column")]
+    NoColumn,
+    /// A column named twice at the same level.
+    #[error("column {0:?} is named twice")]
+    Twice(String),
+    /// A column whose type is wrong (its name in front of what is wrong).
+    #[error("{column}: {problem}")]
+    Column {
+        /// The column.
+        column: String,
+        /// What is wrong.
+        #[source]
+        problem: Box<SchemaFileError>,
+    },
+    /// A type name the format does not know.
+    #[error("unknown type {0:?} (string, int64, float64, bool, an object or a one-element array)")]
+    UnknownType(String),
+    /// A struct without columns.
+    #[error("a struct needs a column")]
+    EmptyStruct,
+}
+
+impl SchemaFileError {
+    fn in_file(self, path: &str) -> Self {
+        Self::Content {
+            path: path.into(),
+            problem: Box::new(self),
+        }
+    }
 }
 
 /// The SHA-256 of a schema file's text, in hex: its name among the kept copies.
@@ -71,20 +135,24 @@ pub fn keep(spool_dir: &Path, text: &[u8], writer: usize) -> std::io::Result<Str
 }
 
 /// The kept copy of the schema of digest `digest`, checked against it.
-pub fn kept(spool_dir: &Path, digest: &str) -> Result<Arc<Schema>, String> {
+pub fn kept(spool_dir: &Path, digest: &str) -> Result<Arc<Schema>, SchemaFileError> {
     let path = kept_path(spool_dir, digest);
-    let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let shown = path.display().to_string();
+    let text = std::fs::read(&path).map_err(|source| SchemaFileError::Read {
+        path: shown.clone(),
+        source,
+    })?;
     if self::digest(&text) != digest {
-        return Err(format!("{} does not match its digest", path.display()));
+        return Err(SchemaFileError::Digest { path: shown });
     }
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    parse(&text).map_err(|e| e.in_file(&shown))
 }
 
 /// Parses a schema file's text.
-pub fn parse(text: &[u8]) -> Result<Arc<Schema>, String> {
-    let cols: Columns = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+pub fn parse(text: &[u8]) -> Result<Arc<Schema>, SchemaFileError> {
+    let cols: Columns = serde_json::from_slice(text)?;
     if cols.0.is_empty() {
-        return Err("names no column".into());
+        return Err(SchemaFileError::NoColumn);
     }
     Ok(Arc::new(Schema::new(fields(&cols)?)))
 }
@@ -99,42 +167,40 @@ enum Type {
 /// Columns in the order written.
 struct Columns(Vec<(String, Type)>);
 
-fn fields(cols: &Columns) -> Result<Fields, String> {
+fn fields(cols: &Columns) -> Result<Fields, SchemaFileError> {
     let mut seen = std::collections::HashSet::new();
     cols.0
         .iter()
         .map(|(name, ty)| {
             if !seen.insert(name.as_str()) {
-                return Err(format!("column {name:?} is named twice"));
+                return Err(SchemaFileError::Twice(name.clone()));
             }
             Ok(Field::new(
                 name,
-                data_type(ty).map_err(|e| format!("{name}: {e}"))?,
+                data_type(ty).map_err(|e| SchemaFileError::Column {
+                    column: name.clone(),
+                    problem: Box::new(e),
+                })?,
                 true,
             ))
         })
         .collect()
 }
 
-fn data_type(ty: &Type) -> Result<DataType, String> {
+fn data_type(ty: &Type) -> Result<DataType, SchemaFileError> {
     Ok(match ty {
         Type::Name(n) => match n.as_str() {
             "string" => DataType::Utf8,
             "int64" => DataType::Int64,
             "float64" => DataType::Float64,
             "bool" => DataType::Boolean,
-            other => {
-                return Err(format!(
-                    "unknown type {other:?} (string, int64, float64, bool, an object or a one-element array)"
-                ))
-            }
+            other => return Err(SchemaFileError::UnknownType(other.into())),
         },
-        Type::Struct(cols) if cols.0.is_empty() => return Err("a struct needs a column".into()),
+        Type::Struct(cols) if cols.0.is_empty() => return Err(SchemaFileError::EmptyStruct),
         Type::Struct(cols) => DataType::Struct(fields(cols)?),
-        Type::List(inner) => DataType::List(Arc::new(Field::new_list_field(
-            data_type(inner)?,
-            true,
-        ))),
+        Type::List(inner) => {
+            DataType::List(Arc::new(Field::new_list_field(data_type(inner)?, true)))
+        }
     })
 }
 

@@ -1,6 +1,5 @@
 //! Sinks: where an object goes. `s3` (rust-s3, one `Bucket` per shard), `fs` (files under a
 //! directory, written atomically by rename), `discard` (count and drop, for benchmarks).
-#![forbid(unsafe_code)]
 
 use super::batch::ObjectFormat;
 use super::FsSink;

@@ -1,7 +1,6 @@
 //! The spill directory: objects not stored at the drain deadline, or refused by the store,
 //! are written there; worker 0 uploads them while running (as soon as the store accepts
 //! again) and at the next start, deleting each once stored.
-#![forbid(unsafe_code)]
 
 use super::delivery::{refused_backoff, Ctx};
 use super::{payloads_in, ObjectFormat, SPILL_SUFFIX};

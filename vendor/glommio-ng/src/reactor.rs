@@ -467,6 +467,14 @@ impl Reactor {
     /// The buffer travels into the `Source` and comes back out of it when the
     /// read completes, so it stays alive even if the caller drops the future
     /// in between.
+    /// Sends `buf` with an io_uring `SEND`, submitted with the next batch (corepost patch).
+    /// `MSG_NOSIGNAL`: a peer gone away is an `EPIPE` result, not a `SIGPIPE`.
+    pub(crate) fn send_owned(&self, fd: RawFd, buf: Vec<u8>) -> Source {
+        let source = self.new_source(fd, SourceType::SockSendOwned(buf), None);
+        self.sys.send(&source, MsgFlags::MSG_NOSIGNAL);
+        source
+    }
+
     pub(crate) fn recv_into(&self, fd: RawFd, buffer: crate::net::OwnedRxBuf) -> Source {
         let source = self.new_source(fd, SourceType::SockRecvInto(Some(buffer)), None);
         self.sys.recv_into(&source, MsgFlags::empty());

@@ -367,6 +367,13 @@ pub(crate) struct NonBufferedStream<S> {
     source_rx: Option<Source>,
     write_timeout: Timeout,
     read_timeout: Timeout,
+    /// Send-behind mode (corepost patch, off unless asked for): see
+    /// [`NonBufferedStream::set_send_behind`].
+    send_behind: bool,
+    /// The send in flight in send-behind mode.
+    tx_behind: Option<Source>,
+    /// The memory of the last completed send, kept for the next one.
+    tx_spare: Vec<u8>,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
@@ -520,6 +527,22 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         cx: &Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.send_behind {
+            // One copy of all the slices, one send.
+            poll_err!(ready!(self.poll_flush_behind(cx)));
+            let mut owned = std::mem::take(&mut self.tx_spare);
+            for b in bufs {
+                owned.extend_from_slice(b);
+            }
+            if owned.is_empty() {
+                self.tx_spare = owned;
+                return Poll::Ready(Ok(0));
+            }
+            let n = owned.len();
+            let reactor = self.reactor.upgrade().unwrap();
+            self.tx_behind = Some(reactor.send_owned(self.stream.as_raw_fd(), owned));
+            return Poll::Ready(Ok(n));
+        }
         if let Some(result) = super::yolo_sendv(self.stream.as_raw_fd(), bufs) {
             let reactor = self.reactor.upgrade().unwrap();
             self.write_timeout.cancel_timer(reactor.as_ref());
@@ -553,7 +576,71 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Poll::Pending
     }
 
+    /// Send-behind mode (corepost patch). A write copies the bytes into memory the stream
+    /// owns, queues an io_uring `SEND` with the next submission batch and reports them
+    /// written at once; the next write, `poll_flush_behind` and close wait for that send to
+    /// complete (resending the rest of a short send) and report its error, and the write
+    /// timeout bounds that wait. Instead of one `send(2)` per write, the sends of every
+    /// connection the reactor served in a turn go to the kernel in its one `io_uring_enter`.
+    /// Dropping the stream with a send in flight cancels it, as any dropped source is.
+    pub(crate) fn set_send_behind(&mut self, on: bool) {
+        self.send_behind = on;
+    }
+
+    /// Waits for the send in flight in send-behind mode, if any.
+    pub(crate) fn poll_flush_behind(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let Some(source) = self.tx_behind.as_ref() else {
+                return Poll::Ready(Ok(()));
+            };
+            let reactor = self.reactor.upgrade().unwrap();
+            let Some(result) = source.result() else {
+                poll_err!(self.write_timeout.check(reactor.as_ref()));
+                source.add_waiter_single(cx.waker());
+                self.write_timeout.maybe_set_timer(reactor.as_ref(), cx.waker());
+                return Poll::Pending;
+            };
+            self.write_timeout.cancel_timer(reactor.as_ref());
+            let source = self.tx_behind.take().unwrap();
+            let SourceType::SockSendOwned(mut buf) = source.extract_source_type() else {
+                unreachable!("a send-behind source came back without its memory")
+            };
+            match result {
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the socket accepted no bytes",
+                    )))
+                }
+                Ok(sent) if sent < buf.len() => {
+                    buf.drain(..sent);
+                    self.tx_behind = Some(reactor.send_owned(self.stream.as_raw_fd(), buf));
+                }
+                Ok(_) => {
+                    buf.clear();
+                    self.tx_spare = buf;
+                }
+            }
+        }
+    }
+
+    fn poll_write_behind(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        poll_err!(ready!(self.poll_flush_behind(cx)));
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let mut owned = std::mem::take(&mut self.tx_spare);
+        owned.extend_from_slice(buf);
+        let reactor = self.reactor.upgrade().unwrap();
+        self.tx_behind = Some(reactor.send_owned(self.stream.as_raw_fd(), owned));
+        Poll::Ready(Ok(buf.len()))
+    }
+
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.send_behind {
+            return self.poll_write_behind(cx, buf);
+        }
         // On the write path, we always start with calling `yolo_send`, because
         // it is very likely to success. It could be a waste if it already timed
         // out since the last `poll_write`, but it would not cost much more to
@@ -568,7 +655,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         self.poll_write_ready(cx)
     }
 
-    pub(crate) fn poll_close(&mut self, _: &Context<'_>) -> Poll<io::Result<()>> {
+    pub(crate) fn poll_close(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        // What was reported written is sent before the write side closes.
+        poll_err!(ready!(self.poll_flush_behind(cx)));
         self.source_tx.take();
         Poll::Ready(sys::shutdown(self.stream.as_raw_fd(), Shutdown::Write))
     }
@@ -616,6 +705,9 @@ where
             source_rx: None,
             write_timeout: Timeout::new(),
             read_timeout: Timeout::new(),
+            send_behind: false,
+            tx_behind: None,
+            tx_spare: Vec::new(),
         };
         stream.init();
         GlommioStream {
@@ -778,8 +870,15 @@ impl<S: AsRawFd, B: RxBuf> GlommioStream<S, B> {
         self.stream.poll_recv_record(cx, buf)
     }
 
+    /// Ready at once, as a write is already with the kernel: in send-behind mode it is
+    /// queued for the next submission, and completes (or reports its error) at the next
+    /// write or at close.
     pub(crate) fn poll_flush(&self, _cx: &Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+
+    pub(crate) fn set_send_behind(&mut self, on: bool) {
+        self.stream.set_send_behind(on);
     }
 
     pub(crate) fn poll_close(&mut self, cx: &Context<'_>) -> Poll<io::Result<()>> {

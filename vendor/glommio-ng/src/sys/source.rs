@@ -34,6 +34,10 @@ pub(crate) enum SourceType {
     Read(PollableStatus, Option<IoBuffer>),
     PollAdd,
     SockSend(DmaBuffer),
+    /// A send of bytes the stream copied into memory of its own (corepost patch: a stream's
+    /// send-behind mode). The memory stays here until the completion arrives and then goes
+    /// back to the stream for the next send.
+    SockSendOwned(Vec<u8>),
     SockRecv(Option<DmaBuffer>),
     /// A read straight into a buffer the caller lent us.
     ///
@@ -146,6 +150,13 @@ pub(crate) struct InnerSource {
 }
 
 impl InnerSource {
+    /// Whether this source's latency timestamps (queued, submitted, fulfilled) are read: only
+    /// by its stats' latency function (`Source::result`). Sources without one skip the three
+    /// clock reads per operation (corepost patch).
+    pub(crate) fn timed(&self) -> bool {
+        self.stats_collection.is_some_and(|s| s.latency.is_some())
+    }
+
     pub(crate) fn update_source_type(&mut self, source_type: SourceType) -> SourceType {
         std::mem::replace(&mut self.source_type, source_type)
     }

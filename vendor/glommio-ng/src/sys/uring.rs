@@ -614,7 +614,9 @@ fn record_stats<Ring: UringCommon>(
     src: &mut InnerSource,
     res: &io::Result<usize>,
 ) {
-    src.wakers.fulfilled_at = Some(Instant::now());
+    if src.timed() {
+        src.wakers.fulfilled_at = Some(Instant::now());
+    }
     if let Some(fulfilled) = src.stats_collection.and_then(|x| x.fulfilled) {
         fulfilled(res, ring.io_stats_mut(), 1);
         if let Some(handle) = src.task_queue {
@@ -660,7 +662,7 @@ fn extract_one_chain(
     source_map: &mut SourceMap,
     queue: &mut VecDeque<UringDescriptor>,
     chain: Range<usize>,
-    now: Instant,
+    now: &mut Option<Instant>,
 ) -> SmallVec<[UringDescriptor; 1]> {
     queue
         .drain(chain)
@@ -668,7 +670,9 @@ fn extract_one_chain(
             if op.user_data > 0 {
                 let id = from_user_data(op.user_data);
                 let status = source_map.peek_source_mut(from_user_data(op.user_data), |mut x| {
-                    x.wakers.submitted_at = Some(now);
+                    if x.timed() {
+                        x.wakers.submitted_at = Some(*now.get_or_insert_with(Instant::now));
+                    }
                     let current = x.enqueued.as_mut().expect("bug");
                     match current.status {
                         EnqueuedStatus::Enqueued => {
@@ -697,7 +701,9 @@ fn submit_event_chain(
     queue: &mut VecDeque<UringDescriptor>,
     ring_size: usize,
 ) -> Option<bool> {
-    let now = Instant::now();
+    // corepost patch: the clock is read once per call, and only if a source submitted wants
+    // its latency timestamps (see `InnerSource::timed`), not on every submission.
+    let mut now = None;
 
     while let Some(chain) = peek_one_chain(queue, ring_size) {
         // A chain is linked with IOSQE_IO_LINK, so it is only meaningful whole:
@@ -710,7 +716,7 @@ fn submit_event_chain(
             return None;
         }
 
-        let ops = extract_one_chain(source_map, queue, chain, now);
+        let ops = extract_one_chain(source_map, queue, chain, &mut now);
         if ops.is_empty() {
             // all the sources in the ring were cancelled
             continue;
@@ -1423,6 +1429,11 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// The duration the latency timer above was armed with when it is the preemption timer
+    /// (`None` when the slot is empty or holds a sleeping reactor's user timer). An armed
+    /// preemption timer that has not fired is kept from turn to turn instead of being
+    /// cancelled and re-armed on every call to `wait` (corepost patch).
+    latency_preemption_armed_for: Cell<Option<Duration>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1562,6 +1573,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_armed_for: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1666,6 +1678,9 @@ impl Reactor {
     pub(crate) fn send(&self, source: &Source, flags: MsgFlags) {
         let op = match &*source.source_type() {
             SourceType::SockSend(buf) => {
+                UringOpDescriptor::SockSend(buf.as_ptr(), buf.len(), flags.bits())
+            }
+            SourceType::SockSendOwned(buf) => {
                 UringOpDescriptor::SockSend(buf.as_ptr(), buf.len(), flags.bits())
             }
             _ => unreachable!(),
@@ -2050,22 +2065,48 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // corepost patch: the preemption timers stay armed from turn to turn. Upstream cancels
+        // and re-arms both on every call (a cancel, a timeout and, for the throughput timer,
+        // a linked eventfd write: about five SQEs, five CQEs and two more `io_uring_enter`
+        // on the latency ring per reactor turn). Kept armed, the latency timer fires at most
+        // one preemption period after it was armed instead of after this turn: a task queue
+        // is preempted a little early now and then, never late. It is still cancelled when
+        // the reactor may sleep (so an idle reactor does not wake for it) and replaced when
+        // it fired or the period changed.
+        let latency_kept = {
+            let armed = self.latency_preemption_timeout_src.take();
+            let keep = preempt_timer().is_some()
+                && self.latency_preemption_armed_for.get() == preempt_timer()
+                && armed.as_ref().is_some_and(|src| src.result().is_none());
+            if keep {
+                self.latency_preemption_timeout_src.set(armed);
+            } else {
+                // Cancelled whether or not we sleep: if we won't, a new timer replaces it
+                // below; if we will, it must not wake us.
+                self.latency_preemption_armed_for.set(None);
+                drop(armed);
+            }
+            keep
+        };
 
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // The throughput-based timeout (it fires after `ring_depth` completions on the main
+        // ring) is re-armed only once it has fired: until then it keeps counting, and a
+        // reactor that sleeps is not woken by it, as it counts completions, not time.
+        let throughput_armed = self.throughput_preemption_timeout_src.take();
+        if throughput_armed
+            .as_ref()
+            .is_some_and(|src| src.result().is_none())
+        {
+            self.throughput_preemption_timeout_src.set(throughput_armed);
+        } else {
+            drop(throughput_armed);
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -2116,9 +2157,15 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            if !(latency_kept && self.latency_preemption_armed_for.get() == Some(preempt)) {
+                // Replaces a user timer armed for a sleep, if any (dropping it cancels it).
+                drop(self.latency_preemption_timeout_src.take());
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_preemption_armed_for.set(Some(preempt));
+                flush_cancellations!(into &mut 0; lat_ring);
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
@@ -2238,7 +2285,12 @@ fn queue_request_into_ring(
     descriptor: UringOpDescriptor,
     source_map: &mut SourceMap,
 ) {
-    source.inner.borrow_mut().wakers.queued_at = Some(Instant::now());
+    {
+        let mut inner = source.inner.borrow_mut();
+        if inner.timed() {
+            inner.wakers.queued_at = Some(Instant::now());
+        }
+    }
     let q = ring.submission_queue();
     let id = source_map.add_source(source, Rc::clone(&q));
 

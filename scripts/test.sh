@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests need (Garage for the S3
 # tests, nginx as the load balancer of the scale-out test, Go for the baseline's build check,
-# Python's requests and zstandard for the compressed-body tests, pyarrow for the key templates'
-# Hive test), then runs formatting and
+# Python's requests and zstandard for the compressed-body tests, pyarrow and DuckDB for the key
+# templates' and Parquet objects' Hive tests), then runs formatting and
 # lint checks, every unit and integration test (the S3 ones against a real Garage that the tests start themselves),
 # checks that the benchmarks, the Go baseline and the tokio peer build, tests the Prometheus alerting rules
 # (promtool, installed when missing), and builds and checks the Debian package
@@ -83,21 +83,21 @@ if ! python3 -c 'import requests, zstandard' 2>/dev/null; then
     python3 -c 'import requests, zstandard'
 fi
 
-step "Python pyarrow (reads tests/keys.rs's objects as a Hive-partitioned dataset)"
-# From PyPI only: Debian has no pyarrow package. A Debian system python refuses a plain pip
-# install (EXTERNALLY-MANAGED), or has no pip: then pip from Debian, and pyarrow beside the
+step "Python pyarrow and DuckDB (read tests/keys.rs's and tests/parquet.rs's objects as Hive-partitioned datasets)"
+# From PyPI only: Debian has neither package. A Debian system python refuses a plain pip
+# install (EXTERNALLY-MANAGED), or has no pip: then pip from Debian, and the two beside the
 # system's packages.
-if ! python3 -c 'import pyarrow.dataset' 2>/dev/null; then
-    python3 -m pip install --quiet pyarrow 2>/dev/null || {
+if ! python3 -c 'import pyarrow.dataset, duckdb' 2>/dev/null; then
+    python3 -m pip install --quiet pyarrow duckdb 2>/dev/null || {
         sudo=""
         [[ $(id -u) -eq 0 ]] || sudo=sudo
         if ! python3 -m pip --version >/dev/null 2>&1; then
             $sudo apt-get update
             DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y python3-pip
         fi
-        $sudo python3 -m pip install --quiet --break-system-packages pyarrow
+        $sudo python3 -m pip install --quiet --break-system-packages pyarrow duckdb
     }
-    python3 -c 'import pyarrow.dataset'
+    python3 -c 'import pyarrow.dataset, duckdb'
 fi
 
 step "cargo test (unit + integration + criterion benches run once as tests)"

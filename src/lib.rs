@@ -15,7 +15,8 @@
 //!   `ack = "durable"`; records are released once stored.
 //! - [`dirlock`]: exclusive locks on the data directories (spool, spill, fs sink root), held
 //!   for the process's life, so two processes never share one.
-//! - [`upload`]: upload workers, sinks (s3, fs, discard), retries with backoff.
+//! - [`upload`]: upload workers, objects (JSON, NDJSON, Parquet with its error output),
+//!   sinks (s3, fs, discard), retries with backoff.
 //! - [`metrics`]: per-shard counters and the Prometheus text rendering.
 //! - [`http`]: hyper http1 on glommio streams, connections, bodies, routing, and the one
 //!   table from refusals to statuses.

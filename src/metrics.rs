@@ -81,6 +81,9 @@ pub struct ShardStats {
     pub objects_uploaded: AtomicU64,
     /// Objects closed early to keep `batch.max_open_partitions`.
     pub partitions_evicted: AtomicU64,
+    /// Payloads a Parquet object could not take (not a JSON object, or not fitting its
+    /// schema), written to the error output instead.
+    pub payloads_unfit: AtomicU64,
     /// Group syncs of the fs sink's file system (`ack = "durable"`).
     pub sink_syncs: AtomicU64,
     /// Write requests sent to the store (single PUTs, and multipart start, parts and
@@ -308,7 +311,7 @@ type SpoolField = fn(&crate::spool::SpoolStats) -> u64;
 /// Renders all shards in Prometheus text format.
 pub fn render(shards: &[ShardView], ready: bool) -> String {
     let mut out = String::with_capacity(8192);
-    let counters: [(&str, &str, Field); 22] = [
+    let counters: [(&str, &str, Field); 23] = [
         (
             "corepost_payloads_accepted_total",
             "Payloads answered 200 for.",
@@ -383,6 +386,11 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
             "corepost_partitions_evicted_total",
             "Objects closed before they were full or aged, to keep batch.max_open_partitions.",
             |s| &s.partitions_evicted,
+        ),
+        (
+            "corepost_payloads_unfit_total",
+            "Payloads a Parquet object could not take (not a JSON object, or not fitting batch.schema_file), stored as NDJSON under {prefix}/errors/ instead.",
+            |s| &s.payloads_unfit,
         ),
         (
             "corepost_sink_syncs_total",

@@ -89,6 +89,10 @@ pub struct Naming {
     /// followed the default template.
     #[serde(default = "default_template")]
     pub template: String,
+    /// The SHA-256 of `batch.schema_file`'s text, whose copy is kept in
+    /// `{spool.dir}/schemas/` (see `upload::schema_file`): replays encode with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_sha256: Option<String>,
 }
 
 fn default_template() -> String {

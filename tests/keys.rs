@@ -10,11 +10,8 @@ mod common;
 
 use common::*;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
 const DEFAULT: &str = "__HIVE_DEFAULT_PARTITION__";
@@ -333,6 +330,25 @@ fn spool_dir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
+/// Client `c`'s request `n`: six payloads `{"i":ID,"p":"v{ID % 3}"}` (ids from
+/// `c * 1_000_000 + n * 6`), with `X-Source: c{c}/{n % 2}`.
+fn six_payloads_in_three_partitions(c: u64, n: u64) -> (Vec<u8>, Vec<u64>) {
+    let ids: Vec<u64> = (0..6).map(|k| c * 1_000_000 + n * 6 + k).collect();
+    let data: Vec<String> = ids
+        .iter()
+        .map(|i| format!(r#"{{"i":{i},"p":"v{}"}}"#, i % 3))
+        .collect();
+    let body = format!(r#"{{"data":[{}]}}"#, data.join(","));
+    let src = format!("c{c}/{}", n % 2);
+    let req = raw_request(
+        "POST",
+        "/v1/payloads",
+        &[("X-Source", &src)],
+        body.as_bytes(),
+    );
+    (req, ids)
+}
+
 #[test]
 fn durable_requests_replayed_after_kill_9_keep_the_keys_of_the_template_they_were_taken_with() {
     let spool = spool_dir();
@@ -350,59 +366,13 @@ fn durable_requests_replayed_after_kill_9_keep_the_keys_of_the_template_they_wer
         &["--spool-dir", &spool_arg],
         &[],
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4u64)
-        .map(|c| {
-            let (addr, stop) = (s.addr, stop.clone());
-            std::thread::spawn(move || {
-                let (mut ok, mut sent) = (Vec::<u64>::new(), Vec::<u64>::new());
-                let (mut w, mut r) = connect(addr);
-                for n in 0u64.. {
-                    if stop.load(Relaxed) {
-                        break;
-                    }
-                    let ids: Vec<u64> = (0..6).map(|k| c * 1_000_000 + n * 6 + k).collect();
-                    let data: Vec<String> = ids
-                        .iter()
-                        .map(|i| format!(r#"{{"i":{i},"p":"v{}"}}"#, i % 3))
-                        .collect();
-                    let body = format!(r#"{{"data":[{}]}}"#, data.join(","));
-                    let src = format!("c{c}/{}", n % 2);
-                    let req = raw_request(
-                        "POST",
-                        "/v1/payloads",
-                        &[("X-Source", &src)],
-                        body.as_bytes(),
-                    );
-                    sent.extend(&ids);
-                    if w.write_all(&req).is_err() {
-                        break;
-                    }
-                    match try_read_response(&mut r) {
-                        Some(resp) if resp.status == 200 => ok.extend(ids),
-                        Some(resp) if resp.status == 503 => {
-                            std::thread::sleep(Duration::from_millis(10))
-                        }
-                        Some(resp) => panic!("status {}", resp.status),
-                        None => break,
-                    }
-                }
-                (ok, sent)
-            })
-        })
-        .collect();
+    let clients = post_until_stopped(s.addr, 4, six_payloads_in_three_partitions);
     wait_until(30, "a few hundred payloads stored", || {
         files_under(root.path()).len() > 200
     });
     s.signal("KILL");
     drop(s);
-    stop.store(true, Relaxed);
-    let (mut ok, mut sent) = (Vec::new(), Vec::new());
-    for h in clients {
-        let (o, s) = h.join().unwrap();
-        ok.extend(o);
-        sent.extend(s);
-    }
+    let (ok, sent) = clients.stop();
     assert!(ok.len() > 100, "{} payloads answered 200", ok.len());
 
     // Restart with another template and other batches: the spool's records are built and

@@ -1,8 +1,9 @@
 //! Store failures other than "down": corepost talks to the real Garage through a
 //! fault-injecting proxy (`common::fault_proxy`) that answers chosen requests with `500`,
 //! `503 SlowDown`, `429`, a reset in the middle of the request body, a lost answer (the store
-//! did the work, the answer is cut), an answer later than `upload.request_timeout_ms`, or a
-//! `200` CompleteMultipartUpload whose body is an S3 `<Error>`.
+//! did the work, the answer is cut), an answer later than `upload.request_timeout_ms`, a
+//! `200` CompleteMultipartUpload whose body is an S3 `<Error>`, or a PUT (object or part)
+//! relayed with a bit of its body flipped, which the store must refuse by its checksum.
 //!
 //! Every scenario runs with `ack = "queued"` and with `ack = "durable"` (spool on the build's
 //! disk) and checks, once the proxy has given the faults and the queues have drained: every
@@ -403,6 +404,75 @@ both_modes!(answer_after_request_timeout, |mode| {
     );
     run.check_stored_once(sent, &m);
 });
+
+/// A bit of the request body flipped on the wire (the headers as corepost sent them): the
+/// store must refuse the request (it checks the body against `Content-MD5` and the signed
+/// `x-amz-content-sha256`, both of which rust-s3 sends on every PUT and part), corepost must
+/// retry it at once as a transient failure (not spill it as refused), and the objects must
+/// hold exactly what was sent.
+fn corrupted_on_the_wire(mode: Mode, name: &str, objects: Objects, rule: Rule, faults: u64) {
+    let run = Run::start(name, mode, objects, 10_000, vec![rule]);
+    let sent = run.post_all();
+    wait_fired(&run, 0, faults);
+    let m = run.drain_and_heal();
+    let log = run.proxy.log();
+    for (i, e) in log.iter().enumerate().filter(|(_, e)| e.fault.is_some()) {
+        assert_eq!(
+            (e.upstream_status, e.upstream_code.as_deref()),
+            (Some(400), Some("BadDigest")),
+            "{} {}?{}: the store refuses a corrupted body",
+            e.method,
+            e.path,
+            e.query
+        );
+        let part = |q: &str| {
+            q.split('&')
+                .find(|p| p.starts_with("partNumber="))
+                .map(str::to_string)
+        };
+        let retried = log[i + 1..].iter().any(|n| {
+            n.method == e.method
+                && n.path == e.path
+                && part(&n.query) == part(&e.query)
+                && n.upstream_status == Some(200)
+        });
+        assert!(retried, "{} {} was retried and stored", e.method, e.path);
+    }
+    assert!(
+        m.sum("corepost_upload_retries_total") >= faults,
+        "each refusal retried: {} retries",
+        m.sum("corepost_upload_retries_total")
+    );
+    run.check_stored_once(sent, &m);
+}
+
+// A bit flipped in the body of the first three single-object PUTs.
+both_modes!(
+    corrupted_put_body_is_refused_by_the_store_and_retried,
+    |mode| {
+        corrupted_on_the_wire(
+            mode,
+            "flip",
+            Objects::Single,
+            Rule::object_puts(Fault::FlipBodyByte, When::First(3)),
+            3,
+        )
+    }
+);
+
+// A bit flipped in the body of the first two multipart parts.
+both_modes!(
+    corrupted_part_body_is_refused_by_the_store_and_retried,
+    |mode| {
+        corrupted_on_the_wire(
+            mode,
+            "flip-part",
+            Objects::Multipart,
+            Rule::part_puts(Fault::FlipBodyByte, When::First(2)),
+            2,
+        )
+    }
+);
 
 // The first two CompleteMultipartUpload requests are answered `200` with an `<Error>` body
 // and not forwarded: the upload is not complete, so corepost must not count the object as

@@ -5,12 +5,14 @@
 //! why it exists. Unknown keys are errors (`deny_unknown_fields`) and `validate` names the key
 //! of every impossible value.
 
+mod batch;
 mod load;
 mod placement;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use batch::{BatchConfig, BatchFormat, Compression};
 pub use load::{load, Flags, Sources};
 pub use placement::{allowed_cpus, resolve_placement, ShardPlacement};
 pub use validate::{ConfigError, ConfigErrors};
@@ -418,74 +420,6 @@ impl Default for S3SinkConfig {
             secret_access_key: None,
         }
     }
-}
-
-/// How payloads are grouped into objects.
-///
-/// With `max_payloads = 1` and no compression every payload is its own `.json` object (the Go
-/// service's layout: one PUT per payload). Otherwise an object is NDJSON, one payload per line
-/// in arrival order, closed when it holds `max_payloads` payloads or `max_bytes` bytes or has
-/// been open for `max_age_ms`, whichever comes first; keys end `.ndjson`, `.ndjson.gz` or
-/// `.ndjson.zst`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct BatchConfig {
-    /// Payloads per object at most. `1` (with no compression) keeps one object per payload.
-    pub max_payloads: usize,
-    /// Uncompressed NDJSON bytes per object at most; a payload that would pass it starts the
-    /// next object (a single larger payload gets an object of its own).
-    pub max_bytes: usize,
-    /// An object is closed this long after its first payload arrived, even if no more come,
-    /// so a quiet shard still delivers.
-    pub max_age_ms: u64,
-    /// `none`, `gzip` or `zstd`; sets `Content-Encoding` and the key's suffix.
-    pub compression: Compression,
-    /// Compression level: gzip 0–9 (default 6), zstd 1–22 (default 3).
-    pub level: Option<i32>,
-    /// Objects of this many (stored) bytes or more are sent with multipart upload.
-    pub multipart_threshold_bytes: usize,
-    /// Part size for multipart upload (S3 requires at least 5 MiB for all parts but the last).
-    pub part_bytes: usize,
-    /// Objects being filled at once per shard, one per partition (`keys.template`) and
-    /// tenant. A payload of a partition with no open object while this many are open first
-    /// closes (uploads) the one opened longest ago: nothing waits and nothing is lost, but
-    /// payloads of many-valued partitions land in smaller objects. Each open object holds
-    /// its payloads' requests in the queue budget, and its compressor's state.
-    pub max_open_partitions: usize,
-}
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        Self {
-            max_payloads: 1,
-            max_bytes: 1 << 20,
-            max_age_ms: 1_000,
-            compression: Compression::None,
-            level: None,
-            multipart_threshold_bytes: 64 << 20,
-            part_bytes: 8 << 20,
-            max_open_partitions: 500,
-        }
-    }
-}
-
-impl BatchConfig {
-    /// Whether objects are NDJSON batches (otherwise one `.json` object per payload).
-    pub fn ndjson(&self) -> bool {
-        self.max_payloads > 1 || self.compression != Compression::None
-    }
-}
-
-/// Compression of batched objects.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// Plain NDJSON.
-    None,
-    /// gzip (`Content-Encoding: gzip`, `.ndjson.gz`).
-    Gzip,
-    /// Zstandard (`Content-Encoding: zstd`, `.ndjson.zst`).
-    Zstd,
 }
 
 /// The per-shard durable spool (`ack = "durable"`): segment files written with direct I/O,

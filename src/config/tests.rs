@@ -110,6 +110,39 @@ fn batch_limits_are_checked() {
     assert!(!Config::default().batch.ndjson());
 }
 
+#[test]
+fn parquet_settings_are_checked() {
+    let err = |c: &Config| c.validate().unwrap_err().to_string();
+    let mut c = Config::default();
+    c.batch.format = BatchFormat::Parquet;
+    c.batch.compression = Compression::Gzip;
+    assert!(err(&c).starts_with("batch.compression: with batch.format = \"parquet\""));
+    c.batch.compression = Compression::Snappy;
+    assert_eq!(c.validate(), Ok(()));
+    assert!(!c.batch.ndjson());
+    c.batch.level = Some(3);
+    assert!(err(&c).starts_with("batch.level"));
+    c.batch.level = None;
+    c.batch.format = BatchFormat::Json;
+    assert!(err(&c).starts_with("batch.compression: \"snappy\" only with"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("schema.json");
+    let mut c = Config::default();
+    c.batch.schema_file = Some(path.to_string_lossy().into_owned());
+    assert!(err(&c).starts_with("batch.schema_file: set only with"));
+    c.batch.format = BatchFormat::Parquet;
+    assert!(
+        err(&c).starts_with("batch.schema_file: cannot read"),
+        "{}",
+        err(&c)
+    );
+    std::fs::write(&path, r#"{"a": "integer"}"#).unwrap();
+    assert!(err(&c).contains("unknown type \"integer\""), "{}", err(&c));
+    std::fs::write(&path, r#"{"a": "int64", "b": {"c": ["string"]}}"#).unwrap();
+    assert_eq!(c.validate(), Ok(()));
+}
+
 /// The keys named by the errors of `c` that are about overlapping data directories.
 fn overlaps(c: &Config) -> Vec<String> {
     match c.validate() {

@@ -407,13 +407,14 @@ impl Config {
                 ),
             );
         }
+        self.validate_format(bad);
         if let Some(level) = b.level {
             let (lo, hi) = match b.compression {
                 Compression::Gzip => (0, 9),
                 Compression::Zstd => (1, 22),
-                Compression::None => (0, 0),
+                Compression::None | Compression::Snappy => (0, 0),
             };
-            if b.compression == Compression::None {
+            if matches!(b.compression, Compression::None | Compression::Snappy) {
                 bad(
                     "batch.level",
                     "set only with batch.compression = \"gzip\" or \"zstd\"".into(),
@@ -436,6 +437,34 @@ impl Config {
                 "batch.multipart_threshold_bytes",
                 "must be at least batch.part_bytes".into(),
             );
+        }
+    }
+
+    /// `batch.format` and what goes with it: the codecs each format has, the schema file.
+    fn validate_format(&self, bad: &mut impl FnMut(&str, String)) {
+        let b = &self.batch;
+        match (b.format, b.compression) {
+            (BatchFormat::Parquet, Compression::Gzip) => bad(
+                "batch.compression",
+                "with batch.format = \"parquet\": \"none\", \"zstd\" or \"snappy\"".into(),
+            ),
+            (BatchFormat::Json, Compression::Snappy) => bad(
+                "batch.compression",
+                "\"snappy\" only with batch.format = \"parquet\"".into(),
+            ),
+            _ => {}
+        }
+        match (&b.schema_file, b.format) {
+            (Some(_), BatchFormat::Json) => bad(
+                "batch.schema_file",
+                "set only with batch.format = \"parquet\"".into(),
+            ),
+            (Some(path), BatchFormat::Parquet) => {
+                if let Err(e) = crate::upload::schema_file::load(path) {
+                    bad("batch.schema_file", e.to_string());
+                }
+            }
+            (None, _) => {}
         }
     }
 

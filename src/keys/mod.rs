@@ -21,6 +21,9 @@ pub use template::{ObjectName, RequestFields, Template, DEFAULT_TEMPLATE};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The directory under `keys.prefix` of the error output (see [`KeySpace::unfit_key`]).
+pub const UNFIT_DIR: &str = "errors";
+
 /// Everything about a key that is fixed for a shard's lifetime.
 #[derive(Debug, Clone)]
 pub struct KeySpace {
@@ -85,6 +88,21 @@ impl KeySpace {
     pub fn object_key(&self, partition: &str, name: ObjectName, ext: &str) -> String {
         self.template
             .key(partition, &self.instance, self.shard, name, ext)
+    }
+
+    /// The key of the error output of the object named `name` in `partition` (the payloads
+    /// a Parquet object could not take): under `{prefix}/errors/`, then the object's key
+    /// below the prefix, ending `.ndjson`. Never a data object's key: those end `.parquet`.
+    pub fn unfit_key(&self, partition: &str, name: ObjectName) -> String {
+        let key = self.object_key(partition, name, "ndjson");
+        if self.prefix.is_empty() {
+            return format!("{UNFIT_DIR}/{key}");
+        }
+        let below = key
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .unwrap_or(&key);
+        format!("{}/{UNFIT_DIR}/{below}", self.prefix)
     }
 
     /// A memory-queued object's name: its first payload's sequence number `seq`.
@@ -207,6 +225,30 @@ mod tests {
                 "ndjson.zst"
             ),
             "events/2026/11/28/23/host-a-1-s1700000000000001-4096-3.ndjson.zst"
+        );
+    }
+
+    #[test]
+    fn error_output_keys_sit_under_the_prefix() {
+        let t = Arc::new(
+            Template::parse("{prefix}/e={payload.e}/{instance}-{shard}-{start}-{seq}").unwrap(),
+        );
+        let ks = KeySpace::with_template(t.clone(), "ev", "h", 0, 5);
+        let fields = ks.fields(None, 0, &[]);
+        let part = ks.partition(&fields, br#"{"e":"x"}"#);
+        assert_eq!(
+            ks.object_key(&part, ks.seq_name(3), "parquet"),
+            "ev/e=x/h-0-5-3.parquet"
+        );
+        assert_eq!(
+            ks.unfit_key(&part, ks.seq_name(3)),
+            "ev/errors/e=x/h-0-5-3.ndjson"
+        );
+        let bare = KeySpace::with_template(t, "", "h", 0, 5);
+        let part = bare.partition(&bare.fields(None, 0, &[]), b"{}");
+        assert_eq!(
+            bare.unfit_key(&part, bare.seq_name(1)),
+            "errors/e=__HIVE_DEFAULT_PARTITION__/h-0-5-1.ndjson"
         );
     }
 

@@ -223,9 +223,13 @@ impl Template {
                 })
                 .sum()
         };
-        // Per directory: its `/` and a leading dot written `%2E`; then `.ndjson.zst`.
+        // Per directory: its `/` and a leading dot written `%2E`; then `.ndjson.zst`, or
+        // for the error output of Parquet objects `errors/` and `.ndjson`.
         let dirs: usize = self.dirs.iter().map(|d| seg(d, false) + 3).sum();
-        dirs + seg(&self.name, true) + ".ndjson.zst".len()
+        let ext = ".ndjson.zst"
+            .len()
+            .max(super::UNFIT_DIR.len() + 1 + ".ndjson".len());
+        dirs + seg(&self.name, true) + ext
     }
 
     /// The partition of `payload` (the key up to the object's name, without a trailing

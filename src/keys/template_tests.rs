@@ -192,7 +192,8 @@ fn the_longest_key_is_known_before_any_is_made() {
     let t = Template::parse(&format!("{}/{name}", many.join("/"))).unwrap();
     assert!(t.max_key_len(0, 8) > 1024);
     // The longest key it can make: values cut to 128 bytes, each starting with a dot (written
-    // `%2E`), the largest numbers, the longest extension.
+    // `%2E`), the largest numbers, the longest ending (the error output's `errors/` and
+    // `.ndjson`, longer than `.ndjson.zst`).
     let ks = KeySpace::with_template(Arc::new(t.clone()), "", "hostname", usize::MAX, 0);
     let fields: Vec<String> = (0..8)
         .map(|i| format!("\"f{i}\":\".{}\"", "a".repeat(300)))
@@ -204,6 +205,7 @@ fn the_longest_key_is_known_before_any_is_made() {
         offset: u64::MAX,
         index: usize::MAX,
     };
-    let key = ks.object_key(&p, spooled, "ndjson.zst");
+    let key = ks.unfit_key(&p, spooled);
     assert_eq!(key.len(), t.max_key_len(0, 8), "{key}");
+    assert!(ks.object_key(&p, spooled, "ndjson.zst").len() < key.len());
 }

@@ -76,6 +76,7 @@ pub(super) async fn open(
         batch: cfg.batch.clone(),
         shard: Some(index),
         template: cfg.keys.template.clone(),
+        schema_sha256: keep_schema(cfg, index)?,
     };
     let opts = SpoolOptions {
         dir: dir.to_path_buf(),
@@ -108,6 +109,28 @@ pub(super) async fn open(
     let releaser = spool.releaser();
     view.spool.add(releaser.clone());
     Ok((Rc::new(spool), releaser, report))
+}
+
+/// With Parquet objects and `batch.schema_file`: a copy of the file kept beside the spools,
+/// and its digest, for the segments to record.
+fn keep_schema(cfg: &Config, index: usize) -> Result<Option<String>, String> {
+    let Some(path) = cfg.batch.schema_file.as_deref() else {
+        return Ok(None);
+    };
+    if cfg.batch.format != crate::config::BatchFormat::Parquet {
+        return Ok(None);
+    }
+    let (_, text) =
+        crate::upload::schema_file::read(path).map_err(|e| format!("batch.schema_file: {e}"))?;
+    let dir = Path::new(&cfg.spool.dir);
+    crate::upload::schema_file::keep(dir, &text, index)
+        .map(Some)
+        .map_err(|e| {
+            format!(
+                "batch.schema_file: cannot keep a copy in {}: {e}",
+                dir.display()
+            )
+        })
 }
 
 /// Starts the replay of what an earlier run left in a spool, unless the sink discards:

@@ -1,17 +1,22 @@
-//! Building objects: one payload as `.json`, or many as NDJSON, optionally gzip or zstd.
+//! Building objects: one payload as `.json`, or many as NDJSON, optionally gzip or zstd, or
+//! as Parquet (see `parquet`).
 //!
 //! An NDJSON object holds one payload per line in arrival order. A payload is stored as the
 //! client sent it, except that line breaks between its tokens (legal JSON whitespace; a JSON
-//! string cannot hold a raw line break) become spaces, so each payload stays on one line.
+//! string cannot hold a raw line break) become spaces, so each payload stays on one line. A
+//! Parquet object keeps its payloads the same way until it closes, then encodes them.
 
-use crate::config::{BatchConfig, Compression};
+use super::parquet;
+use crate::config::{BatchConfig, BatchFormat, Compression};
+use arrow_schema::SchemaRef;
 use flate2::write::GzEncoder;
 use std::io::Write;
+use std::ops::Range;
 
 /// What an object is: its key suffix and HTTP headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ObjectFormat {
-    /// Key suffix without the dot: `json`, `ndjson`, `ndjson.gz` or `ndjson.zst`.
+    /// Key suffix without the dot: `json`, `ndjson`, `ndjson.gz`, `ndjson.zst` or `parquet`.
     pub ext: &'static str,
     /// `Content-Type` of the object.
     pub content_type: &'static str,
@@ -39,10 +44,21 @@ const NDJSON_ZST: ObjectFormat = ObjectFormat {
     content_type: "application/x-ndjson",
     content_encoding: Some("zstd"),
 };
+const PARQUET: ObjectFormat = ObjectFormat {
+    ext: "parquet",
+    content_type: "application/vnd.apache.parquet",
+    content_encoding: None,
+};
+
+/// The format of the error output: the payloads a Parquet object could not take, as NDJSON.
+pub const UNFIT: ObjectFormat = NDJSON;
 
 impl ObjectFormat {
     /// The format the batch settings produce.
     pub fn of(cfg: &BatchConfig) -> ObjectFormat {
+        if cfg.format == BatchFormat::Parquet {
+            return PARQUET;
+        }
         if !cfg.ndjson() {
             return JSON;
         }
@@ -50,13 +66,15 @@ impl ObjectFormat {
             Compression::None => NDJSON,
             Compression::Gzip => NDJSON_GZ,
             Compression::Zstd => NDJSON_ZST,
+            // Refused by validation without Parquet.
+            Compression::Snappy => NDJSON,
         }
     }
 
     /// The format of an existing object, from its key (for spilled objects uploaded at the
     /// next start, whatever the settings are now).
     pub fn from_key(key: &str) -> ObjectFormat {
-        [NDJSON_GZ, NDJSON_ZST, NDJSON]
+        [NDJSON_GZ, NDJSON_ZST, NDJSON, PARQUET]
             .into_iter()
             .find(|f| key.ends_with(&format!(".{}", f.ext)))
             .unwrap_or(JSON)
@@ -64,7 +82,12 @@ impl ObjectFormat {
 
     /// Whether objects of this format hold one payload per line.
     pub fn is_ndjson(&self) -> bool {
-        self.ext != JSON.ext
+        self.ext.starts_with("ndjson")
+    }
+
+    /// Whether objects of this format are Parquet files.
+    pub fn is_parquet(&self) -> bool {
+        self.ext == PARQUET.ext
     }
 }
 
@@ -72,6 +95,39 @@ enum Encoder {
     Plain(Vec<u8>),
     Gzip(GzEncoder<Vec<u8>>),
     Zstd(zstd::Encoder<'static, Vec<u8>>),
+    /// Parquet: the payloads as NDJSON lines, encoded at [`ObjectBuilder::finish`].
+    Parquet(Box<Rows>),
+}
+
+/// A Parquet object's payloads until it closes.
+struct Rows {
+    lines: Vec<u8>,
+    /// Each payload in `lines`, without its line break.
+    spans: Vec<Range<usize>>,
+    schema: Option<SchemaRef>,
+    compression: Compression,
+    level: Option<i32>,
+}
+
+/// A closed object: what to store.
+#[derive(Debug)]
+pub struct Finished {
+    /// The object: its bytes, format and payloads. `None` for a Parquet object none of whose
+    /// payloads fit.
+    pub object: Option<(Vec<u8>, ObjectFormat, usize)>,
+    /// The payloads a Parquet object could not take, for the error output.
+    pub unfit: Option<Unfit>,
+}
+
+/// Payloads set apart from a Parquet object: NDJSON, in arrival order ([`UNFIT`]).
+#[derive(Debug)]
+pub struct Unfit {
+    /// The NDJSON object.
+    pub data: Vec<u8>,
+    /// Payloads in it.
+    pub payloads: usize,
+    /// Why the first of them did not fit.
+    pub reason: String,
 }
 
 /// One object being filled.
@@ -93,11 +149,19 @@ impl std::fmt::Debug for ObjectBuilder {
 }
 
 impl ObjectBuilder {
-    /// An empty object in the configured format.
-    pub fn new(cfg: &BatchConfig) -> std::io::Result<Self> {
+    /// An empty object in the configured format; `schema` fixes a Parquet object's columns
+    /// (`batch.schema_file`), otherwise they are inferred from its payloads.
+    pub fn new(cfg: &BatchConfig, schema: Option<&SchemaRef>) -> std::io::Result<Self> {
         let format = ObjectFormat::of(cfg);
         let enc = match cfg.compression {
-            Compression::None => Encoder::Plain(Vec::new()),
+            _ if format.is_parquet() => Encoder::Parquet(Box::new(Rows {
+                lines: Vec::new(),
+                spans: Vec::new(),
+                schema: schema.cloned(),
+                compression: cfg.compression,
+                level: cfg.level,
+            })),
+            Compression::None | Compression::Snappy => Encoder::Plain(Vec::new()),
             Compression::Gzip => Encoder::Gzip(GzEncoder::new(
                 Vec::new(),
                 flate2::Compression::new(cfg.level.unwrap_or(6).clamp(0, 9) as u32),
@@ -126,16 +190,26 @@ impl ObjectBuilder {
 
     /// Uncompressed bytes `payload` would add.
     pub fn cost(&self, payload: &[u8]) -> usize {
-        payload.len() + usize::from(self.format.is_ndjson())
+        payload.len() + usize::from(!self.is_single())
+    }
+
+    /// Whether the object holds one payload as sent (`.json`), not one per line.
+    fn is_single(&self) -> bool {
+        self.format == JSON
     }
 
     /// Adds one payload (a line of NDJSON, or the whole `.json` object).
     pub fn push(&mut self, payload: &[u8]) -> std::io::Result<()> {
-        let ndjson = self.format.is_ndjson();
+        let ndjson = !self.is_single();
         let w: &mut dyn Write = match &mut self.enc {
             Encoder::Plain(v) => v,
             Encoder::Gzip(g) => g,
             Encoder::Zstd(z) => z,
+            Encoder::Parquet(rows) => {
+                let at = rows.lines.len();
+                rows.spans.push(at..at + payload.len());
+                &mut rows.lines
+            }
         };
         if ndjson && payload.iter().any(|&b| b == b'\n' || b == b'\r') {
             let line: Vec<u8> = payload
@@ -154,19 +228,54 @@ impl ObjectBuilder {
         Ok(())
     }
 
-    /// The finished object's bytes and format.
-    pub fn finish(self) -> std::io::Result<(Vec<u8>, ObjectFormat)> {
+    /// The finished object (a Parquet object is encoded here, from its payloads as sent).
+    pub fn finish(self) -> std::io::Result<Finished> {
         let data = match self.enc {
             Encoder::Plain(v) => v,
             Encoder::Gzip(g) => g.finish()?,
             Encoder::Zstd(z) => z.finish()?,
+            Encoder::Parquet(rows) => return Ok(rows.finish(self.format)),
         };
-        Ok((data, self.format))
+        Ok(Finished {
+            object: Some((data, self.format, self.payloads)),
+            unfit: None,
+        })
+    }
+}
+
+impl Rows {
+    fn finish(self, format: ObjectFormat) -> Finished {
+        let e = parquet::encode(
+            &self.lines,
+            &self.spans,
+            self.schema.as_ref(),
+            self.compression,
+            self.level,
+        );
+        let unfit = (!e.unfit.is_empty()).then(|| {
+            let mut data = Vec::with_capacity(e.unfit.iter().map(|r| r.len() + 1).sum());
+            for r in &e.unfit {
+                data.extend_from_slice(&self.lines[r.clone()]);
+                data.push(b'\n');
+            }
+            Unfit {
+                data,
+                payloads: e.unfit.len(),
+                reason: e.reason.unwrap_or_default(),
+            }
+        });
+        Finished {
+            object: e.parquet.map(|file| (file, format, e.rows)),
+            unfit,
+        }
     }
 }
 
 /// How many payloads a stored object holds (for counting spilled objects uploaded later).
 pub fn payloads_in(data: &[u8], format: ObjectFormat) -> usize {
+    if format.is_parquet() {
+        return parquet::rows_in(data);
+    }
     if !format.is_ndjson() {
         return 1;
     }
@@ -194,6 +303,41 @@ mod tests {
         }
     }
 
+    /// A JSON or NDJSON object's bytes and format.
+    fn done(b: ObjectBuilder) -> (Vec<u8>, ObjectFormat) {
+        let f = b.finish().unwrap();
+        assert!(f.unfit.is_none());
+        let (data, format, _) = f.object.unwrap();
+        (data, format)
+    }
+
+    #[test]
+    fn parquet_objects_keep_payloads_until_they_close_and_set_apart_the_unfit() {
+        let batch = BatchConfig {
+            format: BatchFormat::Parquet,
+            ..cfg(10, Compression::Zstd)
+        };
+        assert_eq!(ObjectFormat::of(&batch).ext, "parquet");
+        let mut b = ObjectBuilder::new(&batch, None).unwrap();
+        for p in [&b"{\"a\":\n1}"[..], b"[1]", b"{\"a\":2}", b"7"] {
+            assert_eq!(b.cost(p), p.len() + 1);
+            b.push(p).unwrap();
+        }
+        assert_eq!(b.payloads(), 4);
+        let f = b.finish().unwrap();
+        let (data, format, rows) = f.object.unwrap();
+        assert_eq!((format.ext, rows), ("parquet", 2));
+        assert_eq!(ObjectFormat::from_key("p/a.parquet"), format);
+        assert_eq!(payloads_in(&data, format), 2);
+        let unfit = f.unfit.unwrap();
+        assert_eq!(unfit.data, b"[1]\n7\n");
+        assert_eq!(
+            (unfit.payloads, unfit.reason.as_str()),
+            (2, "not a JSON object")
+        );
+        assert_eq!(payloads_in(&unfit.data, UNFIT), 2);
+    }
+
     fn decode(data: &[u8], f: ObjectFormat) -> Vec<u8> {
         match f.content_encoding {
             None => data.to_vec(),
@@ -209,9 +353,9 @@ mod tests {
 
     #[test]
     fn single_payload_objects_are_the_bytes_as_sent() {
-        let mut b = ObjectBuilder::new(&cfg(1, Compression::None)).unwrap();
+        let mut b = ObjectBuilder::new(&cfg(1, Compression::None), None).unwrap();
         b.push(b"{\n \"a\": 1}").unwrap();
-        let (data, f) = b.finish().unwrap();
+        let (data, f) = done(b);
         assert_eq!(data, b"{\n \"a\": 1}");
         assert_eq!(f.ext, "json");
         assert_eq!(f.content_type, "application/json");
@@ -226,12 +370,12 @@ mod tests {
             b"12345678901234567890",
         ];
         for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
-            let mut b = ObjectBuilder::new(&cfg(10, c)).unwrap();
+            let mut b = ObjectBuilder::new(&cfg(10, c), None).unwrap();
             for p in payloads {
                 b.push(p).unwrap();
             }
             assert_eq!(b.payloads(), 4);
-            let (data, f) = b.finish().unwrap();
+            let (data, f) = done(b);
             assert_eq!(ObjectFormat::from_key(&format!("a/b-1.{}", f.ext)), f);
             let text = decode(&data, f);
             assert_eq!(

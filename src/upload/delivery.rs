@@ -52,6 +52,19 @@ pub(super) enum Outcome {
     NotStored { refused: bool },
 }
 
+impl Outcome {
+    /// The outcome of two objects of the same requests: stored if both are, refused if
+    /// either is.
+    pub(super) fn and(self, other: Outcome) -> Outcome {
+        match (self, other) {
+            (Outcome::Stored, o) | (o, Outcome::Stored) => o,
+            (Outcome::NotStored { refused: a }, Outcome::NotStored { refused: b }) => {
+                Outcome::NotStored { refused: a || b }
+            }
+        }
+    }
+}
+
 /// What the worker's tasks share.
 pub(super) struct Ctx {
     pub(super) sink: Sink,
@@ -59,6 +72,11 @@ pub(super) struct Ctx {
     /// stored, since storing one releases its spool record.
     pub(super) fs_sync: Option<group_sync::GroupSync>,
     pub(super) spill: FsSink,
+    /// `batch.schema_file`'s columns, read at start.
+    pub(super) schema: Option<arrow_schema::SchemaRef>,
+    /// Schema files replayed records were taken with, by digest (see `objects::schema_for`).
+    pub(super) kept_schemas:
+        std::cell::RefCell<std::collections::HashMap<String, Option<arrow_schema::SchemaRef>>>,
     pub(super) stats: Arc<ShardStats>,
     pub(super) budget: Arc<Budget>,
     pub(super) keys: KeySpace,
@@ -249,6 +267,23 @@ impl Ctx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_objects_are_stored_only_if_both_are() {
+        let (stored, later, refused) = (
+            Outcome::Stored,
+            Outcome::NotStored { refused: false },
+            Outcome::NotStored { refused: true },
+        );
+        assert_eq!(stored.and(stored), stored);
+        for o in [later, refused] {
+            assert_eq!(stored.and(o), o);
+            assert_eq!(o.and(stored), o);
+        }
+        assert_eq!(later.and(refused), refused);
+        assert_eq!(refused.and(later), refused);
+        assert_eq!(later.and(later), later);
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {

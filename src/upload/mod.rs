@@ -1,7 +1,8 @@
 //! Upload workers: one OS thread per shard (pinned, tokio current_thread, because rust-s3 needs
-//! tokio) that drains the shard's queue into objects (one per payload, or NDJSON batches; see
-//! `batch`) and stores them, `upload.max_in_flight` at a time, retrying transient failures with
-//! capped exponential backoff and full jitter. A retried object keeps its key, so a retry after
+//! tokio) that drains the shard's queue into objects (one per payload, NDJSON batches, or
+//! Parquet files encoded at close; see `batch` and `parquet`) and stores them,
+//! `upload.max_in_flight` at a time, retrying transient failures with capped exponential
+//! backoff and full jitter. A retried object keeps its key, so a retry after
 //! a lost answer overwrites rather than duplicates.
 //!
 //! Nothing answered `200` is dropped: a payload the store refuses for good, or one still
@@ -10,14 +11,18 @@
 
 mod batch;
 mod delivery;
+mod fs_sink;
 mod group_sync;
 mod objects;
+mod parquet;
+pub mod schema_file;
 mod sink;
 mod spill;
 
-pub use batch::{payloads_in, ObjectBuilder, ObjectFormat};
+pub use batch::{payloads_in, Finished, ObjectBuilder, ObjectFormat, Unfit, UNFIT};
 pub use delivery::{backoff, refused_backoff, throttled_backoff};
-pub use sink::{FsSink, Sink, UploadError, SPILL_SUFFIX};
+pub use fs_sink::{FsSink, SPILL_SUFFIX};
+pub use sink::{Sink, UploadError};
 pub use spill::spilled_files;
 
 use crate::config::Config;
@@ -128,9 +133,22 @@ fn worker_ctx(s: &WorkerSetup) -> Ctx {
         }
         _ => None,
     };
+    let schema = match (&s.config.batch.schema_file, s.config.batch.format) {
+        (Some(path), crate::config::BatchFormat::Parquet) => match schema_file::load(path) {
+            Ok(schema) => Some(schema),
+            Err(e) => {
+                // Validation read it at start; if it is gone now, columns are inferred.
+                tracing::error!(shard = s.shard, error = %e, "batch.schema_file: cannot read it; inferring columns per object");
+                None
+            }
+        },
+        _ => None,
+    };
     Ctx {
         sink,
         fs_sync,
+        schema,
+        kept_schemas: Default::default(),
         // Spill files are written without a per-file fsync (thousands of fsyncs would outlast
         // any drain deadline); one syncfs at the end of the drain makes them all durable.
         spill: FsSink::spill(&s.config.upload.spill_dir),

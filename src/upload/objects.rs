@@ -3,11 +3,12 @@
 //! payloads each holds (a request is answered once all of its objects are done).
 
 use super::delivery::{Ctx, Outcome};
-use super::{ObjectBuilder, Sink};
-use crate::config::BatchConfig;
+use super::{ObjectBuilder, Sink, UNFIT};
+use crate::config::{BatchConfig, BatchFormat};
 use crate::keys::{KeySpace, ObjectName, Template};
 use crate::metrics::inc;
 use crate::queue::{Delivery, Job, Naming, Spooled};
+use arrow_schema::SchemaRef;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -149,6 +150,7 @@ pub(super) async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Ope
     let req = Rc::new(req);
     let batch = naming.as_ref().map_or(&ctx.config.batch, |n| &n.batch);
     let recorded = naming.as_deref().map(|n| Rc::new(recorded_keys(ctx, n)));
+    let schema = schema_for(ctx, batch, naming.as_deref());
     let keys = recorded.as_deref().unwrap_or(&ctx.keys);
     let fields = keys.fields(job.tenant.as_deref(), job.received_secs, &job.headers);
     // Without `{payload.FIELD}` every payload of the request is in the same partition.
@@ -182,7 +184,7 @@ pub(super) async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Ope
         if let Some(o) = opens.take(slot) {
             close(ctx, permits, o).await;
         }
-        let builder = match ObjectBuilder::new(batch) {
+        let builder = match ObjectBuilder::new(batch, schema.as_ref()) {
             Ok(b) => b,
             Err(e) => {
                 // Only the compressor's set-up can fail here (memory); say so loudly.
@@ -258,6 +260,32 @@ fn push(ctx: &Ctx, o: &mut Open, payload: &[u8], req: &Rc<Request>) -> bool {
     true
 }
 
+/// The fixed columns of a request's Parquet objects: none unless its batch settings name a
+/// `batch.schema_file` (a replay of a record written without one infers, as its run did);
+/// for a replay whose segment recorded the file's digest, the copy kept under it, so the
+/// record is encoded as its run would have, whatever the file says now; otherwise this run's.
+fn schema_for(ctx: &Ctx, batch: &BatchConfig, naming: Option<&Naming>) -> Option<SchemaRef> {
+    if batch.format != BatchFormat::Parquet {
+        return None;
+    }
+    batch.schema_file.as_ref()?;
+    let Some(digest) = naming.and_then(|n| n.schema_sha256.as_deref()) else {
+        return ctx.schema.clone();
+    };
+    let mut kept = ctx.kept_schemas.borrow_mut();
+    let found = kept.entry(digest.to_string()).or_insert_with(|| {
+        let dir = std::path::Path::new(&ctx.config.spool.dir);
+        match super::schema_file::kept(dir, digest) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(shard = ctx.shard, error = %e, "spool: the schema file these records were taken with is gone; encoding them with this run's batch.schema_file");
+                None
+            }
+        }
+    });
+    found.clone().or_else(|| ctx.schema.clone())
+}
+
 /// The key space a spool segment recorded (its prefix, instance, shard and template).
 fn recorded_keys(ctx: &Ctx, n: &Naming) -> KeySpace {
     let template = match Template::parse(&n.template) {
@@ -277,10 +305,12 @@ fn recorded_keys(ctx: &Ctx, n: &Naming) -> KeySpace {
     )
 }
 
-/// Closes an object and starts its upload once an in-flight permit is free.
+/// Closes an object and starts its upload once an in-flight permit is free: the object
+/// itself and, for a Parquet object with payloads that did not fit, its error output. Its
+/// requests count it done once both are.
 pub(super) async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, o: Open) {
     let payloads = o.builder.payloads();
-    let (data, format) = match o.builder.finish() {
+    let done = match o.builder.finish() {
         Ok(done) => done,
         Err(e) => {
             tracing::error!(shard = ctx.shard, payloads, error = %e, "cannot finish an object; its payloads are LOST");
@@ -291,18 +321,38 @@ pub(super) async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, o: Open) {
             return;
         }
     };
-    let key = o
-        .keys
-        .as_deref()
-        .unwrap_or(&ctx.keys)
-        .object_key(&o.partition, o.name, format.ext);
+    let keys = o.keys.as_deref().unwrap_or(&ctx.keys);
+    let mut objects = Vec::with_capacity(2);
+    if let Some((data, format, n)) = done.object {
+        let key = keys.object_key(&o.partition, o.name, format.ext);
+        objects.push((key, data, format, n));
+    }
+    if let Some(unfit) = done.unfit {
+        let key = keys.unfit_key(&o.partition, o.name);
+        let n = unfit.payloads as u64;
+        if ctx
+            .stats
+            .payloads_unfit
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            tracing::warn!(shard = ctx.shard, key, payloads = n, reason = %unfit.reason, "payloads that do not fit a Parquet object are stored as NDJSON in the error output (counted in corepost_payloads_unfit_total; logged once per shard, then at debug)");
+        } else {
+            tracing::debug!(shard = ctx.shard, key, payloads = n, reason = %unfit.reason, "payloads stored in the error output");
+        }
+        objects.push((key, unfit.data, UNFIT, unfit.payloads));
+    }
     let spooled = matches!(o.name, ObjectName::Spooled { .. });
     let Ok(permit) = permits.clone().acquire_owned().await else {
         return;
     };
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {
-        let outcome = ctx.deliver(&key, &data, format, payloads, spooled).await;
+        let mut outcome = Outcome::Stored;
+        for (key, data, format, n) in &objects {
+            let one = ctx.deliver(key, data, *format, *n, spooled).await;
+            outcome = outcome.and(one);
+        }
         drop(permit);
         for m in &o.members {
             ctx.finish(m, Some(outcome));

@@ -2,14 +2,16 @@
 //! directory, written atomically by rename), `discard` (count and drop, for benchmarks).
 
 use super::batch::ObjectFormat;
+use super::FsSink;
 use crate::config::{Config, SinkKind};
 use crate::metrics::inc;
 use http::{HeaderMap, HeaderValue};
+use s3::command::{Command, Multipart};
 use s3::creds::Credentials;
+use s3::request::tokio_backend::ReqwestRequest;
+use s3::request::Request as _;
+use s3::serde_types::Part;
 use s3::{Bucket, Region};
-use std::cell::RefCell;
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -77,23 +79,6 @@ pub struct S3Sink {
 /// Attempts at aborting a failed multipart upload.
 const ABORT_ATTEMPTS: u32 = 3;
 
-/// The local-directory sink; also the spill directory's writer.
-#[derive(Debug)]
-pub struct FsSink {
-    root: PathBuf,
-    /// Directories already created, so a steady stream of objects costs no `mkdir` calls.
-    made: RefCell<HashSet<PathBuf>>,
-    /// fsync each file before renaming it into place (the spill directory needs this; the fs
-    /// sink with `ack = "queued"` does not).
-    durable: bool,
-    /// Appended to every file name: the spill directory's files end in [`SPILL_SUFFIX`], so
-    /// its replay takes only what corepost wrote there.
-    suffix: &'static str,
-}
-
-/// Ending of every file corepost writes to the spill directory (`{key}.spill`).
-pub const SPILL_SUFFIX: &str = ".spill";
-
 /// Classifies an HTTP status from the store.
 fn classify_status(status: u16, body: &[u8]) -> Result<(), UploadError> {
     if (200..300).contains(&status) {
@@ -104,18 +89,24 @@ fn classify_status(status: u16, body: &[u8]) -> Result<(), UploadError> {
 
 /// Classifies an error answer: its status and (what rust-s3 kept of) its body.
 ///
-/// Throttling is `429`, `503` or a `SlowDown` code. The status is what counts: rust-s3 replaces
-/// the body of every PUT answer (object or part) with its `ETag` header, so the `SlowDown`
-/// document of a `503` to a PUT never reaches us; S3 uses `503` for `SlowDown` and for
-/// `ServiceUnavailable`, both of which ask for a lower request rate. A `2xx` here is an answer
+/// Throttling is `429`, `503` or a `SlowDown` code; S3 uses `503` for `SlowDown` and for
+/// `ServiceUnavailable`, both of which ask for a lower request rate. A body that did not
+/// arrive intact (`BadDigest`, `XAmzContentSHA256Mismatch`, `RequestTimeout`, all `400`) is
+/// transient: the next attempt sends it again. PUTs keep the store's answer for this (see
+/// [`put_request`]). A `2xx` here is an answer
 /// that carried an `<Error>` document (S3 does this for CompleteMultipartUpload): the
 /// operation failed and is worth retrying.
 fn classify_error(status: u16, body: &[u8]) -> UploadError {
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
     let msg = format!("store answered {status}: {text}");
+    // The store received other bytes than were sent (`Content-MD5` or the signed SHA-256 do
+    // not match the body), or the body too slowly: the next attempt sends them again.
+    let in_transit = ["BadDigest", "XAmzContentSHA256Mismatch", "RequestTimeout"]
+        .iter()
+        .any(|code| text.contains(&format!("<Code>{code}</Code>")));
     if status == 429 || status == 503 || text.contains("SlowDown") {
         UploadError::Throttled(msg)
-    } else if status >= 500 || status == 408 || (200..300).contains(&status) {
+    } else if status >= 500 || status == 408 || in_transit || (200..300).contains(&status) {
         UploadError::Transient(msg)
     } else {
         UploadError::Permanent(msg)
@@ -196,8 +187,8 @@ impl Sink {
         match self {
             Sink::Discard => Ok(()),
             Sink::Unavailable(e) => Err(UploadError::Permanent(e.clone())),
-            Sink::Fs(fs) => std::fs::create_dir_all(&fs.root).map_err(|e| {
-                UploadError::Permanent(format!("cannot create {}: {e}", fs.root.display()))
+            Sink::Fs(fs) => std::fs::create_dir_all(fs.root()).map_err(|e| {
+                UploadError::Permanent(format!("cannot create {}: {e}", fs.root().display()))
             }),
             Sink::S3(s3) => s3.check().await,
         }
@@ -228,19 +219,44 @@ impl Sink {
                     h
                 });
                 inc(requests, 1);
-                let r = s3
-                    .bucket
-                    .put_object_with_content_type_and_headers(
-                        key,
-                        data,
-                        format.content_type,
-                        headers,
-                    )
-                    .await;
-                answer(r.map(|resp| (resp.status_code(), resp.to_vec())))
+                let r = put_request(&s3.bucket, key, data, format.content_type, headers, None);
+                answer(r.await.map(|(status, body, _)| (status, body)))
             }
         }
     }
+}
+
+/// One PUT, of an object or (with `part`: its number and the upload's id) of a part of a
+/// multipart upload, through rust-s3's request layer, keeping the store's answer: rust-s3's
+/// `put_object*` and `put_multipart_chunk` replace it with the `ETag` header, which loses an
+/// error's code (`BadDigest`, `SlowDown`). rust-s3 sends `Content-MD5` and the signed
+/// `x-amz-content-sha256` of the body with every PUT, so the store refuses a body changed on
+/// the way (`400 BadDigest`), which [`classify_error`] retries. Returns the status, the
+/// answer's body and its `ETag`.
+async fn put_request(
+    bucket: &Bucket,
+    key: &str,
+    content: &[u8],
+    content_type: &str,
+    headers: Option<HeaderMap>,
+    part: Option<(u32, &str)>,
+) -> Result<(u16, Vec<u8>, Option<String>), s3::error::S3Error> {
+    let command = Command::PutObject {
+        content,
+        content_type,
+        custom_headers: headers,
+        multipart: part.map(|(n, id)| Multipart::new(n, id)),
+    };
+    let r = ReqwestRequest::new(bucket, key, command)
+        .await?
+        .response_data(false)
+        .await?;
+    let etag = r
+        .headers()
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+        .map(|(_, v)| v);
+    Ok((r.status_code(), r.to_vec(), etag))
 }
 
 /// Classifies what rust-s3 returned for a request.
@@ -346,16 +362,30 @@ impl S3Sink {
         let mut result = Ok(());
         for (i, chunk) in data.chunks(self.part_bytes).enumerate() {
             inc(requests, 1);
-            match self
-                .bucket
-                .put_multipart_chunk(chunk.to_vec(), key, i as u32 + 1, &id, format.content_type)
-                .await
-            {
-                Ok(part) => parts.push(part),
-                Err(e) => {
-                    result = answer(Err(e));
-                    break;
-                }
+            let n = i as u32 + 1;
+            let r = put_request(
+                &self.bucket,
+                key,
+                chunk,
+                format.content_type,
+                None,
+                Some((n, &id)),
+            );
+            result = match r.await {
+                Ok((status, body, etag)) => classify_status(status, &body).and_then(|()| {
+                    let etag = etag.ok_or_else(|| {
+                        UploadError::Transient(format!("part {n}: the store's answer has no ETag"))
+                    })?;
+                    parts.push(Part {
+                        etag,
+                        part_number: n,
+                    });
+                    Ok(())
+                }),
+                Err(e) => Err(s3_error(e)),
+            };
+            if result.is_err() {
+                break;
             }
         }
         if result.is_ok() {
@@ -398,86 +428,6 @@ impl S3Sink {
     }
 }
 
-/// Directories an [`FsSink`] remembers having made, at most.
-const MADE_DIRS: usize = 4096;
-
-impl FsSink {
-    /// Files under `root`; `durable` fsyncs each file before it is renamed into place.
-    pub fn new(root: impl Into<PathBuf>, durable: bool) -> Self {
-        Self {
-            root: root.into(),
-            made: RefCell::new(HashSet::new()),
-            durable,
-            suffix: "",
-        }
-    }
-
-    /// The spill directory's writer: files named `{key}.spill`, synced together at the end
-    /// of a drain (see the worker).
-    pub fn spill(root: impl Into<PathBuf>) -> Self {
-        Self {
-            suffix: SPILL_SUFFIX,
-            ..Self::new(root, false)
-        }
-    }
-
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Writes one file atomically (temporary dot-file, then rename).
-    pub fn put(&self, key: &str, data: &[u8]) -> Result<(), UploadError> {
-        let path = if self.suffix.is_empty() {
-            self.root.join(key)
-        } else {
-            self.root.join(format!("{key}{}", self.suffix))
-        };
-        let io = |what: &str, p: &Path, e: std::io::Error| {
-            let msg = format!("{what} {}: {e}", p.display());
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                UploadError::Permanent(msg)
-            } else {
-                UploadError::Transient(msg)
-            }
-        };
-        let dir = path.parent().unwrap_or(&self.root);
-        if !self.made.borrow().contains(dir) {
-            std::fs::create_dir_all(dir).map_err(|e| io("mkdir", dir, e))?;
-            let mut made = self.made.borrow_mut();
-            // Partitioned keys (`keys.template`) make new directories for as long as the
-            // process runs: remembering them all would grow without bound. Forgetting costs
-            // one `mkdir` that finds the directory there.
-            if made.len() >= MADE_DIRS {
-                made.clear();
-            }
-            made.insert(dir.to_path_buf());
-        }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        // A dot-file in the same directory: the rename is atomic, and listings that skip dot
-        // files never see a partial object.
-        let tmp = dir.join(format!(".{name}.tmp"));
-        if self.durable {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-            f.write_all(data).map_err(|e| io("write", &tmp, e))?;
-            f.sync_all().map_err(|e| io("fsync", &tmp, e))?;
-        } else {
-            std::fs::write(&tmp, data).map_err(|e| io("write", &tmp, e))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(|e| io("rename", &path, e))?;
-        if self.durable {
-            if let Ok(d) = std::fs::File::open(dir) {
-                d.sync_all().map_err(|e| io("fsync", dir, e))?;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +435,16 @@ mod tests {
     #[test]
     fn statuses_are_classified() {
         assert_eq!(classify_status(200, b""), Ok(()));
+        for code in ["BadDigest", "XAmzContentSHA256Mismatch", "RequestTimeout"] {
+            let body = format!("<Error><Code>{code}</Code><Message>x</Message></Error>");
+            let e = classify_status(400, body.as_bytes()).unwrap_err();
+            assert!(e.retryable() && !e.throttled(), "{code}: {e:?}");
+        }
+        assert!(
+            !classify_status(400, b"<Error><Code>InvalidArgument</Code></Error>")
+                .unwrap_err()
+                .retryable()
+        );
         assert!(classify_status(503, b"").unwrap_err().retryable());
         assert!(classify_status(500, b"").unwrap_err().retryable());
         assert!(classify_status(429, b"").unwrap_err().retryable());
@@ -544,37 +504,5 @@ mod tests {
         let r = rt.block_on(sink.put("k", b"{}", fmt, &AtomicU64::new(0)));
         assert!(matches!(r, Err(UploadError::Permanent(_))), "{r:?}");
         assert!(rt.block_on(sink.check()).is_err());
-    }
-
-    #[test]
-    fn fs_sink_writes_whole_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let sink = FsSink::new(dir.path(), true);
-        sink.put("p/2026/01/02/03/a-0-1-2.json", b"{\"a\":1}")
-            .unwrap();
-        let got = std::fs::read(dir.path().join("p/2026/01/02/03/a-0-1-2.json")).unwrap();
-        assert_eq!(got, b"{\"a\":1}");
-        let names: Vec<_> = std::fs::read_dir(dir.path().join("p/2026/01/02/03"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 1, "no temporary file left behind: {names:?}");
-    }
-
-    #[test]
-    fn the_fs_sinks_memory_of_directories_is_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let sink = FsSink::new(dir.path(), false);
-        let n = MADE_DIRS + 10;
-        for i in 0..n {
-            sink.put(&format!("p/e={i}/a-0-1-{i}.ndjson"), b"{}\n")
-                .unwrap();
-            assert!(sink.made.borrow().len() <= MADE_DIRS);
-        }
-        // After forgetting, a directory made before is written into again.
-        sink.put("p/e=0/a-0-1-again.ndjson", b"{}\n").unwrap();
-        let files = std::fs::read_dir(dir.path().join("p")).unwrap().count();
-        assert_eq!(files, n);
-        assert!(dir.path().join("p/e=0/a-0-1-again.ndjson").exists());
     }
 }

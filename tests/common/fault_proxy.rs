@@ -3,7 +3,8 @@
 //! `Content-Length` request bodies as rust-s3 sends them) and, per [`Rule`], answers chosen
 //! requests with a fault instead: an error status (`500`, `503 SlowDown`, `429`), a `200`
 //! whose body is an S3 `<Error>` document, a connection reset in the middle of the request
-//! body or of the store's answer, or an answer held back longer than the client waits.
+//! body or of the store's answer, an answer held back longer than the client waits, or the
+//! request relayed with one byte of its body changed (corruption on the wire).
 //!
 //! Std threads and blocking sockets only. Every request is logged ([`FaultProxy::log`]) with
 //! the fault it got, so tests can check what the product did after a fault.
@@ -33,6 +34,10 @@ pub enum Fault {
     /// Forwards the request (the store applies it), then holds the answer this long before
     /// relaying it (longer than the client's request timeout: the client gives up).
     Delay(Duration),
+    /// Forwards the request with one bit of its body's middle byte flipped, headers as
+    /// sent (a bit flipped on the wire): a store that checks the body against its checksum
+    /// headers refuses it.
+    FlipBodyByte,
 }
 
 fn s3_error(code: &str, message: &str) -> String {
@@ -88,6 +93,7 @@ impl Fault {
             Fault::ResetMidRequest => "reset mid-request".into(),
             Fault::CutResponse => "cut response".into(),
             Fault::Delay(d) => format!("delay {d:?}"),
+            Fault::FlipBodyByte => "flipped body byte".into(),
         }
     }
 }
@@ -212,6 +218,8 @@ pub struct Entry {
     pub fault: Option<String>,
     /// The status the store answered, if the request reached it and an answer came back.
     pub upstream_status: Option<u16>,
+    /// The `<Code>` of the store's error answer, if it sent one.
+    pub upstream_code: Option<String>,
     /// The multipart upload it concerns: the query's `uploadId`, or for
     /// CreateMultipartUpload (`POST ?uploads`) the id the store answered.
     pub upload_id: Option<String>,

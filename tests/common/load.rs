@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use super::{files_under, lines, raw_request, try_read_response, Object};
+use super::{connect, files_under, lines, raw_request, try_read_response, Object};
 
 /// A collection whose payloads name their client and number: `{"c":c,"n":n,...}`.
 pub fn numbered_body(c: usize, first: usize, count: usize) -> Vec<u8> {
@@ -283,4 +283,65 @@ pub fn check_numbered(copies: &HashMap<Numbered, u32>, count: &NumberedCount, ex
         "stored payloads that were never sent: {:?}",
         &unknown[..unknown.len().min(10)]
     );
+}
+
+/// Clients posting until stopped or until the server goes away (killed), each on its own
+/// keep-alive connection: client `c`'s request `n` is `make(c, n)`, the raw request and the
+/// ids of its payloads. A `503` pauses 10 ms; any other status but `200` fails the test.
+pub fn post_until_stopped<T: Clone + Send + 'static>(
+    addr: SocketAddr,
+    clients: u64,
+    make: fn(u64, u64) -> (Vec<u8>, Vec<T>),
+) -> Posting<T> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads = (0..clients)
+        .map(|c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut sent) = (Vec::new(), Vec::new());
+                let (mut w, mut r) = connect(addr);
+                for n in 0u64.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let (req, ids) = make(c, n);
+                    sent.extend(ids.iter().cloned());
+                    if w.write_all(&req).is_err() {
+                        break;
+                    }
+                    match try_read_response(&mut r) {
+                        Some(resp) if resp.status == 200 => ok.extend(ids),
+                        Some(resp) if resp.status == 503 => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                        Some(resp) => panic!("status {}", resp.status),
+                        None => break,
+                    }
+                }
+                (ok, sent)
+            })
+        })
+        .collect();
+    Posting { stop, threads }
+}
+
+/// The clients of [`post_until_stopped`].
+pub struct Posting<T> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(Vec<T>, Vec<T>)>>,
+}
+
+impl<T> Posting<T> {
+    /// Stops the clients; the ids of the payloads answered `200`, and of every payload
+    /// written.
+    pub fn stop(self) -> (Vec<T>, Vec<T>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut sent) = (Vec::new(), Vec::new());
+        for t in self.threads {
+            let (o, s) = t.join().unwrap();
+            ok.extend(o);
+            sent.extend(s);
+        }
+        (ok, sent)
+    }
 }

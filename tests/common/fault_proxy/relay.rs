@@ -230,6 +230,7 @@ pub(super) fn serve(
                 query: query.clone(),
                 fault: fault.as_ref().map(Fault::name),
                 upstream_status: None,
+                upstream_code: None,
                 upload_id: query_value(&query, "uploadId"),
             });
             (fault, s.log.len() - 1)
@@ -252,7 +253,10 @@ pub(super) fn serve(
             }
             _ => {}
         }
-        let body = client.take(body_len, Some(stop))?;
+        let mut body = client.take(body_len, Some(stop))?;
+        if let (Some(Fault::FlipBodyByte), Some(mid)) = (&fault, body.len().checked_sub(1)) {
+            body[mid / 2] ^= 0x01;
+        }
         if upstream.is_none() {
             let s = TcpStream::connect(target)?;
             s.set_read_timeout(Some(UPSTREAM_TIMEOUT))?;
@@ -279,6 +283,9 @@ pub(super) fn serve(
             let mut s = state.lock().unwrap();
             let e = &mut s.log[idx];
             e.upstream_status = Some(status);
+            if status >= 300 {
+                e.upstream_code = xml_text(&resp_body, "Code");
+            }
             if e.upload_id.is_none() && method == "POST" && query_has_key(&query, "uploads") {
                 e.upload_id = xml_text(&resp_body, "UploadId");
             }

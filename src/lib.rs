@@ -29,6 +29,8 @@
 //! - [`shutdown`]: the shard-local shutdown signal.
 //! - [`notify`]: systemd's readiness protocol (`READY=1` to `NOTIFY_SOCKET`) for
 //!   `Type=notify` units.
+//! - [`lifecycle`]: `corepost serve` as a process: signals, SIGHUP reloads, systemd
+//!   notifications, and how shutdown flows from the first signal to every part.
 //! - [`tune`]: `corepost tune`: reads the machine (CPUs, NUMA, NIC queues and IRQs, limits,
 //!   kernel, the spool's disk) and writes a tuning profile and a script of recommended system
 //!   changes.
@@ -61,6 +63,7 @@ pub mod http;
 pub mod ingest;
 pub mod intake;
 pub mod keys;
+pub mod lifecycle;
 pub mod listen;
 pub mod metrics;
 pub mod notify;

@@ -205,7 +205,12 @@ pub async fn serve_connection(stream: glommio::net::TcpStream, front: Rc<Front>,
             match handshake.await {
                 None => {}
                 Some(Ok(tls_stream)) => {
-                    serve_http(HyperIo::with_scratch(tls_stream, front.scratch.clone()), front, on).await
+                    serve_http(
+                        HyperIo::with_scratch(tls_stream, front.scratch.clone()),
+                        front,
+                        on,
+                    )
+                    .await
                 }
                 Some(Err(e)) => {
                     inc(&front.stats.tls_handshake_failures, 1);

@@ -1,8 +1,9 @@
-//! `corepost serve`, `corepost check-config` and `corepost tune`: parse flags, load the
-//! configuration, run (or write a tuning profile for this machine).
+//! `corepost serve`, `corepost check-config` and `corepost tune`: parse the command line and
+//! hand over to the library (`config::load_placed`, `lifecycle::serve`,
+//! `tune::command::run`). The flags themselves are declared there (`config::Sources`).
 
 use clap::{Args, Parser, Subcommand};
-use corepost::config::{self, Flags, SinkKind, Sources};
+use corepost::config::{self, Sources};
 use corepost::tune;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the server (until SIGTERM or SIGINT, then drain and exit).
-    Serve(Opts),
+    Serve(Sources),
     /// Print the merged configuration, or every error in it (each naming its key).
     CheckConfig(CheckOpts),
     /// Read this machine (CPUs, NICs and IRQs, limits, kernel, disks) and write a tuning
@@ -32,88 +33,11 @@ enum Cmd {
 #[derive(Debug, Args)]
 struct CheckOpts {
     #[command(flatten)]
-    opts: Opts,
+    sources: Sources,
     /// Check the shard placement against the machine recorded under DIR (as `tune
     /// --sysfs-root` reads it) instead of this process's CPUs.
     #[arg(long, value_name = "DIR")]
     sysfs_root: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-struct Opts {
-    /// Configuration file (TOML).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Tuning profile (TOML; see tuning/).
-    #[arg(long, value_name = "FILE")]
-    profile: Option<PathBuf>,
-    /// Address to listen on (default 127.0.0.1:8080; port 0 picks one).
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<String>,
-    /// Where payloads go.
-    #[arg(long, value_parser = parse_sink)]
-    sink: Option<SinkKind>,
-    /// Root directory of the fs sink.
-    #[arg(long, value_name = "DIR")]
-    fs_root: Option<String>,
-    /// Number of shards (one per core), or `all`.
-    #[arg(long, value_name = "N")]
-    cores: Option<String>,
-    /// Directory for payloads that could not be delivered (uploaded first at the next start).
-    #[arg(long, value_name = "DIR")]
-    spill_dir: Option<String>,
-    /// Directory of the per-shard durable spools (`ack = "durable"`).
-    #[arg(long, value_name = "DIR")]
-    spool_dir: Option<String>,
-    /// Close a keep-alive connection after its next request once it is this old
-    /// (server.max_connection_age_ms; 0 = never), so a load balancer can place it again.
-    #[arg(long, value_name = "MS")]
-    max_connection_age_ms: Option<String>,
-    /// TLS on the public listener: PEM certificate chain (`tls.cert_file`).
-    #[arg(long, value_name = "FILE")]
-    tls_cert: Option<String>,
-    /// TLS on the public listener: PEM private key (`tls.key_file`).
-    #[arg(long, value_name = "FILE")]
-    tls_key: Option<String>,
-    /// File of bearer tokens (and their tenants): payload requests without a listed token
-    /// get `401`. Re-read on SIGHUP.
-    #[arg(long, value_name = "FILE")]
-    tokens_file: Option<String>,
-}
-
-fn parse_sink(s: &str) -> Result<SinkKind, String> {
-    match s {
-        "fs" => Ok(SinkKind::Fs),
-        "s3" => Ok(SinkKind::S3),
-        "discard" => Ok(SinkKind::Discard),
-        _ => Err(format!("{s:?} is not one of fs, s3, discard")),
-    }
-}
-
-/// Loads the configuration and checks the shard placement against `allowed` (this process's
-/// CPUs unless given).
-fn load(o: Opts, allowed: Option<Vec<usize>>) -> Result<config::Config, String> {
-    let src = Sources {
-        config_file: o.config,
-        profile_file: o.profile,
-        env: std::env::vars().collect(),
-        flags: Flags {
-            listen: o.listen,
-            sink: o.sink,
-            fs_root: o.fs_root,
-            cores: o.cores,
-            spill_dir: o.spill_dir,
-            spool_dir: o.spool_dir,
-            max_connection_age_ms: o.max_connection_age_ms,
-            tls_cert: o.tls_cert,
-            tls_key: o.tls_key,
-            tokens_file: o.tokens_file,
-        },
-    };
-    let cfg = config::load(&src).map_err(|e| e.to_string())?;
-    let allowed = allowed.unwrap_or_else(config::allowed_cpus);
-    config::resolve_placement(&cfg.shards, &allowed).map_err(|e| e.to_string())?;
-    Ok(cfg)
 }
 
 fn main() -> ExitCode {
@@ -133,22 +57,10 @@ fn main() -> ExitCode {
     // Crash tests only: arms the crash points named in `FAILPOINTS`.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let cli = Cli::parse();
-    let (serve, opts, allowed) = match cli.cmd {
-        Cmd::Serve(o) => (true, o, None),
-        Cmd::CheckConfig(c) => {
-            let allowed = match &c.sysfs_root {
-                Some(dir) => match tune::machine::allowed_cpus(&tune::Root::new(dir)) {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        eprintln!("configuration errors:\n--sysfs-root: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => None,
-            };
-            (false, c.opts, allowed)
-        }
+    // `check` is `Some` for check-config, holding its `--sysfs-root`.
+    let (sources, check) = match Cli::parse().cmd {
+        Cmd::Serve(s) => (s, None),
+        Cmd::CheckConfig(c) => (c.sources, Some(c.sysfs_root)),
         Cmd::Tune(t) => {
             return match tune::command::run(t) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -159,14 +71,24 @@ fn main() -> ExitCode {
             }
         }
     };
-    let cfg = match load(opts, allowed) {
+    let allowed = match check.as_ref().and_then(Option::as_ref) {
+        Some(dir) => match tune::machine::allowed_cpus(&tune::Root::new(dir)) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("configuration errors:\n--sysfs-root: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => config::allowed_cpus(),
+    };
+    let cfg = match config::load_placed(&sources.with_process_env(), &allowed) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("configuration errors:\n{e}");
             return ExitCode::from(2);
         }
     };
-    if !serve {
+    if check.is_some() {
         print!("{}", cfg.to_redacted_toml());
         return ExitCode::SUCCESS;
     }

@@ -11,7 +11,7 @@ mod placement;
 mod tests;
 mod validate;
 
-pub use load::{load, Flags, Sources};
+pub use load::{load, load_placed, FlagError, Flags, Sources};
 pub use placement::{allowed_cpus, resolve_placement, ShardPlacement};
 pub use validate::{ConfigError, ConfigErrors};
 

@@ -28,11 +28,11 @@ use std::io::Write as _;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The signal handlers could not be installed.
-    #[error("cannot install signal handlers")]
+    #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
     /// The server did not start, or a part of it ended abnormally.
     #[error(transparent)]
-    Server(#[from] anyhow::Error),
+    Server(#[from] shard::ShardError),
 }
 
 /// Runs the server with `config` until SIGTERM or SIGINT, answering SIGHUP with a reload;

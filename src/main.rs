@@ -95,7 +95,7 @@ fn main() -> ExitCode {
     match corepost::lifecycle::serve(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("corepost: {:#}", anyhow::Error::from(e));
+            eprintln!("corepost: {e}");
             ExitCode::FAILURE
         }
     }

@@ -318,16 +318,14 @@ mod tests {
     }
 
     /// Parses `args` as the flags of `corepost serve`.
-    fn command_line(args: &[&str]) -> Result<Sources, String> {
+    fn command_line(args: &[&str]) -> Result<Sources, clap::Error> {
         #[derive(clap::Parser)]
         struct Serve {
             #[command(flatten)]
             sources: Sources,
         }
         let args = std::iter::once("corepost").chain(args.iter().copied());
-        <Serve as clap::Parser>::try_parse_from(args)
-            .map(|s| s.sources)
-            .map_err(|e| e.to_string())
+        <Serve as clap::Parser>::try_parse_from(args).map(|s| s.sources)
     }
 
     #[test]
@@ -340,12 +338,12 @@ mod tests {
             command_line(&["--cores", "2"]).unwrap().flags.cores,
             Some(Cores::Count(2))
         );
-        let msg = command_line(&["--cores", "many"]).unwrap_err();
+        let msg = command_line(&["--cores", "many"]).unwrap_err().to_string();
         assert!(
             msg.contains("--cores") && msg.contains("\"many\" is not a number"),
             "{msg}"
         );
-        let msg = command_line(&["--sink", "tape"]).unwrap_err();
+        let msg = command_line(&["--sink", "tape"]).unwrap_err().to_string();
         assert!(msg.contains("is not one of fs, s3, discard"), "{msg}");
     }
 
@@ -423,7 +421,9 @@ mod tests {
         src.flags.max_connection_age_ms = Some(3000);
         assert_eq!(load(&src).unwrap().server.max_connection_age_ms, 3000);
         // A value that is not a number is refused on the command line, naming the flag.
-        let msg = command_line(&["--max-connection-age-ms", "soon"]).unwrap_err();
+        let msg = command_line(&["--max-connection-age-ms", "soon"])
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("--max-connection-age-ms"), "{msg}");
         assert_eq!(
             Config::default().server.max_connection_age_ms,

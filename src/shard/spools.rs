@@ -4,6 +4,7 @@
 //! spool found is delivered, whatever `ack` and `cores` are now. Also the release checkpoints
 //! of all of them (`spool.checkpoint_ms`, and once more at shutdown).
 
+use super::ShardError;
 use crate::config::{Ack, Config, SinkKind};
 use crate::intake::Intake;
 use crate::metrics::{inc, ShardView};
@@ -68,7 +69,7 @@ pub(super) async fn open(
     dir: &Path,
     drain_only: bool,
     view: &ShardView,
-) -> Result<(Rc<Spool>, Releaser, RecoveryReport), String> {
+) -> Result<(Rc<Spool>, Releaser, RecoveryReport), ShardError> {
     // Recorded in every segment: how this run builds and names the objects of its records.
     let naming = Naming {
         prefix: cfg.keys.prefix.clone(),
@@ -82,15 +83,17 @@ pub(super) async fn open(
         segment_bytes: cfg.spool.segment_bytes,
         max_bytes: cfg.spool.max_bytes,
         commit_wait_us: cfg.spool.commit_wait_us,
-        context: serde_json::to_vec(&naming).map_err(|e| e.to_string())?,
+        context: serde_json::to_vec(&naming)
+            .map_err(|source| ShardError::SpoolContext { index, source })?,
         drain_only,
     };
-    let (spool, report) = Spool::open(opts).await.map_err(|e| {
-        format!(
-            "spool of shard {index}: cannot open the spool in {}: {e}",
-            dir.display()
-        )
-    })?;
+    let (spool, report) = Spool::open(opts)
+        .await
+        .map_err(|source| ShardError::Spool {
+            index,
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     for t in &report.torn_tails {
         tracing::warn!(spool = index, segment = t.segment, offset = t.offset, bytes = t.bytes, reason = %t.reason, "spool: torn tail cut off (a crash mid-write; nothing there was acknowledged)");
     }

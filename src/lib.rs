@@ -7,6 +7,8 @@
 //! - [`ingest`]: request body → validated payload byte ranges (simd-json or serde_json).
 //! - [`intake`]: what a shard does with a request: its token, room in the queue budget,
 //!   parsing, then the ack mode's strategy (queued, uploaded, durable); spool replay.
+//! - [`job`]: what a shard hands its upload worker (an accepted request, its spool record)
+//!   and what the worker answers.
 //! - [`keys`]: object keys that never collide across shards, restarts or machines, laid out
 //!   by `keys.template` (Hive-style partitions from payload fields, headers, time), values
 //!   made safe for a path.
@@ -62,6 +64,7 @@ pub mod fd_limit;
 pub mod http;
 pub mod ingest;
 pub mod intake;
+pub mod job;
 pub mod keys;
 pub mod lifecycle;
 pub mod listen;

@@ -7,8 +7,8 @@
 use super::ShardError;
 use crate::config::{Ack, Config, SinkKind};
 use crate::intake::Intake;
+use crate::job::Naming;
 use crate::metrics::{inc, ShardView};
-use crate::queue::Naming;
 use crate::spool::{RecoveryReport, Releaser, Spool, SpoolOptions};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;

@@ -7,6 +7,8 @@
 //! - [`ingest`]: request body → validated payload byte ranges (simd-json or serde_json).
 //! - [`intake`]: what a shard does with a request: its token, room in the queue budget,
 //!   parsing, then the ack mode's strategy (queued, uploaded, durable); spool replay.
+//! - [`job`]: what a shard hands its upload worker (an accepted request, its spool record)
+//!   and what the worker answers.
 //! - [`keys`]: object keys that never collide across shards, restarts or machines, laid out
 //!   by `keys.template` (Hive-style partitions from payload fields, headers, time), values
 //!   made safe for a path.
@@ -30,6 +32,8 @@
 //! - [`shutdown`]: the shard-local shutdown signal.
 //! - [`notify`]: systemd's readiness protocol (`READY=1` to `NOTIFY_SOCKET`) for
 //!   `Type=notify` units.
+//! - [`lifecycle`]: `corepost serve` as a process: signals, SIGHUP reloads, systemd
+//!   notifications, and how shutdown flows from the first signal to every part.
 //! - [`tune`]: `corepost tune`: reads the machine (CPUs, NUMA, NIC queues and IRQs, limits,
 //!   kernel, the spool's disk) and writes a tuning profile and a script of recommended system
 //!   changes.
@@ -61,7 +65,9 @@ pub mod fd_limit;
 pub mod http;
 pub mod ingest;
 pub mod intake;
+pub mod job;
 pub mod keys;
+pub mod lifecycle;
 pub mod listen;
 pub mod metrics;
 pub mod notify;

@@ -8,7 +8,6 @@
 //! inherit it from their listener), and never while any socket listens on the port. glommio's
 //! `TcpListener::bind` sets only `SO_REUSEPORT`, so the shards build their sockets here.
 
-use anyhow::anyhow;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
@@ -22,19 +21,28 @@ fn tcp_socket(addr: SocketAddr) -> io::Result<Socket> {
     Ok(sk)
 }
 
+/// The start-up probe could not bind the server's port.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source} (is another server running on this port?)")]
+pub struct PortInUse {
+    /// The address probed.
+    pub addr: SocketAddr,
+    /// Why the bind failed (usually `EADDRINUSE`).
+    #[source]
+    pub source: io::Error,
+}
+
 /// Refuses to start when another process listens on `addr`. Each shard binds with
 /// `SO_REUSEPORT` (the kernel spreads connections over the shards), which would also let a
 /// second server (of the same user) bind the port and silently take a share of the traffic.
 /// The probe binds without `SO_REUSEPORT`, so it fails if anything listens there; it sets
 /// `SO_REUSEADDR`, so TIME_WAIT connections of an earlier run do not stop a restart. Port 0
 /// picks a free port, so there is nothing to check.
-pub fn check_port_free(addr: SocketAddr) -> anyhow::Result<()> {
+pub fn check_port_free(addr: SocketAddr) -> Result<(), PortInUse> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let refused = |e: io::Error| {
-        anyhow!("cannot listen on {addr}: {e} (is another server running on this port?)")
-    };
+    let refused = |source: io::Error| PortInUse { addr, source };
     let probe = tcp_socket(addr).map_err(refused)?;
     probe.bind(&addr.into()).map_err(refused)?;
     drop(probe);

@@ -1,6 +1,7 @@
 //! Tests of `queue` (a file of their own to keep `queue.rs` short).
 
 use super::*;
+use bytes::Bytes;
 
 fn job(n: usize, bytes: usize) -> Job {
     Job {

@@ -7,42 +7,99 @@ use std::path::{Path, PathBuf};
 /// Sections a tuning profile may set: placement and capacity, never where data goes.
 const PROFILE_SECTIONS: &[&str] = &["shards", "queue", "upload", "glommio"];
 
-/// Command-line overrides (the last layer).
-#[derive(Debug, Clone, Default)]
+/// Command-line overrides (the last layer): the flags of `corepost serve` and `check-config`,
+/// each declared here once (its help is the doc comment) and applied by `apply_flags`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Flags {
-    /// `--listen ADDR`
+    /// Address to listen on (default 127.0.0.1:8080; port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// `--sink fs|s3|discard`
+    /// Where payloads go.
+    #[arg(long, value_parser = parse_sink)]
     pub sink: Option<SinkKind>,
-    /// `--fs-root DIR`
+    /// Root directory of the fs sink.
+    #[arg(long, value_name = "DIR")]
     pub fs_root: Option<String>,
-    /// `--cores N` (or `all`)
-    pub cores: Option<String>,
-    /// `--spill-dir DIR`
+    /// Number of shards (one per core), or `all`.
+    #[arg(long, value_name = "N", value_parser = parse_cores)]
+    pub cores: Option<Cores>,
+    /// Directory for payloads that could not be delivered (uploaded first at the next start).
+    #[arg(long, value_name = "DIR")]
     pub spill_dir: Option<String>,
-    /// `--spool-dir DIR`
+    /// Directory of the per-shard durable spools (`ack = "durable"`).
+    #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<String>,
-    /// `--max-connection-age-ms MS`
-    pub max_connection_age_ms: Option<String>,
-    /// `--tls-cert FILE` (`tls.cert_file`)
+    /// Close a keep-alive connection after its next request once it is this old
+    /// (server.max_connection_age_ms; 0 = never), so a load balancer can place it again.
+    #[arg(long, value_name = "MS")]
+    pub max_connection_age_ms: Option<u64>,
+    /// TLS on the public listener: PEM certificate chain (`tls.cert_file`).
+    #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<String>,
-    /// `--tls-key FILE` (`tls.key_file`)
+    /// TLS on the public listener: PEM private key (`tls.key_file`).
+    #[arg(long, value_name = "FILE")]
     pub tls_key: Option<String>,
-    /// `--tokens-file FILE`
+    /// File of bearer tokens (and their tenants): payload requests without a listed token
+    /// get `401`. Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
     pub tokens_file: Option<String>,
 }
 
-/// Everything `load` reads.
-#[derive(Debug, Clone, Default)]
+/// A flag's value that clap refuses (it prints it after the flag's name).
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    /// `--sink` names no sink.
+    #[error("{0:?} is not one of fs, s3, discard")]
+    Sink(String),
+    /// `--cores` is neither a count nor `all`.
+    #[error("{0:?} is not a number")]
+    Cores(String),
+}
+
+fn parse_sink(s: &str) -> Result<SinkKind, FlagError> {
+    match s {
+        "fs" => Ok(SinkKind::Fs),
+        "s3" => Ok(SinkKind::S3),
+        "discard" => Ok(SinkKind::Discard),
+        _ => Err(FlagError::Sink(s.into())),
+    }
+}
+
+fn parse_cores(s: &str) -> Result<Cores, FlagError> {
+    match s {
+        "all" => Ok(Cores::Named("all".into())),
+        n => n
+            .trim()
+            .parse()
+            .map(Cores::Count)
+            .map_err(|_| FlagError::Cores(s.into())),
+    }
+}
+
+/// Everything `load` reads; as flags, the whole command line of `corepost serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Sources {
-    /// `--config FILE`: a full configuration file (TOML).
+    /// Configuration file (TOML).
+    #[arg(long = "config", value_name = "FILE")]
     pub config_file: Option<PathBuf>,
-    /// `--profile FILE`: a tuning profile (TOML, tuning sections only).
+    /// Tuning profile (TOML; see tuning/).
+    #[arg(long = "profile", value_name = "FILE")]
     pub profile_file: Option<PathBuf>,
-    /// The process environment (only the variables listed in the README are read).
+    /// The process environment (only the variables listed in the README are read): not a
+    /// flag, see [`Sources::with_process_env`].
+    #[arg(skip)]
     pub env: HashMap<String, String>,
-    /// Command-line flags.
+    /// Command-line overrides.
+    #[command(flatten)]
     pub flags: Flags,
+}
+
+impl Sources {
+    /// These sources with this process's environment.
+    pub fn with_process_env(mut self) -> Self {
+        self.env = std::env::vars().collect();
+        self
+    }
 }
 
 /// Builds the configuration from all layers and validates it.
@@ -67,7 +124,7 @@ pub fn load(src: &Sources) -> Result<Config, ConfigErrors> {
         Err(e) => return Err(ConfigErrors(vec![e])),
     };
     apply_env(&mut cfg, &src.env, &mut errs);
-    apply_flags(&mut cfg, &src.flags, &mut errs);
+    apply_flags(&mut cfg, &src.flags);
     if let Err(ConfigErrors(more)) = cfg.validate() {
         errs.extend(more);
     }
@@ -76,6 +133,14 @@ pub fn load(src: &Sources) -> Result<Config, ConfigErrors> {
     } else {
         Err(ConfigErrors(errs))
     }
+}
+
+/// [`load`], then the shard placement checked against `allowed` (the CPUs this process may
+/// use, or those of the machine `check-config --sysfs-root` reads).
+pub fn load_placed(src: &Sources, allowed: &[usize]) -> Result<Config, ConfigErrors> {
+    let cfg = load(src)?;
+    super::resolve_placement(&cfg.shards, allowed).map_err(|e| ConfigErrors(vec![e]))?;
+    Ok(cfg)
 }
 
 impl Config {
@@ -200,7 +265,7 @@ fn apply_env(cfg: &mut Config, env: &HashMap<String, String>, errs: &mut Vec<Con
     }
 }
 
-fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
+fn apply_flags(cfg: &mut Config, flags: &Flags) {
     if let Some(v) = &flags.listen {
         cfg.server.listen = v.clone();
     }
@@ -216,10 +281,8 @@ fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
     if let Some(v) = &flags.spool_dir {
         cfg.spool.dir = v.clone();
     }
-    if let Some(v) = &flags.max_connection_age_ms {
-        if let Some(n) = parse_num("--max-connection-age-ms", v, errs) {
-            cfg.server.max_connection_age_ms = n;
-        }
+    if let Some(v) = flags.max_connection_age_ms {
+        cfg.server.max_connection_age_ms = v;
     }
     // Either flag turns TLS on; the other file must then come from a layer too.
     if let Some(v) = &flags.tls_cert {
@@ -232,11 +295,9 @@ fn apply_flags(cfg: &mut Config, flags: &Flags, errs: &mut Vec<ConfigError>) {
         cfg.auth.tokens_file = Some(v.clone());
     }
     if let Some(v) = &flags.cores {
-        if v == "all" {
-            cfg.shards.cores = Cores::Named("all".into());
-        } else if let Some(n) = parse_num("--cores", v, errs) {
-            cfg.shards.cores = Cores::Count(n);
-            // An explicit count on the command line replaces any CPU list from the file.
+        cfg.shards.cores = v.clone();
+        // An explicit count on the command line replaces any CPU list from the file.
+        if let Cores::Count(n) = *v {
             if cfg.shards.cpus.as_ref().is_some_and(|c| c.len() != n) {
                 cfg.shards.cpus = None;
                 cfg.shards.worker_cpus = None;
@@ -256,6 +317,36 @@ mod tests {
         f
     }
 
+    /// Parses `args` as the flags of `corepost serve`.
+    fn command_line(args: &[&str]) -> Result<Sources, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            sources: Sources,
+        }
+        let args = std::iter::once("corepost").chain(args.iter().copied());
+        <Serve as clap::Parser>::try_parse_from(args).map(|s| s.sources)
+    }
+
+    #[test]
+    fn flags_are_typed_on_the_command_line() {
+        let src = command_line(&["--cores", "all", "--max-connection-age-ms", "5"]).unwrap();
+        assert_eq!(src.flags.cores, Some(Cores::Named("all".into())));
+        assert_eq!(src.flags.max_connection_age_ms, Some(5));
+        assert_eq!(src.config_file, None);
+        assert_eq!(
+            command_line(&["--cores", "2"]).unwrap().flags.cores,
+            Some(Cores::Count(2))
+        );
+        let msg = command_line(&["--cores", "many"]).unwrap_err().to_string();
+        assert!(
+            msg.contains("--cores") && msg.contains("\"many\" is not a number"),
+            "{msg}"
+        );
+        let msg = command_line(&["--sink", "tape"]).unwrap_err().to_string();
+        assert!(msg.contains("is not one of fs, s3, discard"), "{msg}");
+    }
+
     #[test]
     fn layers_apply_in_order() {
         let conf = file("[server]\nlisten = \"127.0.0.1:9000\"\n[queue]\nmax_payloads = 10\n[upload]\nmax_in_flight = 3\n");
@@ -267,7 +358,7 @@ mod tests {
             profile_file: Some(prof.path().into()),
             env,
             flags: Flags {
-                cores: Some("1".into()),
+                cores: Some(Cores::Count(1)),
                 ..Flags::default()
             },
         };
@@ -327,11 +418,13 @@ mod tests {
             "2000".to_string(),
         );
         assert_eq!(load(&src).unwrap().server.max_connection_age_ms, 2000);
-        src.flags.max_connection_age_ms = Some("3000".into());
+        src.flags.max_connection_age_ms = Some(3000);
         assert_eq!(load(&src).unwrap().server.max_connection_age_ms, 3000);
-        src.flags.max_connection_age_ms = Some("soon".into());
-        let msg = load(&src).unwrap_err().to_string();
-        assert!(msg.starts_with("--max-connection-age-ms:"), "{msg}");
+        // A value that is not a number is refused on the command line, naming the flag.
+        let msg = command_line(&["--max-connection-age-ms", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("--max-connection-age-ms"), "{msg}");
         assert_eq!(
             Config::default().server.max_connection_age_ms,
             0,

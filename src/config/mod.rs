@@ -13,7 +13,7 @@ mod tests;
 mod validate;
 
 pub use batch::{BatchConfig, BatchFormat, Compression};
-pub use load::{load, Flags, Sources};
+pub use load::{load, load_placed, FlagError, Flags, Sources};
 pub use placement::{allowed_cpus, resolve_placement, ShardPlacement};
 pub use validate::{ConfigError, ConfigErrors};
 

@@ -305,7 +305,7 @@ async fn handle(front: &Rc<Front>, req: Request<Incoming>, on: Listener) -> Resp
         "/v1/payloads" | "/" => (
             Route::Payloads,
             if req.method() == Method::POST {
-                match ingest(front, req).await {
+                match post_payloads(front, req).await {
                     Ok(n) => accepted(n),
                     Err(e) => refused(&e, front.config.server.retry_after_secs),
                 }
@@ -357,7 +357,7 @@ fn readiness(front: &Front) -> Resp {
 /// Reads, validates and takes one collection; returns how many payloads were accepted.
 /// When it refuses a request before reading all of its body, what is left is read and
 /// dropped in the background (see [`body::linger`]).
-async fn ingest(front: &Front, req: Request<Incoming>) -> Result<usize, Failure> {
+async fn post_payloads(front: &Front, req: Request<Incoming>) -> Result<usize, Failure> {
     let (head, mut body) = req.into_parts();
     let mut started = false;
     let result = take(front, &head.headers, &mut body, &mut started).await;
@@ -375,7 +375,7 @@ async fn ingest(front: &Front, req: Request<Incoming>) -> Result<usize, Failure>
     result
 }
 
-/// The request path behind [`ingest`]: the head's checks, admission (token, room), the body,
+/// The request path behind [`post_payloads`]: the head's checks, admission (token, room), the body,
 /// then intake.
 async fn take(
     front: &Front,

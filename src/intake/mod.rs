@@ -17,10 +17,9 @@ mod replay;
 use crate::auth::{Denied, ShardTokens, Tenant};
 use crate::config::{Ack, Config};
 use crate::ingest::{BodyParser, ParseError, Span};
+use crate::job::{Delivery, HeaderValues, Job, Spooled};
 use crate::metrics::{inc, ShardStats};
-use crate::queue::{
-    Budget, Delivery, HeaderValues, Job, JobSender, NoRoom, Reservation, Share, Spooled,
-};
+use crate::queue::{Budget, JobSender, NoRoom, Reservation, Share};
 use crate::shutdown::Shutdown;
 use crate::spool::{Releaser, Spool, SpoolError};
 use bytes::Bytes;

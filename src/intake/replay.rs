@@ -2,8 +2,9 @@
 //! worker again, with the naming their segment recorded.
 
 use super::Intake;
+use crate::job::{Job, Naming, Spooled};
 use crate::metrics::inc;
-use crate::queue::{Job, Naming, Reservation, Spooled};
+use crate::queue::Reservation;
 use crate::spool::{RecordId, Recovered, RecoveryReport, Releaser, Spool};
 use futures_lite::future;
 use std::collections::HashMap;

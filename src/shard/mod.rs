@@ -2,7 +2,10 @@
 //! listener, parser buffers, counters and queue sender; plus start-up and shutdown of the whole
 //! server.
 
+mod error;
 mod spools;
+
+pub use error::ShardError;
 
 use crate::config::{allowed_cpus, resolve_placement, Ack, Config};
 use crate::dirlock::DirLock;
@@ -13,7 +16,6 @@ use crate::metrics::{ShardStats, ShardView};
 use crate::queue::{channel, Budget};
 use crate::shutdown::Shutdown;
 use crate::upload::{self, WorkerSetup};
-use anyhow::{anyhow, Context as _};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
@@ -50,9 +52,8 @@ pub struct Server {
 }
 
 /// Starts every shard and upload worker; returns once all listeners are bound.
-pub fn start(mut config: Config) -> anyhow::Result<Server> {
-    let placement =
-        resolve_placement(&config.shards, &allowed_cpus()).map_err(|e| anyhow!("{e}"))?;
+pub fn start(mut config: Config) -> Result<Server, ShardError> {
+    let placement = resolve_placement(&config.shards, &allowed_cpus())?;
     let fds = crate::fd_limit::fit_connections(
         placement.len(),
         config.shards.max_connections,
@@ -73,9 +74,7 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
     let (mut addr, admin_addr) = addresses(&config)?;
     // Read (and checked) before any shard starts: a bad file stops the start, naming it.
     let tls = match &config.tls {
-        Some(t) => Some(Arc::new(
-            crate::tls::Tls::new(t, placement.len()).map_err(|e| anyhow!(e))?,
-        )),
+        Some(t) => Some(Arc::new(crate::tls::Tls::new(t, placement.len())?)),
         None => None,
     };
     let common = Common {
@@ -106,8 +105,13 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
         reloaders.add("tokens", move || t.reload());
     }
     let every = Duration::from_millis(config.spool.checkpoint_ms);
-    let checkpointer = spools::Checkpointer::start(common.views.clone(), every)
-        .context("starting the spool checkpoint thread")?;
+    let checkpointer =
+        spools::Checkpointer::start(common.views.clone(), every).map_err(|source| {
+            ShardError::Thread {
+                what: "the spool checkpoint thread",
+                source,
+            }
+        })?;
     Ok(Server {
         checkpointer,
         views: common.views.clone(),
@@ -126,28 +130,28 @@ pub fn start(mut config: Config) -> anyhow::Result<Server> {
 }
 
 /// The token set every shard checks against (`[auth] tokens_file`); SIGHUP replaces it.
-fn load_tokens(config: &Config) -> anyhow::Result<Option<Arc<crate::auth::Tokens>>> {
+fn load_tokens(config: &Config) -> Result<Option<Arc<crate::auth::Tokens>>, ShardError> {
     let Some(path) = &config.auth.tokens_file else {
         return Ok(None);
     };
-    let tokens =
-        crate::auth::Tokens::load(Path::new(path)).map_err(|e| anyhow!("auth.tokens_file: {e}"))?;
+    let tokens = crate::auth::Tokens::load(Path::new(path)).map_err(ShardError::Tokens)?;
     tracing::info!("auth: {}", tokens.describe());
     Ok(Some(tokens))
 }
 
 /// `server.listen` and `server.admin_listen`, parsed and checked to be free.
-fn addresses(config: &Config) -> anyhow::Result<(SocketAddr, Option<SocketAddr>)> {
-    let listen = &config.server.listen;
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|_| anyhow!("server.listen: {listen:?} is not an address"))?;
+fn addresses(config: &Config) -> Result<(SocketAddr, Option<SocketAddr>), ShardError> {
+    let parse = |key, value: &String| {
+        value.parse().map_err(|_| ShardError::Address {
+            key,
+            value: value.clone(),
+        })
+    };
+    let addr: SocketAddr = parse("server.listen", &config.server.listen)?;
     crate::listen::check_port_free(addr)?;
     let admin = match &config.server.admin_listen {
         Some(a) => {
-            let a = a
-                .parse()
-                .map_err(|_| anyhow!("server.admin_listen: {a:?} is not an address"))?;
+            let a = parse("server.admin_listen", a)?;
             crate::listen::check_port_free(a)?;
             Some(a)
         }
@@ -169,12 +173,11 @@ fn start_workers(
     config: &Arc<Config>,
     placement: &[crate::config::ShardPlacement],
     instance: &str,
-) -> anyhow::Result<Workers> {
+) -> Result<Workers, ShardError> {
     let start_micros = unix_micros();
     // Parsed once; validation has refused a template that does not parse.
     let template = Arc::new(
-        crate::keys::Template::parse(&config.keys.template)
-            .map_err(|e| anyhow::anyhow!("keys.template: {e}"))?,
+        crate::keys::Template::parse(&config.keys.template).map_err(ShardError::Template)?,
     );
     let stored_anywhere: Arc<std::sync::atomic::AtomicU64> = Arc::default();
     let mut w = Workers {
@@ -211,7 +214,10 @@ fn start_workers(
             config: config.clone(),
         };
         w.threads
-            .push(upload::spawn(setup).context("starting an upload worker")?);
+            .push(upload::spawn(setup).map_err(|source| ShardError::Thread {
+                what: "an upload worker",
+                source,
+            })?);
         w.views.push(ShardView {
             stats,
             budget,
@@ -243,7 +249,7 @@ struct Started {
 }
 
 /// What a shard reports once bound: its address and its admin listener's, or why it failed.
-type Bound = Result<(SocketAddr, Option<SocketAddr>), String>;
+type Bound = Result<(SocketAddr, Option<SocketAddr>), ShardError>;
 
 /// Starts shard `p`'s executor on its CPU and waits until it is listening.
 fn spawn_shard(
@@ -251,7 +257,7 @@ fn spawn_shard(
     p: &crate::config::ShardPlacement,
     (sender, adopt): (crate::queue::JobSender, Vec<spools::Adopted>),
     addrs: (SocketAddr, Option<SocketAddr>),
-) -> anyhow::Result<Started> {
+) -> Result<Started, ShardError> {
     let shard = p.shard;
     let (stop_tx, stop_rx) = flume::bounded::<Stop>(2);
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Bound>();
@@ -277,11 +283,12 @@ fn spawn_shard(
     }
     let executor = builder
         .spawn(move || run_shard(setup, addrs, bound_tx))
-        .map_err(|e| anyhow!("starting shard {shard} on CPU {}: {e}", p.cpu))?;
-    let (addr, admin) = bound_rx
-        .recv()
-        .map_err(|_| anyhow!("shard {shard} stopped before binding"))?
-        .map_err(|e| anyhow!(e))?;
+        .map_err(|source| ShardError::Executor {
+            shard,
+            cpu: p.cpu,
+            source,
+        })?;
+    let (addr, admin) = bound_rx.recv().map_err(|_| ShardError::Vanished(shard))??;
     Ok(Started {
         executor,
         stop: stop_tx,
@@ -347,11 +354,11 @@ async fn run_shard(
     let addr = listeners
         .0
         .local_addr()
-        .map_err(|e| e.to_string())
         .and_then(|a| {
-            let admin = listeners.1.as_ref().map(|l| l.local_addr()).transpose();
-            Ok((a, admin.map_err(|e| e.to_string())?))
-        });
+            let admin = listeners.1.as_ref().map(|l| l.local_addr()).transpose()?;
+            Ok((a, admin))
+        })
+        .map_err(ShardError::LocalAddr);
     let _ = bound.send(addr);
     let shutdown = Rc::new(Shutdown::default());
     let intake = Rc::new(Intake::new(Parts {
@@ -383,19 +390,25 @@ async fn run_shard(
 fn bind(
     shard: usize,
     (addr, admin): (SocketAddr, Option<SocketAddr>),
-) -> Result<(TcpListener, Option<TcpListener>), String> {
-    let listener = crate::listen::shard_listener(addr)
-        .map_err(|e| format!("shard {shard}: cannot listen on {addr}: {e}"))?;
+) -> Result<(TcpListener, Option<TcpListener>), ShardError> {
+    let listener = crate::listen::shard_listener(addr).map_err(|source| ShardError::Listen {
+        shard,
+        addr,
+        source,
+    })?;
     let admin = admin
         .map(crate::listen::shard_listener)
         .transpose()
-        .map_err(|e| format!("cannot listen on server.admin_listen {admin:?}: {e}"))?;
+        .map_err(|source| ShardError::AdminListen {
+            addr: admin,
+            source,
+        })?;
     Ok((listener, admin))
 }
 
 /// Locks every data directory this configuration uses (creating it if missing): the spool
 /// (`ack = "durable"`), the spill directory, the fs sink's root (`sink.kind = "fs"`).
-fn lock_data_dirs(config: &Config) -> anyhow::Result<Vec<DirLock>> {
+fn lock_data_dirs(config: &Config) -> Result<Vec<DirLock>, ShardError> {
     let mut locks = Vec::new();
     for (key, dir) in config.data_dirs() {
         locks.push(DirLock::acquire(key, Path::new(dir))?);
@@ -471,7 +484,7 @@ impl Server {
     pub fn shutdown(
         self,
         hurry: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ShardError> {
         self.stopping.store(true, Relaxed);
         let deadline = Instant::now() + self.drain_timeout;
         for d in &self.drains {
@@ -497,12 +510,15 @@ impl Server {
         let mut result = Ok(());
         for (i, h) in self.executors.into_iter().enumerate() {
             if let Err(e) = h.join() {
-                result = Err(anyhow!("shard {i} ended abnormally: {e}"));
+                result = Err(ShardError::Ended {
+                    shard: i,
+                    source: e,
+                });
             }
         }
         for (i, h) in self.workers.into_iter().enumerate() {
             if h.join().is_err() {
-                result = Err(anyhow!("upload worker {i} panicked"));
+                result = Err(ShardError::WorkerPanicked(i));
             }
         }
         // Every release has happened: persist them, so the next start replays none of them.
@@ -518,7 +534,7 @@ pub fn run(
     ready: impl FnOnce(&Server),
     shutdown: impl std::future::Future<Output = ()>,
     hurry: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), ShardError> {
     let server = start(config)?;
     ready(&server);
     futures_lite::future::block_on(shutdown);

@@ -4,10 +4,11 @@
 //! spool found is delivered, whatever `ack` and `cores` are now. Also the release checkpoints
 //! of all of them (`spool.checkpoint_ms`, and once more at shutdown).
 
+use super::ShardError;
 use crate::config::{Ack, Config, SinkKind};
 use crate::intake::Intake;
+use crate::job::Naming;
 use crate::metrics::{inc, ShardView};
-use crate::queue::Naming;
 use crate::spool::{RecoveryReport, Releaser, Spool, SpoolOptions};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -68,7 +69,7 @@ pub(super) async fn open(
     dir: &Path,
     drain_only: bool,
     view: &ShardView,
-) -> Result<(Rc<Spool>, Releaser, RecoveryReport), String> {
+) -> Result<(Rc<Spool>, Releaser, RecoveryReport), ShardError> {
     // Recorded in every segment: how this run builds and names the objects of its records.
     let naming = Naming {
         prefix: cfg.keys.prefix.clone(),
@@ -83,15 +84,17 @@ pub(super) async fn open(
         segment_bytes: cfg.spool.segment_bytes,
         max_bytes: cfg.spool.max_bytes,
         commit_wait_us: cfg.spool.commit_wait_us,
-        context: serde_json::to_vec(&naming).map_err(|e| e.to_string())?,
+        context: serde_json::to_vec(&naming)
+            .map_err(|source| ShardError::SpoolContext { index, source })?,
         drain_only,
     };
-    let (spool, report) = Spool::open(opts).await.map_err(|e| {
-        format!(
-            "spool of shard {index}: cannot open the spool in {}: {e}",
-            dir.display()
-        )
-    })?;
+    let (spool, report) = Spool::open(opts)
+        .await
+        .map_err(|source| ShardError::Spool {
+            index,
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     for t in &report.torn_tails {
         tracing::warn!(spool = index, segment = t.segment, offset = t.offset, bytes = t.bytes, reason = %t.reason, "spool: torn tail cut off (a crash mid-write; nothing there was acknowledged)");
     }
@@ -113,23 +116,20 @@ pub(super) async fn open(
 
 /// With Parquet objects and `batch.schema_file`: a copy of the file kept beside the spools,
 /// and its digest, for the segments to record.
-fn keep_schema(cfg: &Config, index: usize) -> Result<Option<String>, String> {
+fn keep_schema(cfg: &Config, index: usize) -> Result<Option<String>, ShardError> {
     let Some(path) = cfg.batch.schema_file.as_deref() else {
         return Ok(None);
     };
     if cfg.batch.format != crate::config::BatchFormat::Parquet {
         return Ok(None);
     }
-    let (_, text) =
-        crate::upload::schema_file::read(path).map_err(|e| format!("batch.schema_file: {e}"))?;
+    let (_, text) = crate::upload::schema_file::read(path).map_err(ShardError::SchemaFile)?;
     let dir = Path::new(&cfg.spool.dir);
     crate::upload::schema_file::keep(dir, &text, index)
         .map(Some)
-        .map_err(|e| {
-            format!(
-                "batch.schema_file: cannot keep a copy in {}: {e}",
-                dir.display()
-            )
+        .map_err(|source| ShardError::SchemaCopy {
+            dir: dir.to_path_buf(),
+            source,
         })
 }
 

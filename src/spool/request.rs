@@ -128,7 +128,7 @@ pub fn split_record(rec: &[u8]) -> Option<RequestRecord<'_>> {
 
 impl RequestRecord<'_> {
     /// The recorded header values, in the order the record's key template names them.
-    pub fn header_values(&self) -> crate::queue::HeaderValues {
+    pub fn header_values(&self) -> crate::job::HeaderValues {
         let Some((&count, mut rest)) = self.headers.split_first() else {
             return Vec::new();
         };
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn header_values_are_recorded_with_the_tenant_and_read_back() {
-        let headers: crate::queue::HeaderValues = vec![
+        let headers: crate::job::HeaderValues = vec![
             Some(b"app/v1".to_vec().into()),
             None,
             Some(Vec::new().into()),

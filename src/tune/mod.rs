@@ -9,8 +9,10 @@
 //! - [`kernel`] says what the kernel's version means for io_uring;
 //! - [`plan`] decides (pure functions, each rule tested alone);
 //! - [`render`] writes the profile and the script;
-//! - [`cpulist`] parses and formats the kernel's CPU lists and masks.
+//! - [`cpulist`] parses and formats the kernel's CPU lists and masks;
+//! - [`command`] is the command line: its flags, and writing the profile and the script.
 
+pub mod command;
 pub mod cpulist;
 pub mod disk;
 pub mod kernel;
@@ -122,6 +124,26 @@ pub enum TuneError {
     /// instead of written.
     #[error("corepost tune wrote a profile it cannot use (a bug): {0}")]
     SelfCheck(#[source] SelfCheckError),
+    /// The profile or the script could not be written.
+    #[error("cannot write {what}: {source}")]
+    Write {
+        /// The file, or `standard output`.
+        what: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl TuneError {
+    /// The exit status `corepost tune` ends with: 2 when the configuration given is to blame
+    /// (as for `serve` and `check-config`), else 1.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            TuneError::ConfigRead { .. } | TuneError::Config { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// How a profile failed its self-check ([`TuneError::SelfCheck`]).

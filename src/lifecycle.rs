@@ -1,0 +1,110 @@
+//! The server as a process: the signals it answers, what it tells systemd, and how it stops.
+//! [`serve`] is `corepost serve` once the configuration is loaded.
+//!
+//! # Signals
+//! One thread ([`forward`]) waits for SIGTERM, SIGINT and SIGHUP and passes them on over two
+//! channels: SIGHUP to the reload thread, which runs the server's
+//! [`Reloaders`](crate::reload::Reloaders) between `RELOADING=1` and `READY=1`; the others to
+//! the shutdown below.
+//!
+//! # Shutdown
+//! The first SIGTERM or SIGINT resolves the `shutdown` future given to [`shard::run`]
+//! ([`first_signal`]: `STOPPING=1` to systemd, one log line), which then calls
+//! [`Server::shutdown`](crate::shard::Server::shutdown). That is where the one stop fans out:
+//! the shards' `stopping` flag turns readiness off, each upload worker gets its drain
+//! deadline (`upload.drain_timeout_ms`), each shard gets a stop message that triggers its
+//! [`Shutdown`](crate::shutdown::Shutdown) (accept loops end; requests in progress get
+//! `server.shutdown_grace_ms`) and then closes its queue, so its worker ends once it has
+//! drained it. A second signal resolves the `hurry` future: a second stop message ends the
+//! grace period and a deadline of now ends the drain, spilling what is undelivered.
+
+use crate::config::Config;
+use crate::shard::{self, Server};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::io::Write as _;
+
+/// Why `corepost serve` could not run (or stopped abnormally).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The server did not start, or a part of it ended abnormally.
+    #[error(transparent)]
+    Server(#[from] shard::ShardError),
+}
+
+/// Runs the server with `config` until SIGTERM or SIGINT, answering SIGHUP with a reload;
+/// returns once it has drained and stopped.
+pub fn serve(config: Config) -> Result<(), ServeError> {
+    let (stop_tx, stop_rx) = flume::unbounded::<i32>();
+    let (hup_tx, hup_rx) = flume::unbounded::<()>();
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServeError::Signals)?;
+    std::thread::spawn(move || forward(signals, stop_tx, hup_tx));
+    let sink = config.sink.kind;
+    let second = stop_rx.clone();
+    shard::run(
+        config,
+        |server| {
+            announce(server, sink);
+            let reloaders = server.reloaders();
+            std::thread::spawn(move || {
+                while hup_rx.recv().is_ok() {
+                    let _ = crate::notify::notify("RELOADING=1");
+                    reloaders.reload_all();
+                    let _ = crate::notify::notify("READY=1");
+                }
+            });
+            // systemd (Type=notify): started once every listener is bound.
+            if let Err(e) = crate::notify::notify("READY=1") {
+                tracing::warn!(error = %e, "cannot tell systemd the server is ready (NOTIFY_SOCKET)");
+            }
+        },
+        first_signal(stop_rx),
+        async move {
+            let _ = second.recv_async().await;
+        },
+    )?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The signal thread: SIGHUP goes to the reload thread; every other signal is passed on
+/// (the first starts the graceful drain, a second ends it).
+fn forward(mut signals: Signals, stop: flume::Sender<i32>, hup: flume::Sender<()>) {
+    for sig in signals.forever() {
+        if sig == SIGHUP {
+            let _ = hup.send(());
+        } else if stop.send(sig).is_err() {
+            break;
+        }
+    }
+}
+
+/// Resolves at the first SIGTERM or SIGINT, having told systemd and the log.
+async fn first_signal(stop: flume::Receiver<i32>) {
+    if let Ok(sig) = stop.recv_async().await {
+        let _ = crate::notify::notify("STOPPING=1");
+        tracing::info!(
+            signal = sig,
+            "shutting down: draining queues (a second signal ends the drain at once)"
+        );
+    }
+}
+
+/// Prints the one line scripts and tests wait for.
+fn announce(server: &Server, sink: crate::config::SinkKind) {
+    let mut out = std::io::stdout().lock();
+    let admin = server
+        .admin_addr()
+        .map(|a| format!(", admin on {a}"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "corepost ready: listening on {} ({} shards, sink {sink}){admin}",
+        server.local_addr(),
+        server.shards()
+    );
+    let _ = out.flush();
+}

@@ -296,9 +296,13 @@ mod tests {
             &DataType::Utf8
         );
         std::fs::write(kept_path(dir.path(), &d), br#"{"a": "bool"}"#).unwrap();
-        assert!(kept(dir.path(), &d).unwrap_err().contains("does not match"));
+        assert!(kept(dir.path(), &d)
+            .unwrap_err()
+            .to_string()
+            .contains("does not match"));
         assert!(kept(dir.path(), "0000")
             .unwrap_err()
+            .to_string()
             .contains("cannot read"));
     }
 
@@ -315,7 +319,7 @@ mod tests {
             (br#"{"a": 1}"#, "a type name"),
             (b"{", "EOF"),
         ] {
-            let e = parse(text).unwrap_err();
+            let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(why), "{e}");
         }
     }

@@ -10,7 +10,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -70,15 +70,9 @@ impl hyper::rt::Read for HyperIo<Plain, ()> {
         mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let n = match Pin::new(&mut this.stream).poll_fill_buf(cx) {
-            Poll::Ready(Ok(bytes)) => {
-                let n = bytes.len().min(buf.remaining());
-                buf.put_slice(&bytes[..n]);
-                n
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        };
+        let bytes = ready!(Pin::new(&mut this.stream).poll_fill_buf(cx))?;
+        let n = bytes.len().min(buf.remaining());
+        buf.put_slice(&bytes[..n]);
         Pin::new(&mut this.stream).consume(n);
         Poll::Ready(Ok(()))
     }
@@ -93,14 +87,9 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S, Scratch> {
         let this = self.get_mut();
         let mut scratch = this.reads.borrow_mut();
         let want = buf.remaining().min(scratch.len());
-        match Pin::new(&mut this.stream).poll_read(cx, &mut scratch[..want]) {
-            Poll::Ready(Ok(n)) => {
-                buf.put_slice(&scratch[..n]);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        let n = ready!(Pin::new(&mut this.stream).poll_read(cx, &mut scratch[..want]))?;
+        buf.put_slice(&scratch[..n]);
+        Poll::Ready(Ok(()))
     }
 }
 

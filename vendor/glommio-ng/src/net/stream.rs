@@ -528,20 +528,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.send_behind {
-            // One copy of all the slices, one send.
-            poll_err!(ready!(self.poll_flush_behind(cx)));
-            let mut owned = std::mem::take(&mut self.tx_spare);
-            for b in bufs {
-                owned.extend_from_slice(b);
-            }
-            if owned.is_empty() {
-                self.tx_spare = owned;
-                return Poll::Ready(Ok(0));
-            }
-            let n = owned.len();
-            let reactor = self.reactor.upgrade().unwrap();
-            self.tx_behind = Some(reactor.send_owned(self.stream.as_raw_fd(), owned));
-            return Poll::Ready(Ok(n));
+            return self.poll_write_behind(cx, bufs);
         }
         if let Some(result) = super::yolo_sendv(self.stream.as_raw_fd(), bufs) {
             let reactor = self.reactor.upgrade().unwrap();
@@ -625,21 +612,30 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         }
     }
 
-    fn poll_write_behind(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    /// Waits for the send in flight, then queues `bufs`, copied into one buffer, as the next.
+    fn poll_write_behind(
+        &mut self,
+        cx: &Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         poll_err!(ready!(self.poll_flush_behind(cx)));
-        if buf.is_empty() {
+        let mut owned = std::mem::take(&mut self.tx_spare);
+        for b in bufs {
+            owned.extend_from_slice(b);
+        }
+        if owned.is_empty() {
+            self.tx_spare = owned;
             return Poll::Ready(Ok(0));
         }
-        let mut owned = std::mem::take(&mut self.tx_spare);
-        owned.extend_from_slice(buf);
+        let n = owned.len();
         let reactor = self.reactor.upgrade().unwrap();
         self.tx_behind = Some(reactor.send_owned(self.stream.as_raw_fd(), owned));
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(n))
     }
 
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.send_behind {
-            return self.poll_write_behind(cx, buf);
+            return self.poll_write_behind(cx, &[IoSlice::new(buf)]);
         }
         // On the write path, we always start with calling `yolo_send`, because
         // it is very likely to success. It could be a waste if it already timed

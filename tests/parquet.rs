@@ -53,15 +53,21 @@ fn body10_request(r: u64) -> (Vec<u8>, Vec<(u64, String)>) {
     (serde_json::to_vec(&body).unwrap(), ids)
 }
 
-/// Runs `sql` in DuckDB (from Python) and returns its rows as JSON arrays.
+/// Runs `sql` in DuckDB (from Python) and returns its rows as JSON arrays. The rows go
+/// to a file of their own: DuckDB draws a progress bar on stdout when a query runs long.
 fn duckdb(sql: &str) -> Vec<Vec<Value>> {
     const RUN: &str = r#"
 import duckdb, json, sys
-rows = duckdb.connect().execute(sys.argv[1]).fetchall()
-print(json.dumps([list(r) for r in rows], default=str))
+con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
+rows = con.execute(sys.argv[1]).fetchall()
+with open(sys.argv[2], "w") as f:
+    json.dump([list(r) for r in rows], f, default=str)
 "#;
+    let rows = tempfile::NamedTempFile::new().unwrap();
     let out = Command::new("python3")
         .args(["-c", RUN, sql])
+        .arg(rows.path())
         .output()
         .expect("python3");
     assert!(
@@ -69,7 +75,10 @@ print(json.dumps([list(r) for r in rows], default=str))
         "DuckDB (scripts/test.sh installs it) failed on {sql}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let text = std::fs::read(rows.path()).unwrap();
+    serde_json::from_slice(&text).unwrap_or_else(|e| {
+        panic!("DuckDB's rows for {sql}: {e}: {}", String::from_utf8_lossy(&text))
+    })
 }
 
 /// Writes every object under `prefix` in the bucket to `dir/{key}`; returns the keys.

@@ -93,6 +93,8 @@ fn reconnect(addr: SocketAddr, conn: &mut Option<(TcpStream, BufReader<TcpStream
 /// errors) until stopped, where client `c` sends `numbered_body(c, n, 10)` with
 /// `n` = 0, 10, 20, ... (never the same payload twice), so that each payload answered 200 can
 /// be looked for by value in the store, and that it honours `Connection: close`.
+/// [`NumberedLoad::paced`] clients wait between requests, for tests that expect every
+/// request answered 200 and so need a load the servers can carry in a release build too.
 pub struct NumberedLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handles: Vec<std::thread::JoinHandle<NumberedCount>>,
@@ -100,6 +102,11 @@ pub struct NumberedLoad {
 
 impl NumberedLoad {
     pub fn start(addr: SocketAddr, threads: usize) -> NumberedLoad {
+        NumberedLoad::paced(addr, threads, Duration::ZERO)
+    }
+
+    /// As [`NumberedLoad::start`], each client starting a request at most once per `pace`.
+    pub fn paced(addr: SocketAddr, threads: usize, pace: Duration) -> NumberedLoad {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handles = (0..threads)
             .map(|c| {
@@ -115,6 +122,7 @@ impl NumberedLoad {
                         let Some((w, r)) = conn.as_mut() else {
                             continue;
                         };
+                        let started = std::time::Instant::now();
                         let first = next;
                         next += 10;
                         let ids = (first..first + 10).map(|n| (c as u64, n as u64));
@@ -146,6 +154,7 @@ impl NumberedLoad {
                                 conn = None;
                             }
                         }
+                        std::thread::sleep(pace.saturating_sub(started.elapsed()));
                     }
                     out
                 })

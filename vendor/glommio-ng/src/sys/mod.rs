@@ -375,6 +375,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // Pairs with the fence after `prepare_to_sleep` in the reactor: whatever this
+        // thread wrote for the sleeper (a channel message, a waker) is ordered before the
+        // flag is read, so either the sleeper sees the message or this sees the flag.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

@@ -77,7 +77,10 @@ with open(sys.argv[2], "w") as f:
     );
     let text = std::fs::read(rows.path()).unwrap();
     serde_json::from_slice(&text).unwrap_or_else(|e| {
-        panic!("DuckDB's rows for {sql}: {e}: {}", String::from_utf8_lossy(&text))
+        panic!(
+            "DuckDB's rows for {sql}: {e}: {}",
+            String::from_utf8_lossy(&text)
+        )
     })
 }
 

@@ -9,6 +9,7 @@
 //! undelivered at the drain deadline after SIGTERM, is written to the spill directory (fsynced,
 //! named by its key), and worker 0 uploads the spill directory first at the next start.
 
+mod backoff;
 mod batch;
 mod delivery;
 mod fs_sink;
@@ -19,8 +20,8 @@ pub mod schema_file;
 mod sink;
 mod spill;
 
+pub use backoff::{backoff, refused_backoff, throttled_backoff};
 pub use batch::{payloads_in, Finished, ObjectBuilder, ObjectFormat, Unfit, UNFIT};
-pub use delivery::{backoff, refused_backoff, throttled_backoff};
 pub use fs_sink::{FsSink, SPILL_SUFFIX};
 pub use sink::{Sink, UploadError};
 pub use spill::spilled_files;

@@ -12,6 +12,7 @@
 mod backoff;
 mod batch;
 mod delivery;
+mod error;
 mod fs_sink;
 mod group_sync;
 mod objects;
@@ -22,8 +23,9 @@ mod spill;
 
 pub use backoff::{backoff, refused_backoff, throttled_backoff};
 pub use batch::{payloads_in, Finished, ObjectBuilder, ObjectFormat, Unfit, UNFIT};
+pub use error::UploadError;
 pub use fs_sink::{FsSink, SPILL_SUFFIX};
-pub use sink::{Sink, UploadError};
+pub use sink::Sink;
 pub use spill::spilled_files;
 
 use crate::config::Config;

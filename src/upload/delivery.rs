@@ -2,13 +2,13 @@
 //! spool) when it cannot be stored; each request answered once all its objects are done.
 
 use super::backoff::{backoff, refused_backoff, throttled_backoff};
-use super::objects::Request;
 use super::{group_sync, FsSink, ObjectFormat, Sink, UploadError};
 use crate::config::Config;
+use crate::job::{Delivery, Spooled};
 use crate::keys::KeySpace;
 use crate::metrics::{dec, inc, ShardStats};
-use crate::queue::{Budget, Delivery};
-use std::cell::Cell;
+use crate::queue::Budget;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +38,22 @@ impl Outcome {
     }
 }
 
+/// One job being uploaded (an accepted request's payloads): its budget is released and its
+/// client told once every object holding one of its payloads is stored or spilled.
+pub(super) struct Upload {
+    /// Its payloads and body bytes, released from the shard's budget at the end.
+    pub(super) payloads: usize,
+    pub(super) bytes: usize,
+    /// Objects still holding some of its payloads, plus one while its payloads are being added.
+    pub(super) pending: Cell<usize>,
+    /// The worst of its objects' outcomes so far.
+    pub(super) outcome: Cell<Delivery>,
+    /// Where the client (or the spool replay) waits for the outcome, taken when it is sent.
+    pub(super) ack: RefCell<Option<tokio::sync::oneshot::Sender<Delivery>>>,
+    /// Its record in the durable spool, released once everything is stored.
+    pub(super) spooled: Option<Spooled>,
+}
+
 /// What the worker's tasks share.
 pub(super) struct Ctx {
     pub(super) sink: Sink,
@@ -63,30 +79,28 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
-    /// Notes that one object holding some of `req`'s payloads is done (`None`: all its
-    /// payloads have been added); the last one releases the request's budget and answers it.
-    pub(super) fn finish(&self, req: &Request, outcome: Option<Outcome>) {
+    /// Notes that one object holding some of `up`'s payloads is done (`None`: all its
+    /// payloads have been added); the last one releases the job's budget and answers it.
+    pub(super) fn finish(&self, up: &Upload, outcome: Option<Outcome>) {
         match outcome {
-            Some(Outcome::NotStored { refused: true }) => req.outcome.set(Delivery::Refused),
-            Some(Outcome::NotStored { refused: false })
-                if req.outcome.get() == Delivery::Stored =>
-            {
-                req.outcome.set(Delivery::Deferred)
+            Some(Outcome::NotStored { refused: true }) => up.outcome.set(Delivery::Refused),
+            Some(Outcome::NotStored { refused: false }) if up.outcome.get() == Delivery::Stored => {
+                up.outcome.set(Delivery::Deferred)
             }
             _ => {}
         }
-        req.pending.set(req.pending.get() - 1);
-        if req.pending.get() == 0 {
-            self.budget.release(req.payloads, req.bytes);
-            if let Some(sp) = &req.spooled {
-                if req.outcome.get() == Delivery::Stored {
+        up.pending.set(up.pending.get() - 1);
+        if up.pending.get() == 0 {
+            self.budget.release(up.payloads, up.bytes);
+            if let Some(sp) = &up.spooled {
+                if up.outcome.get() == Delivery::Stored {
                     crate::crash_point!("upload::stored::before_release");
                     sp.releaser.release(sp.id);
                 }
             }
-            if let Some(ack) = req.ack.borrow_mut().take() {
+            if let Some(ack) = up.ack.borrow_mut().take() {
                 // The client may have given up waiting; nothing to do then.
-                let _ = ack.send(req.outcome.get());
+                let _ = ack.send(up.outcome.get());
             }
         }
     }

@@ -8,6 +8,11 @@
 //! Nothing answered `200` is dropped: a payload the store refuses for good, or one still
 //! undelivered at the drain deadline after SIGTERM, is written to the spill directory (fsynced,
 //! named by its key), and worker 0 uploads the spill directory first at the next start.
+//!
+//! Imports run down this list: `mod.rs` (the worker's thread and loops) → `objects`
+//! (the `objects::Batcher`: jobs into objects, in-flight slots) → `delivery` (the worker's
+//! shared state `Ctx`, one object into the store, a job's `delivery::Upload` answered) and
+//! `spill` → `sink`, `fs_sink`, `group_sync`, `batch`/`parquet` → `error`, `backoff`.
 
 mod backoff;
 mod batch;
@@ -33,7 +38,7 @@ use crate::keys::KeySpace;
 use crate::metrics::ShardStats;
 use crate::queue::{Budget, Job};
 use delivery::Ctx;
-use objects::{add, Opens};
+use objects::Batcher;
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -110,7 +115,8 @@ async fn run(s: WorkerSetup) {
     if s.replay_spill {
         spill::start_redelivery(&ctx, max);
     }
-    drain_queue(&ctx, &permits, &s.rx).await;
+    let batcher = Batcher::new(ctx.clone(), permits.clone());
+    drain_queue(&s.config, batcher, &s.rx).await;
     // The queue is closed and empty: wait for the uploads in flight.
     let _ = permits.acquire_many(max as u32).await;
     if ctx.stats.payloads_spilled.load(Relaxed) > 0 {
@@ -200,19 +206,16 @@ async fn watch_deadline(ctx: Rc<Ctx>, drain: flume::Receiver<Instant>) {
 /// times a second instead of once per request (each wake is two context switches on the
 /// shared core). An idle worker still wakes at once for the first job. An open object is
 /// closed at its `max_age_ms` even if nothing else arrives.
-async fn drain_queue(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, rx: &flume::Receiver<Job>) {
-    let window = Duration::from_micros(ctx.config.upload.queue_poll_us);
-    let max_age = Duration::from_millis(ctx.config.batch.max_age_ms);
-    // The objects being filled: one per tenant and partition that has payloads waiting (an
-    // object holds one tenant's payloads of one partition only).
-    let mut opens = Opens::default();
+async fn drain_queue(config: &Config, mut batcher: Batcher, rx: &flume::Receiver<Job>) {
+    let window = Duration::from_micros(config.upload.queue_poll_us);
+    let max_age = Duration::from_millis(config.batch.max_age_ms);
     loop {
-        let first = match opens.oldest().map(|t| t + max_age) {
+        let first = match batcher.oldest().map(|t| t + max_age) {
             None => rx.recv_async().await,
             Some(due) => tokio::select! {
                 job = rx.recv_async() => job,
                 _ = tokio::time::sleep_until(due.into()) => {
-                    opens.close_aged(ctx, permits, max_age).await;
+                    batcher.close_aged(max_age).await;
                     continue;
                 }
             },
@@ -220,32 +223,19 @@ async fn drain_queue(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, rx: &flume::Receiv
         let Ok(first) = first else { break };
         let mut next = Some(first);
         while let Some(job) = next {
-            take(ctx, permits, &mut opens, job).await;
+            batcher.add(job).await;
             next = rx.try_recv().ok();
         }
         if !window.is_zero() {
             let mut until = Instant::now() + window;
-            if let Some(first) = opens.oldest() {
+            if let Some(first) = batcher.oldest() {
                 until = until.min(first + max_age);
             }
             tokio::time::sleep_until(until.into()).await;
-            opens.close_aged(ctx, permits, max_age).await;
+            batcher.close_aged(max_age).await;
         }
     }
-    opens.close_aged(ctx, permits, Duration::ZERO).await;
-}
-
-/// Adds one job's payloads to the objects being filled.
-async fn take(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Opens, job: Job) {
-    if job.spooled.is_some() {
-        // A spooled request gets objects of its own, named by its record: the same objects
-        // and keys however often it is replayed.
-        let mut own = Opens::default();
-        add(ctx, permits, &mut own, job).await;
-        own.close_aged(ctx, permits, Duration::ZERO).await;
-    } else {
-        add(ctx, permits, opens, job).await;
-    }
+    batcher.close_aged(Duration::ZERO).await;
 }
 
 /// Readiness of the sink: checks it at start (the shard is not ready until a check has

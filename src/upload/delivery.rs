@@ -2,6 +2,7 @@
 //! spool) when it cannot be stored; each request answered once all its objects are done.
 
 use super::backoff::{backoff, refused_backoff, throttled_backoff};
+use super::error::Cause;
 use super::{group_sync, FsSink, ObjectFormat, Sink, UploadError};
 use crate::config::Config;
 use crate::job::{Delivery, Spooled};
@@ -163,7 +164,7 @@ impl Ctx {
         if let Some(g) = &self.fs_sync {
             g.sync()
                 .await
-                .map_err(|e| UploadError::Transient(e.to_string()))?;
+                .map_err(|e| UploadError::Transient(Cause::of(e.to_string(), e)))?;
             self.stats.sink_syncs.store(g.syncs.get(), Relaxed);
         }
         Ok(())

@@ -181,7 +181,12 @@ impl Front {
         self.views
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| v.stats.not_ready().map(|why| format!("shard {i}: {why}")))
+            .filter_map(|(i, v)| {
+                v.stats
+                    .readiness
+                    .not_ready()
+                    .map(|why| format!("shard {i}: {why}"))
+            })
             .collect()
     }
 }

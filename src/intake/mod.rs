@@ -430,7 +430,7 @@ impl Intake {
         #[cfg(not(feature = "failpoints"))]
         let appended = spool.append(record).await;
         let id = appended.map_err(|e| self.spool_refusal(e))?;
-        self.stats.spool_write(Ok(()));
+        self.stats.readiness.spool_write(Ok(()));
         let spooled = Spooled {
             id,
             releaser: releaser.clone(),
@@ -459,7 +459,7 @@ impl Intake {
                 Refusal::TooLarge(max.saturating_sub(crate::spool::RECORD_HEADER))
             }
             SpoolError::Io(io) => {
-                self.stats.spool_write(Err(&io.to_string()));
+                self.stats.readiness.spool_write(Err(&io.to_string()));
                 let disk_full = io.kind() == std::io::ErrorKind::StorageFull;
                 let e = Arc::new(SpoolError::Io(io));
                 if disk_full {
@@ -472,7 +472,7 @@ impl Intake {
             }
             e => {
                 // Whatever else failed, the shard is unready for a while, as for a disk error.
-                self.stats.spool_write(Err(&e.to_string()));
+                self.stats.readiness.spool_write(Err(&e.to_string()));
                 tracing::error!(shard = self.shard, error = %e, "spool write failed");
                 Refusal::SpoolFailed(Some(Arc::new(e)))
             }

@@ -203,8 +203,7 @@ impl Ctx {
                     self.stats.observe_upload(t0.elapsed().as_secs_f64());
                     inc(&self.stats.objects_uploaded, 1);
                     inc(&self.stats.bytes_out, data.len() as u64);
-                    let was_refusing = self.stats.stored();
-                    if self.stats.sink_failing.swap(false, Relaxed) || was_refusing {
+                    if self.stats.readiness.stored() {
                         tracing::info!(
                             shard = self.shard,
                             "sink recovered: the store accepts again"
@@ -217,8 +216,7 @@ impl Ctx {
                         return Err(e);
                     }
                     inc(&self.stats.upload_retries, 1);
-                    self.stats.set_sink_error(&e.to_string());
-                    if !self.stats.sink_failing.swap(true, Relaxed) {
+                    if self.stats.readiness.sink_failed(&e.to_string()) {
                         tracing::warn!(shard = self.shard, error = %e, "sink failing; retrying with backoff");
                     }
                     let pause = if e.throttled() {
@@ -232,9 +230,8 @@ impl Ctx {
                     }
                 }
                 Err(e) => {
-                    self.stats.set_sink_error(&e.to_string());
-                    self.stats.sink_failing.store(true, Relaxed);
-                    if !e.retryable() && self.stats.refused() {
+                    self.stats.readiness.sink_failed(&e.to_string());
+                    if !e.retryable() && self.stats.readiness.refused() {
                         tracing::error!(shard = self.shard, error = %e, retry_max_ms = up.refused_backoff_max_ms,
                             "the store refuses objects; they are kept (durable spool, spill directory) and tried again until it accepts");
                     }

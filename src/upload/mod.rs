@@ -97,10 +97,10 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
             struct Alive(Arc<ShardStats>);
             impl Drop for Alive {
                 fn drop(&mut self) {
-                    self.0.worker_alive.store(false, Relaxed);
+                    self.0.readiness.worker_ended();
                 }
             }
-            setup.stats.worker_alive.store(true, Relaxed);
+            setup.stats.readiness.worker_started();
             let _alive = Alive(setup.stats.clone());
             local.block_on(&rt, run(setup));
         })
@@ -245,26 +245,23 @@ async fn watch_sink(ctx: Rc<Ctx>) {
     let up = &ctx.config.upload;
     let mut attempt = 0u32;
     loop {
-        let stats = &ctx.stats;
-        if stats.sink_checked.load(Relaxed) && !stats.sink_failing.load(Relaxed) {
+        let readiness = &ctx.stats.readiness;
+        if readiness.sink_ok() {
             attempt = 0;
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
         match ctx.sink.check().await {
             Ok(()) => {
-                if stats.sink_failing.swap(false, Relaxed) || !stats.sink_checked.load(Relaxed) {
+                if readiness.sink_passed() {
                     tracing::info!(shard = ctx.shard, sink = %ctx.config.sink.kind, "sink check passed; ready");
                 }
-                stats.sink_checked.store(true, Relaxed);
             }
             Err(e) => {
                 attempt += 1;
-                if attempt == 1 || !stats.sink_failing.load(Relaxed) {
+                if readiness.sink_failed(&e.to_string()) || attempt == 1 {
                     tracing::error!(shard = ctx.shard, sink = %ctx.config.sink.kind, error = %e, "sink check failed; /readyz reports not ready, checking again with backoff");
                 }
-                stats.set_sink_error(&e.to_string());
-                stats.sink_failing.store(true, Relaxed);
                 tokio::time::sleep(
                     backoff(attempt, up.backoff_base_ms, up.backoff_max_ms)
                         .max(Duration::from_millis(up.backoff_base_ms / 2)),

@@ -16,7 +16,7 @@ mod replay;
 
 use crate::auth::{Denied, ShardTokens, Tenant};
 use crate::config::{Ack, Config};
-use crate::ingest::{BodyParser, ParseError, Span};
+use crate::ingest::{BodyParser, BodyTooLarge, ParseError, Span};
 use crate::job::{Delivery, HeaderValues, Job, Spooled};
 use crate::metrics::{inc, ShardStats};
 use crate::queue::{Budget, JobSender, NoRoom, Reservation, Share};
@@ -48,9 +48,10 @@ pub enum Refusal {
     /// The server is shutting down.
     #[error("shutting down")]
     ShuttingDown,
-    /// `ack = "durable"`: a body larger than a spool record may be.
-    #[error("body larger than {0} bytes")]
-    TooLarge(usize),
+    /// A declared length over `server.max_body_bytes`, or (`ack = "durable"`) a body larger
+    /// than a spool record may be.
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
     /// `ack = "durable"`: the shard's spool has reached its disk budget.
     #[error("overloaded: the durable spool is full")]
     SpoolFull,
@@ -231,7 +232,7 @@ impl Intake {
     pub fn admit(&self, pass: Pass, declared: Option<usize>) -> Result<Admitted, Refusal> {
         let limit = self.config.server.max_body_bytes;
         if declared.is_some_and(|n| n > limit) {
-            return Err(Refusal::TooLarge(limit));
+            return Err(BodyTooLarge(limit).into());
         }
         if self.shutdown.is_triggered() {
             return Err(Refusal::ShuttingDown);
@@ -456,7 +457,7 @@ impl Intake {
         match e {
             SpoolError::Full => Refusal::SpoolFull,
             SpoolError::TooLarge { max, .. } => {
-                Refusal::TooLarge(max.saturating_sub(crate::spool::RECORD_HEADER))
+                BodyTooLarge(max.saturating_sub(crate::spool::RECORD_HEADER)).into()
             }
             SpoolError::Io(io) => {
                 self.stats.readiness.spool_write(Err(&io.to_string()));

@@ -25,7 +25,7 @@ pub(super) struct Slot {
     partition: String,
 }
 
-/// An object being filled, and the requests whose payloads it holds.
+/// An object being filled, and the jobs whose payloads it holds.
 pub(super) struct Open {
     pub(super) builder: ObjectBuilder,
     /// What its key's last segment is made from.
@@ -38,6 +38,7 @@ pub(super) struct Open {
     /// Its place in the order objects were opened in (for the bound on open objects: unlike
     /// `opened`, it orders the objects of one request the same at every replay).
     pub(super) order: u64,
+    /// The jobs whose payloads it holds, each answered once its last object is done.
     pub(super) members: Vec<Rc<Upload>>,
 }
 
@@ -264,7 +265,7 @@ impl Batcher {
 
     /// Closes an object and starts its upload once an in-flight permit is free: the object
     /// itself and, for a Parquet object with payloads that did not fit, its error output. Its
-    /// requests count it done once both are.
+    /// jobs count it done once both are.
     async fn close(&self, o: Open) {
         let ctx = &self.ctx;
         let payloads = o.builder.payloads();

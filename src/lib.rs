@@ -20,6 +20,8 @@
 //! - [`upload`]: upload workers, objects (JSON, NDJSON, Parquet with its error output),
 //!   sinks (s3, fs, discard), retries with backoff.
 //! - [`metrics`]: per-shard counters and the Prometheus text rendering.
+//! - [`readiness`]: one shard's readiness (worker running, sink checked and storing, spool
+//!   writing) behind `/readyz`, its state private to it.
 //! - [`http`]: hyper http1 on glommio streams, connections, bodies, routing, and the one
 //!   table from refusals to statuses.
 //! - [`tls`]: `[tls]`: certificate and key from PEM files (swapped on SIGHUP), client
@@ -72,6 +74,7 @@ pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod readiness;
 pub mod reload;
 pub mod shard;
 pub mod shutdown;

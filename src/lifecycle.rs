@@ -17,6 +17,21 @@
 //! `server.shutdown_grace_ms`) and then closes its queue, so its worker ends once it has
 //! drained it. A second signal resolves the `hurry` future: a second stop message ends the
 //! grace period and a deadline of now ends the drain, spilling what is undelivered.
+//!
+//! # Who listens to what
+//! One stop, fanned out by [`Server::shutdown`](crate::shard::Server::shutdown); each part
+//! waits on one thing:
+//!
+//! | part | listens to | on the first signal | on the second |
+//! | --- | --- | --- | --- |
+//! | `/readyz`, `corepost_ready` (every shard) | the server's `stopping` flag (an `AtomicBool`, read across shards) | "shutting down", `503` | — |
+//! | a shard's accept loops, connections (keep-alive ends, TLS handshakes are dropped), intake (`503` shutting down), spool replay | its [`Shutdown`](crate::shutdown::Shutdown), triggered by the shard's first stop message | stop | — |
+//! | a shard's wait for its open connections (its `Gate`) | its stop channel again | wait up to `server.shutdown_grace_ms` | stop waiting |
+//! | an upload worker's queue loop | its queue, closed by its shard after that wait | drain it, then end | — |
+//! | an upload worker's store attempts and spill redelivery | its drain channel (an `Instant`, the sooner one wins) | deadline `upload.drain_timeout_ms` from now | deadline now: spill what is left |
+//!
+//! The second signal is watched by a detached thread (`hurry`) while the calling thread joins
+//! the shards and workers; if no second signal comes, the process exits with it waiting.
 
 use crate::config::Config;
 use crate::shard::{self, Server};

@@ -4,13 +4,14 @@
 //! atomics are never contended on the hot path; a scrape only reads them.
 
 use crate::queue::Budget;
+use crate::readiness::Readiness;
 use crate::spool::Spools;
 pub use waiting::Waiting;
 
 #[path = "metrics_waiting.rs"]
 mod waiting;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Routes counted in `corepost_requests_total`.
@@ -107,16 +108,8 @@ pub struct ShardStats {
     latency_buckets: [AtomicU64; LATENCY_BOUNDS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
-    /// True while the sink's last attempt (upload or check) failed (drives `/readyz`).
-    pub sink_failing: AtomicBool,
-    /// Objects stored by any shard (one store behind all of them): a refusal lasts until
-    /// this moves, whichever shard stores next.
-    stored_anywhere: Arc<AtomicU64>,
-    /// 1 + `stored_anywhere` when this shard's store last refused for good; 0 when it has
-    /// not since its last success. See [`ShardStats::refusing`].
-    refused_at: AtomicU64,
-    /// The sink's check has passed once: until then the shard is not ready.
-    pub sink_checked: AtomicBool,
+    /// Whether the shard is ready, and why not (`/readyz`).
+    pub readiness: Readiness,
     /// Spill directory files waiting for the store, their bytes, and the oldest one's mtime
     /// (Unix seconds, 0 when none): set by the worker that redelivers them (shard 0).
     pub spill_files: AtomicU64,
@@ -124,38 +117,6 @@ pub struct ShardStats {
     pub spill_bytes: AtomicU64,
     /// See `spill_files`.
     pub spill_oldest_unix: AtomicU64,
-    /// Why the sink last failed, for `/readyz`.
-    sink_error: std::sync::Mutex<String>,
-    /// The shard's upload worker thread is running.
-    pub worker_alive: AtomicBool,
-    /// When the shard's last spool write failed / succeeded (Unix ms; 0 = never).
-    pub spool_failed_ms: AtomicU64,
-    /// See `spool_failed_ms`.
-    pub spool_ok_ms: AtomicU64,
-    /// Why the last spool write failed, for `/readyz`.
-    spool_error: std::sync::Mutex<String>,
-}
-
-/// How long a failed spool write keeps a shard unready (unless a write succeeds since): long
-/// enough for a load balancer to see it, short enough that the shard is tried again.
-const SPOOL_FAILURE_HOLD_MS: u64 = 5_000;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn set_text(m: &std::sync::Mutex<String>, text: &str) {
-    let mut t = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    t.clear();
-    t.push_str(text);
-}
-
-fn get_text(m: &std::sync::Mutex<String>) -> String {
-    m.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
 }
 
 /// Adds to a counter.
@@ -190,84 +151,12 @@ impl ShardStats {
     }
 
     /// Counters for one shard of a server whose shards share `stored_anywhere` (a refusal
-    /// ends when any of them stores an object).
+    /// ends when any of them stores an object; see [`Readiness::sharing`]).
     pub fn sharing(stored_anywhere: Arc<AtomicU64>) -> ShardStats {
         ShardStats {
-            stored_anywhere,
+            readiness: Readiness::sharing(stored_anywhere),
             ..ShardStats::default()
         }
-    }
-
-    /// True while the store refuses for good (403, 404 NoSuchBucket, bad credentials, fs sink
-    /// permissions): from this shard's last refusal until any shard stores an object. What
-    /// was refused waits in the spool or spill directory meanwhile.
-    pub fn refusing(&self) -> bool {
-        self.refused_at.load(Relaxed) == self.stored_anywhere.load(Relaxed) + 1
-    }
-
-    /// Notes a refusal; true if the shard was not refusing already.
-    pub fn refused(&self) -> bool {
-        let was = self.refusing();
-        self.refused_at
-            .store(self.stored_anywhere.load(Relaxed) + 1, Relaxed);
-        !was
-    }
-
-    /// Notes a stored object; true if the shard was refusing until now.
-    pub fn stored(&self) -> bool {
-        let was = self.refusing();
-        self.stored_anywhere.fetch_add(1, Relaxed);
-        self.refused_at.store(0, Relaxed);
-        was
-    }
-
-    /// Notes why the sink failed (shown by `/readyz`).
-    pub fn set_sink_error(&self, why: &str) {
-        set_text(&self.sink_error, why);
-    }
-
-    /// Notes the outcome of a spool write.
-    pub fn spool_write(&self, result: Result<(), &str>) {
-        match result {
-            Ok(()) => self.spool_ok_ms.store(now_ms(), Relaxed),
-            Err(why) => {
-                set_text(&self.spool_error, why);
-                self.spool_failed_ms.store(now_ms(), Relaxed);
-            }
-        }
-    }
-
-    /// Why this shard is not ready, if it is not.
-    pub fn not_ready(&self) -> Option<String> {
-        if !self.worker_alive.load(Relaxed) {
-            return Some("upload worker not running".into());
-        }
-        if !self.sink_checked.load(Relaxed) {
-            return Some(if self.sink_failing.load(Relaxed) {
-                format!("sink check failed: {}", get_text(&self.sink_error))
-            } else {
-                "sink not checked yet".into()
-            });
-        }
-        if self.refusing() {
-            return Some(format!(
-                "sink refusing (what it refused is kept and tried again): {}",
-                get_text(&self.sink_error)
-            ));
-        }
-        if self.sink_failing.load(Relaxed) {
-            return Some(format!("sink failing: {}", get_text(&self.sink_error)));
-        }
-        let failed = self.spool_failed_ms.load(Relaxed);
-        if failed > self.spool_ok_ms.load(Relaxed)
-            && now_ms().saturating_sub(failed) < SPOOL_FAILURE_HOLD_MS
-        {
-            return Some(format!(
-                "spool write failed: {}",
-                get_text(&self.spool_error)
-            ));
-        }
-        None
     }
 
     /// Requests answered on `route` with `status`.
@@ -474,13 +363,13 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
         "1 while the shard's last store attempt or sink check failed, else 0.",
         shards
             .iter()
-            .map(|sh| u64::from(sh.stats.sink_failing.load(Relaxed))),
+            .map(|sh| u64::from(sh.stats.readiness.sink_failing())),
     );
     series(
         &mut out,
         "corepost_sink_refusing",
         "1 while the store refuses the shard's objects for good (403, 404, credentials, permissions), else 0: they wait in the spool or spill directory and are retried.",
-        shards.iter().map(|sh| u64::from(sh.stats.refusing())),
+        shards.iter().map(|sh| u64::from(sh.stats.readiness.refusing())),
     );
     let w = Waiting::of(shards);
     for (name, help, v) in [
@@ -494,7 +383,7 @@ pub fn render(shards: &[ShardView], ready: bool) -> String {
         &mut out,
         "corepost_shard_ready",
         "1 if the shard is ready (worker running, sink checked and not failing, spool writing), else 0; /readyz says why.",
-        shards.iter().map(|sh| u64::from(sh.stats.not_ready().is_none())),
+        shards.iter().map(|sh| u64::from(sh.stats.readiness.not_ready().is_none())),
     );
     series(
         &mut out,

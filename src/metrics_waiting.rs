@@ -1,6 +1,6 @@
 //! What waits for the store outside the memory queues (`/metrics` and `/readyz`).
 
-use super::{now_ms, ShardView};
+use super::ShardView;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// What waits for the store outside the memory queues: in the durable spools and the spill
@@ -20,7 +20,9 @@ pub struct Waiting {
 impl Waiting {
     /// Sums what every shard's spools and the spill directory hold.
     pub fn of(shards: &[ShardView]) -> Waiting {
-        let now = now_ms() / 1000;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut w = Waiting::default();
         let mut oldest = u64::MAX;
         for sh in shards {

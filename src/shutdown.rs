@@ -1,4 +1,9 @@
 //! A shard-local shutdown signal: set once, wakes every waiter.
+//!
+//! Each shard has one, triggered by the first stop message from
+//! [`Server::shutdown`](crate::shard::Server::shutdown); its accept loops, connections,
+//! intake and spool replay listen to it. The whole flow, and what the other parts (readiness,
+//! upload workers) listen to instead, is in [`lifecycle`](crate::lifecycle).
 
 use event_listener::Event;
 use std::cell::Cell;

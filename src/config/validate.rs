@@ -3,7 +3,10 @@
 
 use super::*;
 
-/// A configuration error; the message always names the key (or variable, or flag).
+/// A configuration error; the message always names the key (or variable, or flag). Words,
+/// not an enum: every one is collected into [`ConfigErrors`] and printed for the operator,
+/// and nothing handles one differently from another; a cause (a TOML or file error) is
+/// quoted in the words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
 

@@ -3,6 +3,7 @@
 
 use super::body_error::BodyError;
 use super::decode::{BodyDecoder, Coding};
+use crate::ingest::BodyTooLarge;
 use crate::queue::Reservation;
 use bytes::Bytes;
 use futures_lite::future;
@@ -74,7 +75,7 @@ async fn read_plain(
         if let Ok(data) = frame.into_data() {
             let need = buf.len() + data.len();
             if need > limit {
-                return Err(BodyError::TooLarge(limit));
+                return Err(BodyTooLarge(limit).into());
             }
             if need > room.bytes() {
                 room.grow_to(need.max(room.bytes() * 2).max(64 << 10).min(limit))?;
@@ -101,7 +102,7 @@ async fn read_decoded(
         if let Ok(data) = frame.into_data() {
             seen += data.len();
             if seen > limit {
-                return Err(BodyError::TooLarge(limit));
+                return Err(BodyTooLarge(limit).into());
             }
             decoder.write(&data)?;
             // Decoding is CPU work on the shard's thread: let other connections run between

@@ -1,14 +1,15 @@
 //! Why a request's body could not be taken: the one error of the body path, shared by the
 //! reading of bodies (`body`) and their decoding (`decode`), mapped to a status in `answer`.
 
+use crate::ingest::BodyTooLarge;
 use crate::queue::NoRoom;
 
 /// Why a request's body could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     /// The body is larger than `server.max_body_bytes`.
-    #[error("body larger than {0} bytes")]
-    TooLarge(usize),
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
     /// A compressed body whose decoded size passes `server.max_decoded_bytes` (decoding
     /// stops there).
     #[error("decoded body larger than {0} bytes (server.max_decoded_bytes)")]

@@ -181,7 +181,12 @@ impl Front {
         self.views
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| v.stats.not_ready().map(|why| format!("shard {i}: {why}")))
+            .filter_map(|(i, v)| {
+                v.stats
+                    .readiness
+                    .not_ready()
+                    .map(|why| format!("shard {i}: {why}"))
+            })
             .collect()
     }
 }
@@ -360,7 +365,7 @@ fn readiness(front: &Front) -> Resp {
 async fn post_payloads(front: &Front, req: Request<Incoming>) -> Result<usize, Failure> {
     let (head, mut body) = req.into_parts();
     let mut started = false;
-    let result = take(front, &head.headers, &mut body, &mut started).await;
+    let result = admit_and_accept(front, &head.headers, &mut body, &mut started).await;
     if result.is_err() && !hyper::body::Body::is_end_stream(&body) {
         // A client that asked `Expect: 100-continue` has not sent its body (hyper sends the
         // 100 only when the body is first read): nothing to drain.
@@ -375,9 +380,9 @@ async fn post_payloads(front: &Front, req: Request<Incoming>) -> Result<usize, F
     result
 }
 
-/// The request path behind [`post_payloads`]: the head's checks, admission (token, room), the body,
-/// then intake.
-async fn take(
+/// The request path behind [`post_payloads`]: the head's checks, admission (token, room), the
+/// body, then intake's acceptance; sets `started` once the body may be read.
+async fn admit_and_accept(
     front: &Front,
     headers: &http::HeaderMap,
     body_in: &mut Incoming,

@@ -44,9 +44,15 @@ pub enum ParseError {
     #[error("nesting deeper than {0} levels")]
     TooDeep(usize),
     /// A body longer than the parsers can index (4 GiB).
-    #[error("body larger than {0} bytes")]
-    TooLarge(usize),
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
 }
+
+/// A body over a limit: the words a client reads with its `413`, whichever layer found it
+/// (HTTP reading the body, intake's declared length or spool record, the parsers' index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("body larger than {0} bytes")]
+pub struct BodyTooLarge(pub usize);
 
 fn at_byte(at: &Option<usize>) -> String {
     at.map(|a| format!(" at byte {a}")).unwrap_or_default()
@@ -151,7 +157,7 @@ impl BodyParser {
     ) -> Result<BodyToken<'b>, ParseError> {
         spans.clear();
         if body.len() > u32::MAX as usize {
-            return Err(ParseError::TooLarge(u32::MAX as usize));
+            return Err(BodyTooLarge(u32::MAX as usize).into());
         }
         match self.kind {
             ParserKind::Serde => parse_serde(body, spans),

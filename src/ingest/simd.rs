@@ -5,8 +5,8 @@
 
 use super::describe::*;
 use super::{
-    number_start, scan_strings, string_fault_at, ParseError, Span, StrFault, StrScan, MAX_DEPTH,
-    NOT_AN_OBJECT,
+    number_start, scan_strings, string_fault_at, BodyTooLarge, ParseError, Span, StrFault, StrScan,
+    MAX_DEPTH, NOT_AN_OBJECT,
 };
 use simd_json::{fill_tape_padded, Buffers, Tape, INPUT_PADDING};
 
@@ -101,7 +101,7 @@ fn describe(body: &[u8], e: &simd_json::Error) -> ParseError {
     let before = body[..at].iter().rev().copied().find(|&c| !is_ws(c));
     let what = match e.error() {
         T::DepthLimitExceeded => return ParseError::TooDeep(MAX_DEPTH),
-        T::InputTooLarge => return ParseError::TooLarge(u32::MAX as usize),
+        T::InputTooLarge => return BodyTooLarge(u32::MAX as usize).into(),
         // Nothing but whitespace.
         T::Eof => return ParseError::json_at(body.len(), EOF),
         T::Syntax if first_pass => return first_pass_syntax(body),

@@ -16,7 +16,7 @@ mod replay;
 
 use crate::auth::{Denied, ShardTokens, Tenant};
 use crate::config::{Ack, Config};
-use crate::ingest::{BodyParser, ParseError, Span};
+use crate::ingest::{BodyParser, BodyTooLarge, ParseError, Span};
 use crate::job::{Delivery, HeaderValues, Job, Spooled};
 use crate::metrics::{inc, ShardStats};
 use crate::queue::{Budget, JobSender, NoRoom, Reservation, Share};
@@ -48,9 +48,10 @@ pub enum Refusal {
     /// The server is shutting down.
     #[error("shutting down")]
     ShuttingDown,
-    /// `ack = "durable"`: a body larger than a spool record may be.
-    #[error("body larger than {0} bytes")]
-    TooLarge(usize),
+    /// A declared length over `server.max_body_bytes`, or (`ack = "durable"`) a body larger
+    /// than a spool record may be.
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
     /// `ack = "durable"`: the shard's spool has reached its disk budget.
     #[error("overloaded: the durable spool is full")]
     SpoolFull,
@@ -231,7 +232,7 @@ impl Intake {
     pub fn admit(&self, pass: Pass, declared: Option<usize>) -> Result<Admitted, Refusal> {
         let limit = self.config.server.max_body_bytes;
         if declared.is_some_and(|n| n > limit) {
-            return Err(Refusal::TooLarge(limit));
+            return Err(BodyTooLarge(limit).into());
         }
         if self.shutdown.is_triggered() {
             return Err(Refusal::ShuttingDown);
@@ -430,7 +431,7 @@ impl Intake {
         #[cfg(not(feature = "failpoints"))]
         let appended = spool.append(record).await;
         let id = appended.map_err(|e| self.spool_refusal(e))?;
-        self.stats.spool_write(Ok(()));
+        self.stats.readiness.spool_write(Ok(()));
         let spooled = Spooled {
             id,
             releaser: releaser.clone(),
@@ -456,10 +457,10 @@ impl Intake {
         match e {
             SpoolError::Full => Refusal::SpoolFull,
             SpoolError::TooLarge { max, .. } => {
-                Refusal::TooLarge(max.saturating_sub(crate::spool::RECORD_HEADER))
+                BodyTooLarge(max.saturating_sub(crate::spool::RECORD_HEADER)).into()
             }
             SpoolError::Io(io) => {
-                self.stats.spool_write(Err(&io.to_string()));
+                self.stats.readiness.spool_write(Err(&io.to_string()));
                 let disk_full = io.kind() == std::io::ErrorKind::StorageFull;
                 let e = Arc::new(SpoolError::Io(io));
                 if disk_full {
@@ -472,7 +473,7 @@ impl Intake {
             }
             e => {
                 // Whatever else failed, the shard is unready for a while, as for a disk error.
-                self.stats.spool_write(Err(&e.to_string()));
+                self.stats.readiness.spool_write(Err(&e.to_string()));
                 tracing::error!(shard = self.shard, error = %e, "spool write failed");
                 Refusal::SpoolFailed(Some(Arc::new(e)))
             }

@@ -16,7 +16,7 @@ pub mod template;
 mod template_tests;
 pub mod value;
 
-pub use template::{ObjectName, RequestFields, Template, DEFAULT_TEMPLATE};
+pub use template::{ObjectName, RequestFields, Template, TemplateError, DEFAULT_TEMPLATE};
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -102,15 +102,90 @@ pub enum ObjectName {
     },
 }
 
+/// Why a key template was refused, in words (the caller names the key, `keys.template`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// The template is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// A key may not start or end with a `/`.
+    #[error("must not start or end with '/'")]
+    SlashAtEnd,
+    /// A `{` with no `}` before the next `{` or the end.
+    #[error("unbalanced braces: the '{{' at byte {at} is not closed by a '}}'")]
+    Unclosed {
+        /// Byte offset of the `{`.
+        at: usize,
+    },
+    /// A `}` that closes nothing.
+    #[error("unbalanced braces: the '}}' at byte {at} closes no '{{'")]
+    Unopened {
+        /// Byte offset of the `}`.
+        at: usize,
+    },
+    /// Text outside variables that is not allowed in a key as it stands.
+    #[error("{c:?} at byte {at}: text in a template may only be ASCII letters, digits and ._-=+,@~ (values are escaped; text is not)")]
+    Character {
+        /// The character.
+        c: char,
+        /// Its byte offset.
+        at: usize,
+    },
+    /// `{start}` or `{seq}` in a directory: every object would be a partition of its own.
+    #[error("{{start}} and {{seq}} name an object: they belong in the last segment only, or every object would be a partition of its own")]
+    NameInDirectory,
+    /// `{payload.…}` with an empty field name.
+    #[error("{{{name}}}: a payload field path is names separated by single dots, such as {{payload.os.name}}")]
+    PayloadPath {
+        /// The variable as written, without braces.
+        name: String,
+    },
+    /// `{header.…}` with no header name or not an HTTP token.
+    #[error("{{{name}}}: not a header name (letters, digits and !#$%&'*+-.^_`|~)")]
+    HeaderName {
+        /// The variable as written, without braces.
+        name: String,
+    },
+    /// A header that carries credentials.
+    #[error("{{{name}}}: the {header} header carries credentials, which must never be written into object keys")]
+    SecretHeader {
+        /// The variable as written, without braces.
+        name: String,
+        /// The header's name, lowercase.
+        header: String,
+    },
+    /// A name between braces that is no variable.
+    #[error("unknown variable {{{name}}}; known: {}", KNOWN)]
+    UnknownVariable {
+        /// The name as written.
+        name: String,
+    },
+    /// `//`.
+    #[error("has an empty path segment ('//')")]
+    EmptySegment,
+    /// A segment `.` or `..`.
+    #[error("has a path segment {0:?}, which a path would resolve away")]
+    DotSegment(String),
+    /// The last segment lacks one of the variables that keep keys unique.
+    #[error("the last path segment must contain {{instance}}, {{shard}}, {{start}} and {{seq}}, which keep keys unique across shards, restarts and machines; {missing} is missing")]
+    NameMissing {
+        /// The missing variable, with braces.
+        missing: &'static str,
+    },
+    /// The last segment holds a variable other than those four.
+    #[error("the last path segment names the object within its partition: it may hold only {{instance}}, {{shard}}, {{start}}, {{seq}} and text; put other variables in the directories before it")]
+    NameVariable,
+}
+
 impl Template {
     /// Parses and checks a template; the error says what is wrong, in words (the caller
     /// names the key).
-    pub fn parse(text: &str) -> Result<Template, String> {
+    pub fn parse(text: &str) -> Result<Template, TemplateError> {
         if text.is_empty() {
-            return Err("must not be empty".into());
+            return Err(TemplateError::Empty);
         }
         if text.starts_with('/') || text.ends_with('/') {
-            return Err("must not start or end with '/'".into());
+            return Err(TemplateError::SlashAtEnd);
         }
         let mut headers = Vec::new();
         let mut segments = Vec::new();
@@ -124,11 +199,7 @@ impl Template {
                     loop {
                         match chars.next() {
                             Some((_, '}')) => break,
-                            Some((_, '{')) | None => {
-                                return Err(format!(
-                                    "unbalanced braces: the '{{' at byte {at} is not closed by a '}}'"
-                                ))
-                            }
+                            Some((_, '{')) | None => return Err(TemplateError::Unclosed { at }),
                             Some((_, c)) => name.push(c),
                         }
                     }
@@ -137,11 +208,7 @@ impl Template {
                     }
                     seg.push(Piece::Var(variable(&name, &mut headers)?));
                 }
-                '}' => {
-                    return Err(format!(
-                        "unbalanced braces: the '}}' at byte {at} closes no '{{'"
-                    ))
-                }
+                '}' => return Err(TemplateError::Unopened { at }),
                 '/' => {
                     if !text_run.is_empty() {
                         seg.push(Piece::Text(std::mem::take(&mut text_run)));
@@ -149,11 +216,7 @@ impl Template {
                     segments.push(check_segment(std::mem::take(&mut seg))?);
                 }
                 c if c.is_ascii_alphanumeric() || "._-=+,@~".contains(c) => text_run.push(c),
-                c => {
-                    return Err(format!(
-                        "{c:?} at byte {at}: text in a template may only be ASCII letters, digits and ._-=+,@~ (values are escaped; text is not)"
-                    ))
-                }
+                c => return Err(TemplateError::Character { c, at }),
             }
         }
         if !text_run.is_empty() {
@@ -166,7 +229,7 @@ impl Template {
                 .iter()
                 .any(|p| matches!(p, Piece::Var(Var::Start | Var::Seq)))
             {
-                return Err("{start} and {seq} name an object: they belong in the last segment only, or every object would be a partition of its own".into());
+                return Err(TemplateError::NameInDirectory);
             }
         }
         let per_payload = segments
@@ -355,7 +418,7 @@ fn render(
 }
 
 /// The variable named `name` (between braces); header names are collected in `headers`.
-fn variable(name: &str, headers: &mut Vec<String>) -> Result<Var, String> {
+fn variable(name: &str, headers: &mut Vec<String>) -> Result<Var, TemplateError> {
     Ok(match name {
         "prefix" => Var::Prefix,
         "tenant" => Var::Tenant,
@@ -372,20 +435,19 @@ fn variable(name: &str, headers: &mut Vec<String>) -> Result<Var, String> {
             if let Some(path) = name.strip_prefix("payload.") {
                 let parts: Vec<String> = path.split('.').map(String::from).collect();
                 if parts.iter().any(String::is_empty) {
-                    return Err(format!("{{{name}}}: a payload field path is names separated by single dots, such as {{payload.os.name}}"));
+                    return Err(TemplateError::PayloadPath { name: name.into() });
                 }
                 Var::Payload(parts)
             } else if let Some(h) = name.strip_prefix("header.") {
                 if h.is_empty() || !h.bytes().all(is_token_byte) {
-                    return Err(format!(
-                        "{{{name}}}: not a header name (letters, digits and !#$%&'*+-.^_`|~)"
-                    ));
+                    return Err(TemplateError::HeaderName { name: name.into() });
                 }
                 let h = h.to_ascii_lowercase();
                 if SECRET_HEADERS.contains(&h.as_str()) {
-                    return Err(format!(
-                        "{{{name}}}: the {h} header carries credentials, which must never be written into object keys"
-                    ));
+                    return Err(TemplateError::SecretHeader {
+                        name: name.into(),
+                        header: h,
+                    });
                 }
                 let i = match headers.iter().position(|x| *x == h) {
                     Some(i) => i,
@@ -396,7 +458,7 @@ fn variable(name: &str, headers: &mut Vec<String>) -> Result<Var, String> {
                 };
                 Var::Header(i)
             } else {
-                return Err(format!("unknown variable {{{name}}}; known: {KNOWN}"));
+                return Err(TemplateError::UnknownVariable { name: name.into() });
             }
         }
     })
@@ -416,19 +478,17 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// A segment may not be empty (`//`), nor a bare `.` or `..`.
-fn check_segment(seg: Segment) -> Result<Segment, String> {
+fn check_segment(seg: Segment) -> Result<Segment, TemplateError> {
     match seg.as_slice() {
-        [] => Err("has an empty path segment ('//')".into()),
-        [Piece::Text(t)] if t == "." || t == ".." => Err(format!(
-            "has a path segment {t:?}, which a path would resolve away"
-        )),
+        [] => Err(TemplateError::EmptySegment),
+        [Piece::Text(t)] if t == "." || t == ".." => Err(TemplateError::DotSegment(t.clone())),
         _ => Ok(seg),
     }
 }
 
 /// The last segment: `{instance}`, `{shard}`, `{start}` and `{seq}` all present (unique keys),
 /// nothing that depends on a payload or request.
-fn check_name(name: &Segment) -> Result<(), String> {
+fn check_name(name: &Segment) -> Result<(), TemplateError> {
     for (var, word) in [
         (Var::Instance, "{instance}"),
         (Var::Shard, "{shard}"),
@@ -436,13 +496,13 @@ fn check_name(name: &Segment) -> Result<(), String> {
         (Var::Seq, "{seq}"),
     ] {
         if !name.contains(&Piece::Var(var)) {
-            return Err(format!("the last path segment must contain {{instance}}, {{shard}}, {{start}} and {{seq}}, which keep keys unique across shards, restarts and machines; {word} is missing"));
+            return Err(TemplateError::NameMissing { missing: word });
         }
     }
     for p in name {
         if let Piece::Var(v) = p {
             if !matches!(v, Var::Instance | Var::Shard | Var::Start | Var::Seq) {
-                return Err("the last path segment names the object within its partition: it may hold only {instance}, {shard}, {start}, {seq} and text; put other variables in the directories before it".into());
+                return Err(TemplateError::NameVariable);
             }
         }
     }

@@ -149,7 +149,7 @@ fn a_template_of_only_a_name_and_an_empty_prefix() {
 
 #[test]
 fn bad_templates_are_refused_saying_why() {
-    let err = |t: &str| Template::parse(t).expect_err(t);
+    let err = |t: &str| Template::parse(t).expect_err(t).to_string();
     let name = "{instance}-{shard}-{start}-{seq}";
     assert!(err(&format!("{{prefix}}/{{payload.event/{name}")).contains("unbalanced braces"));
     assert!(err(&format!("{{prefix}}/event}}/{name}")).contains("unbalanced braces"));

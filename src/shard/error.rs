@@ -25,7 +25,7 @@ pub enum ShardError {
     Lock(#[from] DirLockError),
     /// `keys.template` does not parse (validation refuses it first; `keys` says why in words).
     #[error("keys.template: {0}")]
-    Template(String),
+    Template(#[source] crate::keys::TemplateError),
     /// `batch.schema_file` (Parquet) cannot be read for the copy durable replays encode with.
     #[error("batch.schema_file: {0}")]
     SchemaFile(#[source] crate::upload::schema_file::SchemaFileError),

@@ -1,45 +1,19 @@
 //! Delivery: one object into the store, retried with backoff; spilled (or left in the durable
 //! spool) when it cannot be stored; each request answered once all its objects are done.
 
-use super::objects::Request;
+use super::backoff::{backoff, refused_backoff, throttled_backoff};
+use super::error::Cause;
 use super::{group_sync, FsSink, ObjectFormat, Sink, UploadError};
 use crate::config::Config;
+use crate::job::{Delivery, Spooled};
 use crate::keys::KeySpace;
 use crate::metrics::{dec, inc, ShardStats};
-use crate::queue::{Budget, Delivery};
-use std::cell::Cell;
+use crate::queue::Budget;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::Notify;
-
-/// Delay before retry number `attempt` (1-based): full jitter over an exponential cap.
-pub fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
-    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
-    let cap = exp.min(max_ms).max(1);
-    Duration::from_millis(fastrand::u64(0..=cap))
-}
-
-/// Delay before retry number `attempt` (1-based) after the store throttled the last attempt
-/// (`429`, `503`, `SlowDown`): the store asked for fewer requests, so this waits as if two
-/// attempts further along, with twice the cap (`2 × max_ms`), and with equal jitter instead of
-/// full jitter (at least half of that cap), so a throttled attempt is never retried at once:
-/// the first retry waits between `2 × base_ms` and `4 × base_ms`, where an ordinary one waits
-/// up to `base_ms`.
-pub fn throttled_backoff(attempt: u32, base_ms: u64, max_ms: u64) -> Duration {
-    let exp = base_ms.saturating_mul(1u64 << attempt.saturating_add(1).min(20));
-    let cap = exp.min(max_ms.saturating_mul(2)).max(2);
-    let floor = cap / 2;
-    Duration::from_millis(floor + fastrand::u64(0..=cap - floor))
-}
-
-/// Delay before attempt number `n` (1-based) at data the store refused for good (or that used
-/// up `max_attempts`): full jitter over one second doubling up to `max_ms`. Long, because the
-/// store will not change its mind soon (an operator has to fix a permission or a bucket), and
-/// capped, so the data is stored within about `max_ms` of the store accepting again.
-pub fn refused_backoff(n: u32, max_ms: u64) -> Duration {
-    backoff(n, 1_000.min(max_ms), max_ms)
-}
 
 /// What became of one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +37,22 @@ impl Outcome {
             }
         }
     }
+}
+
+/// One job being uploaded (an accepted request's payloads): its budget is released and its
+/// client told once every object holding one of its payloads is stored or spilled.
+pub(super) struct Upload {
+    /// Its payloads and body bytes, released from the shard's budget at the end.
+    pub(super) payloads: usize,
+    pub(super) bytes: usize,
+    /// Objects still holding some of its payloads, plus one while its payloads are being added.
+    pub(super) pending: Cell<usize>,
+    /// The worst of its objects' outcomes so far.
+    pub(super) outcome: Cell<Delivery>,
+    /// Where the client (or the spool replay) waits for the outcome, taken when it is sent.
+    pub(super) ack: RefCell<Option<tokio::sync::oneshot::Sender<Delivery>>>,
+    /// Its record in the durable spool, released once everything is stored.
+    pub(super) spooled: Option<Spooled>,
 }
 
 /// What the worker's tasks share.
@@ -90,30 +80,28 @@ pub(super) struct Ctx {
 }
 
 impl Ctx {
-    /// Notes that one object holding some of `req`'s payloads is done (`None`: all its
-    /// payloads have been added); the last one releases the request's budget and answers it.
-    pub(super) fn finish(&self, req: &Request, outcome: Option<Outcome>) {
+    /// Notes that one object holding some of `up`'s payloads is done (`None`: all its
+    /// payloads have been added); the last one releases the job's budget and answers it.
+    pub(super) fn finish(&self, up: &Upload, outcome: Option<Outcome>) {
         match outcome {
-            Some(Outcome::NotStored { refused: true }) => req.outcome.set(Delivery::Refused),
-            Some(Outcome::NotStored { refused: false })
-                if req.outcome.get() == Delivery::Stored =>
-            {
-                req.outcome.set(Delivery::Deferred)
+            Some(Outcome::NotStored { refused: true }) => up.outcome.set(Delivery::Refused),
+            Some(Outcome::NotStored { refused: false }) if up.outcome.get() == Delivery::Stored => {
+                up.outcome.set(Delivery::Deferred)
             }
             _ => {}
         }
-        req.pending.set(req.pending.get() - 1);
-        if req.pending.get() == 0 {
-            self.budget.release(req.payloads, req.bytes);
-            if let Some(sp) = &req.spooled {
-                if req.outcome.get() == Delivery::Stored {
+        up.pending.set(up.pending.get() - 1);
+        if up.pending.get() == 0 {
+            self.budget.release(up.payloads, up.bytes);
+            if let Some(sp) = &up.spooled {
+                if up.outcome.get() == Delivery::Stored {
                     crate::crash_point!("upload::stored::before_release");
                     sp.releaser.release(sp.id);
                 }
             }
-            if let Some(ack) = req.ack.borrow_mut().take() {
+            if let Some(ack) = up.ack.borrow_mut().take() {
                 // The client may have given up waiting; nothing to do then.
-                let _ = ack.send(req.outcome.get());
+                let _ = ack.send(up.outcome.get());
             }
         }
     }
@@ -176,7 +164,7 @@ impl Ctx {
         if let Some(g) = &self.fs_sync {
             g.sync()
                 .await
-                .map_err(|e| UploadError::Transient(e.to_string()))?;
+                .map_err(|e| UploadError::Transient(Cause::of(e.to_string(), e)))?;
             self.stats.sink_syncs.store(g.syncs.get(), Relaxed);
         }
         Ok(())
@@ -215,8 +203,7 @@ impl Ctx {
                     self.stats.observe_upload(t0.elapsed().as_secs_f64());
                     inc(&self.stats.objects_uploaded, 1);
                     inc(&self.stats.bytes_out, data.len() as u64);
-                    let was_refusing = self.stats.stored();
-                    if self.stats.sink_failing.swap(false, Relaxed) || was_refusing {
+                    if self.stats.readiness.stored() {
                         tracing::info!(
                             shard = self.shard,
                             "sink recovered: the store accepts again"
@@ -229,8 +216,7 @@ impl Ctx {
                         return Err(e);
                     }
                     inc(&self.stats.upload_retries, 1);
-                    self.stats.set_sink_error(&e.to_string());
-                    if !self.stats.sink_failing.swap(true, Relaxed) {
+                    if self.stats.readiness.sink_failed(&e.to_string()) {
                         tracing::warn!(shard = self.shard, error = %e, "sink failing; retrying with backoff");
                     }
                     let pause = if e.throttled() {
@@ -244,9 +230,8 @@ impl Ctx {
                     }
                 }
                 Err(e) => {
-                    self.stats.set_sink_error(&e.to_string());
-                    self.stats.sink_failing.store(true, Relaxed);
-                    if !e.retryable() && self.stats.refused() {
+                    self.stats.readiness.sink_failed(&e.to_string());
+                    if !e.retryable() && self.stats.readiness.refused() {
                         tracing::error!(shard = self.shard, error = %e, retry_max_ms = up.refused_backoff_max_ms,
                             "the store refuses objects; they are kept (durable spool, spill directory) and tried again until it accepts");
                     }
@@ -283,40 +268,5 @@ mod tests {
         assert_eq!(later.and(refused), refused);
         assert_eq!(refused.and(later), refused);
         assert_eq!(later.and(later), later);
-    }
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        for attempt in 1..40 {
-            let d = backoff(attempt, 50, 5_000);
-            assert!(d <= Duration::from_millis(5_000));
-        }
-        for _ in 0..100 {
-            assert!(backoff(1, 50, 5_000) <= Duration::from_millis(50));
-            assert!(backoff(3, 50, 5_000) <= Duration::from_millis(200));
-        }
-        let distinct: std::collections::HashSet<_> =
-            (0..50).map(|_| backoff(10, 50, 5_000)).collect();
-        assert!(distinct.len() > 10, "full jitter spreads retries");
-    }
-
-    #[test]
-    fn throttled_backoff_waits_longer_and_never_zero() {
-        for _ in 0..100 {
-            let d = throttled_backoff(1, 50, 5_000);
-            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(200));
-            let d = throttled_backoff(3, 50, 5_000);
-            assert!(d >= Duration::from_millis(400) && d <= Duration::from_millis(800));
-        }
-        for attempt in 1..40 {
-            let d = throttled_backoff(attempt, 50, 5_000);
-            assert!(d <= Duration::from_millis(10_000), "cap doubled: {d:?}");
-            assert!(
-                d >= backoff(1, 50, 50),
-                "never below the first ordinary pause"
-            );
-        }
-        assert!(throttled_backoff(30, 50, 5_000) >= Duration::from_millis(5_000));
-        assert!(throttled_backoff(1, 1, 1) >= Duration::from_millis(1));
     }
 }

@@ -1,6 +1,7 @@
 //! The fs sink: objects as files under a directory, written atomically (a dot-file, then a
 //! rename); also the spill directory's writer.
 
+use super::error::Cause;
 use super::UploadError;
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -59,11 +60,12 @@ impl FsSink {
             self.root.join(format!("{key}{}", self.suffix))
         };
         let io = |what: &str, p: &Path, e: std::io::Error| {
-            let msg = format!("{what} {}: {e}", p.display());
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                UploadError::Permanent(msg)
+            let permission = e.kind() == std::io::ErrorKind::PermissionDenied;
+            let cause = Cause::of(format!("{what} {}: {e}", p.display()), e);
+            if permission {
+                UploadError::Permanent(cause)
             } else {
-                UploadError::Transient(msg)
+                UploadError::Transient(cause)
             }
         };
         let dir = path.parent().unwrap_or(&self.root);

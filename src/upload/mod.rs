@@ -8,9 +8,16 @@
 //! Nothing answered `200` is dropped: a payload the store refuses for good, or one still
 //! undelivered at the drain deadline after SIGTERM, is written to the spill directory (fsynced,
 //! named by its key), and worker 0 uploads the spill directory first at the next start.
+//!
+//! Imports run down this list: `mod.rs` (the worker's thread and loops) → `objects`
+//! (the `objects::Batcher`: jobs into objects, in-flight slots) → `delivery` (the worker's
+//! shared state `Ctx`, one object into the store, a job's `delivery::Upload` answered) and
+//! `spill` → `sink`, `fs_sink`, `group_sync`, `batch`/`parquet` → `error`, `backoff`.
 
+mod backoff;
 mod batch;
 mod delivery;
+mod error;
 mod fs_sink;
 mod group_sync;
 mod objects;
@@ -19,10 +26,11 @@ pub mod schema_file;
 mod sink;
 mod spill;
 
+pub use backoff::{backoff, refused_backoff, throttled_backoff};
 pub use batch::{payloads_in, Finished, ObjectBuilder, ObjectFormat, Unfit, UNFIT};
-pub use delivery::{backoff, refused_backoff, throttled_backoff};
+pub use error::UploadError;
 pub use fs_sink::{FsSink, SPILL_SUFFIX};
-pub use sink::{Sink, UploadError};
+pub use sink::Sink;
 pub use spill::spilled_files;
 
 use crate::config::Config;
@@ -30,7 +38,7 @@ use crate::keys::KeySpace;
 use crate::metrics::ShardStats;
 use crate::queue::{Budget, Job};
 use delivery::Ctx;
-use objects::{add, Opens};
+use objects::Batcher;
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -89,10 +97,10 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
             struct Alive(Arc<ShardStats>);
             impl Drop for Alive {
                 fn drop(&mut self) {
-                    self.0.worker_alive.store(false, Relaxed);
+                    self.0.readiness.worker_ended();
                 }
             }
-            setup.stats.worker_alive.store(true, Relaxed);
+            setup.stats.readiness.worker_started();
             let _alive = Alive(setup.stats.clone());
             local.block_on(&rt, run(setup));
         })
@@ -107,7 +115,8 @@ async fn run(s: WorkerSetup) {
     if s.replay_spill {
         spill::start_redelivery(&ctx, max);
     }
-    drain_queue(&ctx, &permits, &s.rx).await;
+    let batcher = Batcher::new(ctx.clone(), permits.clone());
+    drain_queue(&s.config, batcher, &s.rx).await;
     // The queue is closed and empty: wait for the uploads in flight.
     let _ = permits.acquire_many(max as u32).await;
     if ctx.stats.payloads_spilled.load(Relaxed) > 0 {
@@ -197,19 +206,16 @@ async fn watch_deadline(ctx: Rc<Ctx>, drain: flume::Receiver<Instant>) {
 /// times a second instead of once per request (each wake is two context switches on the
 /// shared core). An idle worker still wakes at once for the first job. An open object is
 /// closed at its `max_age_ms` even if nothing else arrives.
-async fn drain_queue(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, rx: &flume::Receiver<Job>) {
-    let window = Duration::from_micros(ctx.config.upload.queue_poll_us);
-    let max_age = Duration::from_millis(ctx.config.batch.max_age_ms);
-    // The objects being filled: one per tenant and partition that has payloads waiting (an
-    // object holds one tenant's payloads of one partition only).
-    let mut opens = Opens::default();
+async fn drain_queue(config: &Config, mut batcher: Batcher, rx: &flume::Receiver<Job>) {
+    let window = Duration::from_micros(config.upload.queue_poll_us);
+    let max_age = Duration::from_millis(config.batch.max_age_ms);
     loop {
-        let first = match opens.oldest().map(|t| t + max_age) {
+        let first = match batcher.oldest().map(|t| t + max_age) {
             None => rx.recv_async().await,
             Some(due) => tokio::select! {
                 job = rx.recv_async() => job,
                 _ = tokio::time::sleep_until(due.into()) => {
-                    opens.close_aged(ctx, permits, max_age).await;
+                    batcher.close_aged(max_age).await;
                     continue;
                 }
             },
@@ -217,32 +223,19 @@ async fn drain_queue(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, rx: &flume::Receiv
         let Ok(first) = first else { break };
         let mut next = Some(first);
         while let Some(job) = next {
-            take(ctx, permits, &mut opens, job).await;
+            batcher.add(job).await;
             next = rx.try_recv().ok();
         }
         if !window.is_zero() {
             let mut until = Instant::now() + window;
-            if let Some(first) = opens.oldest() {
+            if let Some(first) = batcher.oldest() {
                 until = until.min(first + max_age);
             }
             tokio::time::sleep_until(until.into()).await;
-            opens.close_aged(ctx, permits, max_age).await;
+            batcher.close_aged(max_age).await;
         }
     }
-    opens.close_aged(ctx, permits, Duration::ZERO).await;
-}
-
-/// Adds one job's payloads to the objects being filled.
-async fn take(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Opens, job: Job) {
-    if job.spooled.is_some() {
-        // A spooled request gets objects of its own, named by its record: the same objects
-        // and keys however often it is replayed.
-        let mut own = Opens::default();
-        add(ctx, permits, &mut own, job).await;
-        own.close_aged(ctx, permits, Duration::ZERO).await;
-    } else {
-        add(ctx, permits, opens, job).await;
-    }
+    batcher.close_aged(Duration::ZERO).await;
 }
 
 /// Readiness of the sink: checks it at start (the shard is not ready until a check has
@@ -252,26 +245,23 @@ async fn watch_sink(ctx: Rc<Ctx>) {
     let up = &ctx.config.upload;
     let mut attempt = 0u32;
     loop {
-        let stats = &ctx.stats;
-        if stats.sink_checked.load(Relaxed) && !stats.sink_failing.load(Relaxed) {
+        let readiness = &ctx.stats.readiness;
+        if readiness.sink_ok() {
             attempt = 0;
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
         match ctx.sink.check().await {
             Ok(()) => {
-                if stats.sink_failing.swap(false, Relaxed) || !stats.sink_checked.load(Relaxed) {
+                if readiness.sink_passed() {
                     tracing::info!(shard = ctx.shard, sink = %ctx.config.sink.kind, "sink check passed; ready");
                 }
-                stats.sink_checked.store(true, Relaxed);
             }
             Err(e) => {
                 attempt += 1;
-                if attempt == 1 || !stats.sink_failing.load(Relaxed) {
+                if readiness.sink_failed(&e.to_string()) || attempt == 1 {
                     tracing::error!(shard = ctx.shard, sink = %ctx.config.sink.kind, error = %e, "sink check failed; /readyz reports not ready, checking again with backoff");
                 }
-                stats.set_sink_error(&e.to_string());
-                stats.sink_failing.store(true, Relaxed);
                 tokio::time::sleep(
                     backoff(attempt, up.backoff_base_ms, up.backoff_max_ms)
                         .max(Duration::from_millis(up.backoff_base_ms / 2)),

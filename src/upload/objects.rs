@@ -1,13 +1,14 @@
-//! Objects from jobs: the object being filled per tenant and partition (`keys.template`),
-//! closed when full or aged or to keep `batch.max_open_partitions`, and the requests whose
-//! payloads each holds (a request is answered once all of its objects are done).
+//! Objects from jobs: the [`Batcher`] fills one object per tenant and partition
+//! (`keys.template`), closes it when full or aged or to keep `batch.max_open_partitions`,
+//! and starts its upload once an in-flight slot is free; each object knows the jobs whose
+//! payloads it holds (a job is answered once all of its objects are done).
 
-use super::delivery::{Ctx, Outcome};
+use super::delivery::{Ctx, Outcome, Upload};
 use super::{ObjectBuilder, Sink, UNFIT};
 use crate::config::{BatchConfig, BatchFormat};
+use crate::job::{Delivery, Job, Naming};
 use crate::keys::{KeySpace, ObjectName, Template};
 use crate::metrics::inc;
-use crate::queue::{Delivery, Job, Naming, Spooled};
 use arrow_schema::SchemaRef;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -15,19 +16,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-/// One request's share of the worker's attention: its budget is released and its client told
-/// once every object holding one of its payloads is stored or spilled.
-pub(super) struct Request {
-    pub(super) payloads: usize,
-    pub(super) bytes: usize,
-    /// Objects still holding some of its payloads, plus one while its payloads are being added.
-    pub(super) pending: Cell<usize>,
-    pub(super) outcome: Cell<Delivery>,
-    pub(super) ack: RefCell<Option<tokio::sync::oneshot::Sender<Delivery>>>,
-    /// Its record in the durable spool, released once everything is stored.
-    pub(super) spooled: Option<Spooled>,
-}
 
 /// Which object a payload goes into: one per tenant and partition (an object never mixes
 /// tenants, nor partitions of `keys.template`).
@@ -37,7 +25,7 @@ pub(super) struct Slot {
     partition: String,
 }
 
-/// An object being filled, and the requests whose payloads it holds.
+/// An object being filled, and the jobs whose payloads it holds.
 pub(super) struct Open {
     pub(super) builder: ObjectBuilder,
     /// What its key's last segment is made from.
@@ -50,12 +38,13 @@ pub(super) struct Open {
     /// Its place in the order objects were opened in (for the bound on open objects: unlike
     /// `opened`, it orders the objects of one request the same at every replay).
     pub(super) order: u64,
-    pub(super) members: Vec<Rc<Request>>,
+    /// The jobs whose payloads it holds, each answered once its last object is done.
+    pub(super) members: Vec<Rc<Upload>>,
 }
 
 /// The objects being filled, at most `batch.max_open_partitions` of them.
 #[derive(Default)]
-pub(super) struct Opens {
+struct Opens {
     map: HashMap<Slot, Open>,
     /// The same objects by `order`: the first was opened longest ago (orders and `opened`
     /// instants grow together), so the oldest and the aged ones are found without a scan.
@@ -65,13 +54,13 @@ pub(super) struct Opens {
 
 impl Opens {
     /// When the oldest of the objects being filled was opened.
-    pub(super) fn oldest(&self) -> Option<Instant> {
+    fn oldest(&self) -> Option<Instant> {
         let (_, slot) = self.by_age.first_key_value()?;
         self.map.get(slot).map(|o| o.opened)
     }
 
     /// Takes a partition's object out of the set.
-    fn take(&mut self, slot: &Slot) -> Option<Open> {
+    fn remove(&mut self, slot: &Slot) -> Option<Open> {
         let o = self.map.remove(slot)?;
         self.by_age.remove(&o.order);
         Some(o)
@@ -82,17 +71,54 @@ impl Opens {
         self.by_age.insert(o.order, slot.clone());
         self.map.insert(slot.clone(), o);
     }
+}
+
+/// Builds a worker's jobs into objects and starts their uploads: it owns the objects being
+/// filled and the in-flight slots (`upload.max_in_flight`) a closed object waits for.
+pub(super) struct Batcher {
+    ctx: Rc<Ctx>,
+    /// One per upload in flight; shared with the worker, which waits for all of them at the
+    /// end, and with the batchers of spooled jobs.
+    permits: Arc<Semaphore>,
+    /// The objects being filled: one per tenant and partition that has payloads waiting (an
+    /// object holds one tenant's payloads of one partition only).
+    opens: Opens,
+}
+
+impl Batcher {
+    /// A batcher with no object open yet.
+    pub(super) fn new(ctx: Rc<Ctx>, permits: Arc<Semaphore>) -> Batcher {
+        Batcher {
+            ctx,
+            permits,
+            opens: Opens::default(),
+        }
+    }
+
+    /// When the oldest of the objects being filled was opened.
+    pub(super) fn oldest(&self) -> Option<Instant> {
+        self.opens.oldest()
+    }
+
+    /// Adds one job's payloads to the objects being filled.
+    pub(super) async fn add(&mut self, job: Job) {
+        if job.spooled.is_some() {
+            // A spooled request gets objects of its own, named by its record: the same
+            // objects and keys however often it is replayed.
+            let mut own = Batcher::new(self.ctx.clone(), self.permits.clone());
+            own.fill(job).await;
+            own.close_aged(Duration::ZERO).await;
+        } else {
+            self.fill(job).await;
+        }
+    }
 
     /// Closes every object being filled that has been open for `max_age` or longer, oldest
     /// first.
-    pub(super) async fn close_aged(
-        &mut self,
-        ctx: &Rc<Ctx>,
-        permits: &Arc<Semaphore>,
-        max_age: Duration,
-    ) {
-        while let Some((_, slot)) = self.by_age.first_key_value() {
+    pub(super) async fn close_aged(&mut self, max_age: Duration) {
+        while let Some((_, slot)) = self.opens.by_age.first_key_value() {
             if self
+                .opens
                 .map
                 .get(slot)
                 .is_some_and(|o| o.opened.elapsed() < max_age)
@@ -100,11 +126,11 @@ impl Opens {
                 break;
             }
             let slot = slot.clone();
-            match self.take(&slot) {
-                Some(o) => close(ctx, permits, o).await,
+            match self.opens.remove(&slot) {
+                Some(o) => self.close(o).await,
                 // Not in the map: cannot happen (both change together); drop the entry.
                 None => {
-                    self.by_age.pop_first();
+                    self.opens.by_age.pop_first();
                 }
             }
         }
@@ -112,123 +138,186 @@ impl Opens {
 
     /// Closes the object opened longest ago (to make room for another partition's); `false`
     /// if there was none.
-    async fn close_oldest(&mut self, ctx: &Rc<Ctx>, permits: &Arc<Semaphore>) -> bool {
-        let Some((_, slot)) = self.by_age.pop_first() else {
+    async fn close_oldest(&mut self) -> bool {
+        let Some((_, slot)) = self.opens.by_age.pop_first() else {
             return false;
         };
-        if let Some(o) = self.map.remove(&slot) {
-            inc(&ctx.stats.partitions_evicted, 1);
-            close(ctx, permits, o).await;
+        if let Some(o) = self.opens.map.remove(&slot) {
+            inc(&self.ctx.stats.partitions_evicted, 1);
+            self.close(o).await;
         }
         true
     }
-}
 
-/// Adds one request's payloads to the objects being filled (each to its partition's),
-/// closing objects as they fill, and the oldest when a new partition would open more than
-/// `batch.max_open_partitions`.
-pub(super) async fn add(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, opens: &mut Opens, job: Job) {
-    // A replayed request is built into objects as the run that accepted it built them.
-    let naming = job.spooled.as_ref().and_then(|s| s.naming.clone());
-    let req = Request {
-        payloads: job.spans.len(),
-        bytes: job.body.len(),
-        pending: Cell::new(1),
-        outcome: Cell::new(Delivery::Stored),
-        ack: RefCell::new(job.ack),
-        spooled: job.spooled,
-    };
-    if let Sink::Discard = ctx.sink {
-        // Front-end benchmarks: count and drop the whole request, with no object, key or
-        // timer (nothing is stored, so there is nothing to name or time).
-        inc(&ctx.stats.payloads_uploaded, req.payloads as u64);
-        let bytes: u64 = job.spans.iter().map(|&(a, b)| u64::from(b - a)).sum();
-        inc(&ctx.stats.bytes_out, bytes);
-        ctx.finish(&req, None);
-        return;
-    }
-    let req = Rc::new(req);
-    let batch = naming.as_ref().map_or(&ctx.config.batch, |n| &n.batch);
-    let recorded = naming.as_deref().map(|n| Rc::new(recorded_keys(ctx, n)));
-    let schema = schema_for(ctx, batch, naming.as_deref());
-    let keys = recorded.as_deref().unwrap_or(&ctx.keys);
-    let fields = keys.fields(job.tenant.as_deref(), job.received_secs, &job.headers);
-    // Without `{payload.FIELD}` every payload of the request is in the same partition.
-    let shared = (!keys.template().per_payload()).then(|| Slot {
-        tenant: job.tenant.clone(),
-        partition: keys.partition(&fields, b""),
-    });
-    for (i, &(start, end)) in job.spans.iter().enumerate() {
-        let payload = &job.body[start as usize..end as usize];
-        let own;
-        let slot = match &shared {
-            Some(s) => s,
-            None => {
-                own = Slot {
-                    tenant: job.tenant.clone(),
-                    partition: keys.partition(&fields, payload),
-                };
-                &own
-            }
+    /// Adds one job's payloads to the objects being filled (each to its partition's),
+    /// closing objects as they fill, and the oldest when a new partition would open more than
+    /// `batch.max_open_partitions`.
+    async fn fill(&mut self, job: Job) {
+        // A clone: `self` is borrowed mutably below (to open and close objects).
+        let ctx = &self.ctx.clone();
+        // A replayed request is built into objects as the run that accepted it built them.
+        let naming = job.spooled.as_ref().and_then(|s| s.naming.clone());
+        let up = Upload {
+            payloads: job.spans.len(),
+            bytes: job.body.len(),
+            pending: Cell::new(1),
+            outcome: Cell::new(Delivery::Stored),
+            ack: RefCell::new(job.ack),
+            spooled: job.spooled,
         };
-        // The common case, one lookup: the partition's object is open and has room.
-        if let Some(o) = opens.map.get_mut(slot).filter(|o| o.fits(payload, batch)) {
-            if push(ctx, o, payload, &req) && o.full(batch) {
-                if let Some(o) = opens.take(slot) {
-                    close(ctx, permits, o).await;
+        if let Sink::Discard = ctx.sink {
+            // Front-end benchmarks: count and drop the whole request, with no object, key or
+            // timer (nothing is stored, so there is nothing to name or time).
+            inc(&ctx.stats.payloads_uploaded, up.payloads as u64);
+            let bytes: u64 = job.spans.iter().map(|&(a, b)| u64::from(b - a)).sum();
+            inc(&ctx.stats.bytes_out, bytes);
+            ctx.finish(&up, None);
+            return;
+        }
+        let up = Rc::new(up);
+        let batch = naming.as_ref().map_or(&ctx.config.batch, |n| &n.batch);
+        let recorded = naming.as_deref().map(|n| Rc::new(recorded_keys(ctx, n)));
+        let schema = schema_for(ctx, batch, naming.as_deref());
+        let keys = recorded.as_deref().unwrap_or(&ctx.keys);
+        let fields = keys.fields(job.tenant.as_deref(), job.received_secs, &job.headers);
+        // Without `{payload.FIELD}` every payload of the request is in the same partition.
+        let shared = (!keys.template().per_payload()).then(|| Slot {
+            tenant: job.tenant.clone(),
+            partition: keys.partition(&fields, b""),
+        });
+        for (i, &(start, end)) in job.spans.iter().enumerate() {
+            let payload = &job.body[start as usize..end as usize];
+            let own;
+            let slot = match &shared {
+                Some(s) => s,
+                None => {
+                    own = Slot {
+                        tenant: job.tenant.clone(),
+                        partition: keys.partition(&fields, payload),
+                    };
+                    &own
                 }
-            }
-            continue;
-        }
-        // Its object has no room for the payload (or there is none): a new one.
-        if let Some(o) = opens.take(slot) {
-            close(ctx, permits, o).await;
-        }
-        let builder = match ObjectBuilder::new(batch, schema.as_ref()) {
-            Ok(b) => b,
-            Err(e) => {
-                // Only the compressor's set-up can fail here (memory); say so loudly.
-                tracing::error!(shard = ctx.shard, error = %e, "cannot start an object; payload LOST");
-                inc(&ctx.stats.payloads_failed, 1);
-                req.outcome.set(Delivery::Refused);
+            };
+            // The common case, one lookup: the partition's object is open and has room.
+            if let Some(o) = self
+                .opens
+                .map
+                .get_mut(slot)
+                .filter(|o| o.fits(payload, batch))
+            {
+                if push(ctx, o, payload, &up) && o.full(batch) {
+                    if let Some(o) = self.opens.remove(slot) {
+                        self.close(o).await;
+                    }
+                }
                 continue;
             }
-        };
-        let name = match &req.spooled {
-            Some(sp) => ObjectName::Spooled {
-                segment: sp.id.segment,
-                offset: sp.id.offset,
-                index: i,
-            },
-            None => ctx.keys.seq_name(job.first_seq + i as u64),
-        };
-        opens.opened += 1;
-        let mut o = Open {
-            builder,
-            name,
-            keys: recorded.clone(),
-            partition: slot.partition.clone(),
-            opened: Instant::now(),
-            order: opens.opened,
-            members: Vec::new(),
-        };
-        if !push(ctx, &mut o, payload, &req) {
-            continue;
-        }
-        if o.full(batch) {
-            // Full at once (one payload per object): never kept open, so never counted
-            // against the bound.
-            close(ctx, permits, o).await;
-            continue;
-        }
-        while opens.map.len() >= batch.max_open_partitions.max(1) {
-            if !opens.close_oldest(ctx, permits).await {
-                break;
+            // Its object has no room for the payload (or there is none): a new one.
+            if let Some(o) = self.opens.remove(slot) {
+                self.close(o).await;
             }
+            let builder = match ObjectBuilder::new(batch, schema.as_ref()) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Only the compressor's set-up can fail here (memory); say so loudly.
+                    tracing::error!(shard = ctx.shard, error = %e, "cannot start an object; payload LOST");
+                    inc(&ctx.stats.payloads_failed, 1);
+                    up.outcome.set(Delivery::Refused);
+                    continue;
+                }
+            };
+            let name = match &up.spooled {
+                Some(sp) => ObjectName::Spooled {
+                    segment: sp.id.segment,
+                    offset: sp.id.offset,
+                    index: i,
+                },
+                None => ctx.keys.seq_name(job.first_seq + i as u64),
+            };
+            self.opens.opened += 1;
+            let mut o = Open {
+                builder,
+                name,
+                keys: recorded.clone(),
+                partition: slot.partition.clone(),
+                opened: Instant::now(),
+                order: self.opens.opened,
+                members: Vec::new(),
+            };
+            if !push(ctx, &mut o, payload, &up) {
+                continue;
+            }
+            if o.full(batch) {
+                // Full at once (one payload per object): never kept open, so never counted
+                // against the bound.
+                self.close(o).await;
+                continue;
+            }
+            while self.opens.map.len() >= batch.max_open_partitions.max(1) {
+                if !self.close_oldest().await {
+                    break;
+                }
+            }
+            self.opens.put(slot, o);
         }
-        opens.put(slot, o);
+        ctx.finish(&up, None);
     }
-    ctx.finish(&req, None);
+
+    /// Closes an object and starts its upload once an in-flight permit is free: the object
+    /// itself and, for a Parquet object with payloads that did not fit, its error output. Its
+    /// jobs count it done once both are.
+    async fn close(&self, o: Open) {
+        let ctx = &self.ctx;
+        let payloads = o.builder.payloads();
+        let done = match o.builder.finish() {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(shard = ctx.shard, payloads, error = %e, "cannot finish an object; its payloads are LOST");
+                inc(&ctx.stats.payloads_failed, payloads as u64);
+                for m in &o.members {
+                    ctx.finish(m, Some(Outcome::NotStored { refused: true }));
+                }
+                return;
+            }
+        };
+        let keys = o.keys.as_deref().unwrap_or(&ctx.keys);
+        let mut objects = Vec::with_capacity(2);
+        if let Some((data, format, n)) = done.object {
+            let key = keys.object_key(&o.partition, o.name, format.ext);
+            objects.push((key, data, format, n));
+        }
+        if let Some(unfit) = done.unfit {
+            let key = keys.unfit_key(&o.partition, o.name);
+            let n = unfit.payloads as u64;
+            if ctx
+                .stats
+                .payloads_unfit
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                tracing::warn!(shard = ctx.shard, key, payloads = n, reason = %unfit.reason, "payloads that do not fit a Parquet object are stored as NDJSON in the error output (counted in corepost_payloads_unfit_total; logged once per shard, then at debug)");
+            } else {
+                tracing::debug!(shard = ctx.shard, key, payloads = n, reason = %unfit.reason, "payloads stored in the error output");
+            }
+            objects.push((key, unfit.data, UNFIT, unfit.payloads));
+        }
+        let spooled = matches!(o.name, ObjectName::Spooled { .. });
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            let mut outcome = Outcome::Stored;
+            for (key, data, format, n) in &objects {
+                let one = ctx.deliver(key, data, *format, *n, spooled).await;
+                outcome = outcome.and(one);
+            }
+            drop(permit);
+            for m in &o.members {
+                ctx.finish(m, Some(outcome));
+            }
+        });
+    }
 }
 
 impl Open {
@@ -244,18 +333,18 @@ impl Open {
     }
 }
 
-/// Adds one of `req`'s payloads to an object; `false` (logged, counted, the request marked)
+/// Adds one of `up`'s payloads to an object; `false` (logged, counted, the job marked)
 /// if it could not be added.
-fn push(ctx: &Ctx, o: &mut Open, payload: &[u8], req: &Rc<Request>) -> bool {
+fn push(ctx: &Ctx, o: &mut Open, payload: &[u8], up: &Rc<Upload>) -> bool {
     if let Err(e) = o.builder.push(payload) {
         tracing::error!(shard = ctx.shard, error = %e, "cannot add to an object; payload LOST");
         inc(&ctx.stats.payloads_failed, 1);
-        req.outcome.set(Delivery::Refused);
+        up.outcome.set(Delivery::Refused);
         return false;
     }
-    if !o.members.last().is_some_and(|m| Rc::ptr_eq(m, req)) {
-        req.pending.set(req.pending.get() + 1);
-        o.members.push(req.clone());
+    if !o.members.last().is_some_and(|m| Rc::ptr_eq(m, up)) {
+        up.pending.set(up.pending.get() + 1);
+        o.members.push(up.clone());
     }
     true
 }
@@ -303,59 +392,4 @@ fn recorded_keys(ctx: &Ctx, n: &Naming) -> KeySpace {
         n.shard.unwrap_or(ctx.shard),
         0,
     )
-}
-
-/// Closes an object and starts its upload once an in-flight permit is free: the object
-/// itself and, for a Parquet object with payloads that did not fit, its error output. Its
-/// requests count it done once both are.
-pub(super) async fn close(ctx: &Rc<Ctx>, permits: &Arc<Semaphore>, o: Open) {
-    let payloads = o.builder.payloads();
-    let done = match o.builder.finish() {
-        Ok(done) => done,
-        Err(e) => {
-            tracing::error!(shard = ctx.shard, payloads, error = %e, "cannot finish an object; its payloads are LOST");
-            inc(&ctx.stats.payloads_failed, payloads as u64);
-            for m in &o.members {
-                ctx.finish(m, Some(Outcome::NotStored { refused: true }));
-            }
-            return;
-        }
-    };
-    let keys = o.keys.as_deref().unwrap_or(&ctx.keys);
-    let mut objects = Vec::with_capacity(2);
-    if let Some((data, format, n)) = done.object {
-        let key = keys.object_key(&o.partition, o.name, format.ext);
-        objects.push((key, data, format, n));
-    }
-    if let Some(unfit) = done.unfit {
-        let key = keys.unfit_key(&o.partition, o.name);
-        let n = unfit.payloads as u64;
-        if ctx
-            .stats
-            .payloads_unfit
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
-            == 0
-        {
-            tracing::warn!(shard = ctx.shard, key, payloads = n, reason = %unfit.reason, "payloads that do not fit a Parquet object are stored as NDJSON in the error output (counted in corepost_payloads_unfit_total; logged once per shard, then at debug)");
-        } else {
-            tracing::debug!(shard = ctx.shard, key, payloads = n, reason = %unfit.reason, "payloads stored in the error output");
-        }
-        objects.push((key, unfit.data, UNFIT, unfit.payloads));
-    }
-    let spooled = matches!(o.name, ObjectName::Spooled { .. });
-    let Ok(permit) = permits.clone().acquire_owned().await else {
-        return;
-    };
-    let ctx = ctx.clone();
-    tokio::task::spawn_local(async move {
-        let mut outcome = Outcome::Stored;
-        for (key, data, format, n) in &objects {
-            let one = ctx.deliver(key, data, *format, *n, spooled).await;
-            outcome = outcome.and(one);
-        }
-        drop(permit);
-        for m in &o.members {
-            ctx.finish(m, Some(outcome));
-        }
-    });
 }

@@ -2,7 +2,8 @@
 //! directory, written atomically by rename), `discard` (count and drop, for benchmarks).
 
 use super::batch::ObjectFormat;
-use super::FsSink;
+use super::error::Cause;
+use super::{FsSink, UploadError};
 use crate::config::{Config, SinkKind};
 use crate::metrics::inc;
 use http::{HeaderMap, HeaderValue};
@@ -14,35 +15,6 @@ use s3::serde_types::Part;
 use s3::{Bucket, Region};
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
-
-/// Why an object was not stored, and whether trying again can help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UploadError {
-    /// Connection errors, timeouts, 5xx other than 503, an `<Error>` document in a `200`
-    /// answer: worth retrying.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// The store asked for fewer requests: `429`, `503` (S3's `SlowDown` status) or a
-    /// `SlowDown` error code. Worth retrying, after a longer pause (see
-    /// `upload::throttled_backoff`).
-    #[error("throttled: {0}")]
-    Throttled(String),
-    /// Bad credentials, missing bucket, bad request: retrying cannot help.
-    #[error("permanent: {0}")]
-    Permanent(String),
-}
-
-impl UploadError {
-    /// Whether another attempt can succeed.
-    pub fn retryable(&self) -> bool {
-        matches!(self, UploadError::Transient(_) | UploadError::Throttled(_))
-    }
-
-    /// Whether the store asked us to slow down.
-    pub fn throttled(&self) -> bool {
-        matches!(self, UploadError::Throttled(_))
-    }
-}
 
 /// Where objects are stored; one per upload worker.
 #[derive(Debug)]
@@ -105,11 +77,11 @@ fn classify_error(status: u16, body: &[u8]) -> UploadError {
         .iter()
         .any(|code| text.contains(&format!("<Code>{code}</Code>")));
     if status == 429 || status == 503 || text.contains("SlowDown") {
-        UploadError::Throttled(msg)
+        UploadError::Throttled(msg.into())
     } else if status >= 500 || status == 408 || in_transit || (200..300).contains(&status) {
-        UploadError::Transient(msg)
+        UploadError::Transient(msg.into())
     } else {
-        UploadError::Permanent(msg)
+        UploadError::Permanent(msg.into())
     }
 }
 
@@ -122,7 +94,7 @@ impl Sink {
             SinkKind::Fs => Ok(Sink::Fs(FsSink::new(&cfg.fs.root, false))),
             SinkKind::S3 => {
                 let s3 = &cfg.s3;
-                let bad = |e: String| UploadError::Permanent(e);
+                let bad = |e: String| UploadError::Permanent(e.into());
                 let region = match &s3.endpoint {
                     Some(endpoint) => Region::Custom {
                         region: s3.region.clone(),
@@ -186,9 +158,10 @@ impl Sink {
     pub async fn check(&self) -> Result<(), UploadError> {
         match self {
             Sink::Discard => Ok(()),
-            Sink::Unavailable(e) => Err(UploadError::Permanent(e.clone())),
+            Sink::Unavailable(e) => Err(UploadError::Permanent(e.as_str().into())),
             Sink::Fs(fs) => std::fs::create_dir_all(fs.root()).map_err(|e| {
-                UploadError::Permanent(format!("cannot create {}: {e}", fs.root().display()))
+                let msg = format!("cannot create {}: {e}", fs.root().display());
+                UploadError::Permanent(Cause::of(msg, e))
             }),
             Sink::S3(s3) => s3.check().await,
         }
@@ -204,7 +177,7 @@ impl Sink {
     ) -> Result<(), UploadError> {
         match self {
             Sink::Discard => Ok(()),
-            Sink::Unavailable(e) => Err(UploadError::Permanent(e.clone())),
+            Sink::Unavailable(e) => Err(UploadError::Permanent(e.as_str().into())),
             Sink::Fs(fs) => fs.put(key, data),
             Sink::S3(s3) if data.len() >= s3.multipart_threshold => {
                 s3.put_multipart(key, data, format, requests).await
@@ -273,7 +246,7 @@ fn s3_error(e: s3::error::S3Error) -> UploadError {
         s3::error::S3Error::HttpFailWithBody(status, body) => {
             classify_error(status, body.as_bytes())
         }
-        e => UploadError::Transient(e.to_string()),
+        e => UploadError::Transient(Cause::of(e.to_string(), e)),
     }
 }
 
@@ -311,7 +284,7 @@ impl S3Sink {
         let got = match self.bucket.get_object(&self.probe_key).await {
             Ok(resp) => (resp.status_code(), resp.to_vec()),
             Err(s3::error::S3Error::HttpFailWithBody(status, body)) => (status, body.into_bytes()),
-            Err(e) => return Err(UploadError::Transient(e.to_string())),
+            Err(e) => return Err(UploadError::Transient(Cause::of(e.to_string(), e))),
         };
         match got {
             (200, _) => Ok(()),
@@ -322,10 +295,13 @@ impl S3Sink {
                     .initiate_multipart_upload(&self.probe_key, "application/octet-stream")
                     .await;
                 let upload = started.map_err(|e| match s3_error(e) {
-                    UploadError::Permanent(w) => UploadError::Permanent(format!(
-                        "reading refused ({}) and writing refused too: {w}",
-                        classify_error(403, &body)
-                    )),
+                    UploadError::Permanent(w) => UploadError::Permanent(
+                        format!(
+                            "reading refused ({}) and writing refused too: {w}",
+                            classify_error(403, &body)
+                        )
+                        .into(),
+                    ),
                     other => other,
                 })?;
                 if let Err(e) = self
@@ -374,7 +350,9 @@ impl S3Sink {
             result = match r.await {
                 Ok((status, body, etag)) => classify_status(status, &body).and_then(|()| {
                     let etag = etag.ok_or_else(|| {
-                        UploadError::Transient(format!("part {n}: the store's answer has no ETag"))
+                        UploadError::Transient(
+                            format!("part {n}: the store's answer has no ETag").into(),
+                        )
                     })?;
                     parts.push(Part {
                         etag,

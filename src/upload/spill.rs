@@ -2,7 +2,8 @@
 //! are written there; worker 0 uploads them while running (as soon as the store accepts
 //! again) and at the next start, deleting each once stored.
 
-use super::delivery::{refused_backoff, Ctx};
+use super::backoff::refused_backoff;
+use super::delivery::Ctx;
 use super::{payloads_in, ObjectFormat, SPILL_SUFFIX};
 use crate::metrics::inc;
 use std::cell::Cell;

@@ -2,7 +2,7 @@
 //! background load that sends them, and the check of what the store holds against what the
 //! clients were told.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -228,6 +228,16 @@ pub fn numbered_copies<'a>(
 /// and nothing that was never sent.
 pub fn check_numbered(copies: &HashMap<Numbered, u32>, count: &NumberedCount, exactly_once: bool) {
     let got = |id: &Numbered| copies.get(id).copied().unwrap_or(0);
+    // The ids of `ids` stored more than once, with their copies, in order.
+    let stored_twice = |ids: &HashSet<Numbered>| {
+        let mut twice: Vec<(Numbered, u32)> = ids
+            .iter()
+            .filter(|id| got(id) > 1)
+            .map(|id| (*id, got(id)))
+            .collect();
+        twice.sort();
+        twice
+    };
     let mut lost: Vec<Numbered> = count.ok.iter().filter(|id| got(id) == 0).copied().collect();
     lost.sort();
     assert!(
@@ -238,13 +248,7 @@ pub fn check_numbered(copies: &HashMap<Numbered, u32>, count: &NumberedCount, ex
         count.summary()
     );
     if exactly_once {
-        let mut twice: Vec<(Numbered, u32)> = count
-            .ok
-            .iter()
-            .filter(|id| got(id) > 1)
-            .map(|id| (*id, got(id)))
-            .collect();
-        twice.sort();
+        let twice = stored_twice(&count.ok);
         assert!(
             twice.is_empty(),
             "{} payloads answered 200 are stored more than once, e.g. {:?} ({})",
@@ -253,13 +257,7 @@ pub fn check_numbered(copies: &HashMap<Numbered, u32>, count: &NumberedCount, ex
             count.summary()
         );
     }
-    let mut unanswered_twice: Vec<(Numbered, u32)> = count
-        .unanswered
-        .iter()
-        .filter(|id| got(id) > 1)
-        .map(|id| (*id, got(id)))
-        .collect();
-    unanswered_twice.sort();
+    let unanswered_twice = stored_twice(&count.unanswered);
     assert!(
         unanswered_twice.is_empty(),
         "payloads sent once without an answer are stored more than once: {:?}",

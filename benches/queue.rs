@@ -42,7 +42,7 @@ fn handoff(c: &mut Criterion) {
                             received_secs: 0,
                             tenant: None,
                             headers: Vec::new(),
-                            ack: None,
+                            waiter: None,
                             spooled: None,
                         };
                         if tx.send(job).is_ok() {

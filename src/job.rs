@@ -1,5 +1,6 @@
 //! What travels from a shard to its upload worker: an accepted request ([`Job`]), its spool
-//! record ([`Spooled`], [`Naming`]), and what became of it ([`Delivery`]). The queue that
+//! record ([`Spooled`], [`Naming`]), and what became of it ([`Delivery`]), told to the
+//! request's [`Waiter`] with `ack = "uploaded"`. The queue that
 //! carries it is [`queue`](crate::queue).
 
 use crate::ingest::Span;
@@ -25,7 +26,7 @@ pub struct Job {
     pub headers: HeaderValues,
     /// With `ack = "uploaded"`: told what became of the request's payloads once all of them
     /// are stored (or could not be).
-    pub ack: Option<tokio::sync::oneshot::Sender<Delivery>>,
+    pub waiter: Option<Waiter>,
     /// With `ack = "durable"`: the request's record in the shard's spool, released once all
     /// its payloads are stored (its objects' keys derive from it).
     pub spooled: Option<Spooled>,
@@ -49,9 +50,29 @@ impl Job {
             received_secs,
             tenant,
             headers,
-            ack: None,
+            waiter: None,
             spooled: Some(spooled),
         }
+    }
+}
+
+/// The request handler waiting for what became of its payloads (`ack = "uploaded"`): the
+/// upload worker tells it once, when the last of them is stored or given up on.
+#[derive(Debug)]
+pub struct Waiter(tokio::sync::oneshot::Sender<Delivery>);
+
+impl Waiter {
+    /// A waiter, and the future its handler awaits (an error: the worker dropped the job
+    /// without telling, which only happens when it is gone).
+    pub fn new() -> (Waiter, tokio::sync::oneshot::Receiver<Delivery>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Waiter(tx), rx)
+    }
+
+    /// Tells the handler. It may have stopped waiting (its client gave up, or
+    /// `upload.ack_timeout_ms` passed): nothing to do then.
+    pub fn tell(self, outcome: Delivery) {
+        let _ = self.0.send(outcome);
     }
 }
 

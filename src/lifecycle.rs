@@ -8,28 +8,26 @@
 //! the shutdown below.
 //!
 //! # Shutdown
-//! The first SIGTERM or SIGINT resolves the `shutdown` future given to [`shard::run`]
-//! ([`first_signal`]: `STOPPING=1` to systemd, one log line), which then calls
-//! [`Server::shutdown`](crate::shard::Server::shutdown). That is where the one stop fans out:
-//! the shards' `stopping` flag turns readiness off, each upload worker gets its drain
-//! deadline (`upload.drain_timeout_ms`), each shard gets a stop message that triggers its
-//! [`Shutdown`](crate::shutdown::Shutdown) (accept loops end; requests in progress get
-//! `server.shutdown_grace_ms`) and then closes its queue, so its worker ends once it has
-//! drained it. A second signal resolves the `hurry` future: a second stop message ends the
-//! grace period and a deadline of now ends the drain, spilling what is undelivered.
+//! Shutdown is one signal, [`Shutdown`](crate::shutdown::Shutdown), shared by every shard and
+//! upload worker and raised in two steps. The first SIGTERM or SIGINT resolves the `shutdown`
+//! future given to [`shard::run`] ([`first_signal`]: `STOPPING=1` to systemd, one log line),
+//! which calls [`Server::shutdown`](crate::shard::Server::shutdown): it moves the signal to
+//! *draining*, with the drain deadline `upload.drain_timeout_ms` from now. A second signal
+//! resolves the `hurry` future, which moves it to *hurry*: the deadline becomes now. Nothing
+//! else carries a stop: each part reads or awaits the signal (a shard through its
+//! shard-local copy, [`Local`](crate::shutdown::Local)).
 //!
 //! # Who listens to what
-//! One stop, fanned out by [`Server::shutdown`](crate::shard::Server::shutdown); each part
-//! waits on one thing:
 //!
-//! | part | listens to | on the first signal | on the second |
-//! | --- | --- | --- | --- |
-//! | `/readyz`, `corepost_ready` (every shard) | the server's `stopping` flag (an `AtomicBool`, read across shards) | "shutting down", `503` | — |
-//! | a shard's accept loops, connections (keep-alive ends, TLS handshakes are dropped), intake (`503` shutting down), spool replay | its [`Shutdown`](crate::shutdown::Shutdown), triggered by the shard's first stop message | stop | — |
-//! | a shard's wait for its open connections (its `Gate`) | its stop channel again | wait up to `server.shutdown_grace_ms` | stop waiting |
-//! | an upload worker's queue loop | its queue, closed by its shard after that wait | drain it, then end | — |
-//! | an upload worker's store attempts and spill redelivery | its drain channel (an `Instant`, the sooner one wins) | deadline `upload.drain_timeout_ms` from now | deadline now: spill what is left |
+//! | part | on *draining* | on *hurry* |
+//! | --- | --- | --- |
+//! | `/readyz`, `corepost_ready` (every shard) | "shutting down", `503` | — |
+//! | a shard's accept loops, connections (keep-alive ends, TLS handshakes are dropped), intake (`503` shutting down), spool replay | stop | — |
+//! | a shard's wait for its open connections (its `Gate`) | wait up to `server.shutdown_grace_ms` | stop waiting |
+//! | an upload worker's store attempts and spill redelivery | stop at the drain deadline | stop now: spill what is left |
 //!
+//! Once its connections are done, a shard closes its queue: that is the end of the upload
+//! worker's input (not a stop signal), and the worker ends once it has drained the queue.
 //! The second signal is watched by a detached thread (`hurry`) while the calling thread joins
 //! the shards and workers; if no second signal comes, the process exits with it waiting.
 

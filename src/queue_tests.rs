@@ -11,7 +11,7 @@ fn job(n: usize, bytes: usize) -> Job {
         received_secs: 0,
         tenant: None,
         headers: Vec::new(),
-        ack: None,
+        waiter: None,
         spooled: None,
     }
 }

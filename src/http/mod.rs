@@ -17,7 +17,7 @@ pub use io::{GlommioTimer, HyperIo, Scratch};
 
 use crate::intake::Intake;
 use crate::metrics::{dec, inc, render, Route, ShardStats, ShardView};
-use crate::shutdown::Shutdown;
+use crate::shutdown::Local;
 use answer::{accepted, error_body, json, method_not_allowed, refused};
 use bytes::Bytes;
 use decode::Coding;
@@ -33,7 +33,6 @@ use hyper::service::service_fn;
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,9 +57,8 @@ pub struct Front {
     views: Arc<Vec<ShardView>>,
     /// Read scratch for the hyper adapter on TLS connections.
     scratch: Scratch,
-    shutdown: Rc<Shutdown>,
-    /// Process-wide "shutting down" flag, for `/readyz` on every shard.
-    stopping: Arc<AtomicBool>,
+    /// The shard's copy of the shutdown signal (also `/readyz`'s "shutting down").
+    shutdown: Rc<Local>,
     /// TLS of the public listener (`[tls]`), with this shard's certificate slot.
     tls: Option<crate::tls::ShardTls>,
     /// Open connections (bounded by `shards.max_connections`).
@@ -80,10 +78,8 @@ pub struct FrontParts {
     pub intake: Rc<Intake>,
     /// Every shard's counters (this shard's at `id`).
     pub views: Arc<Vec<ShardView>>,
-    /// The shard's shutdown signal.
-    pub shutdown: Rc<Shutdown>,
-    /// Process-wide "shutting down" flag.
-    pub stopping: Arc<AtomicBool>,
+    /// The shard's copy of the shutdown signal.
+    pub shutdown: Rc<Local>,
     /// TLS of the public listener.
     pub tls: Option<crate::tls::ShardTls>,
 }
@@ -101,7 +97,6 @@ impl Front {
                 vec![0u8; 64 * 1024].into_boxed_slice(),
             )),
             shutdown: p.shutdown,
-            stopping: p.stopping,
             tls: p.tls,
             open: Cell::new(0),
             connections: Gate::new(),
@@ -114,7 +109,7 @@ impl Front {
         let max = self.config.shards.max_connections;
         loop {
             let accepted = future::or(async { Some(listener.accept().await) }, async {
-                self.shutdown.wait().await;
+                self.shutdown.stopping().await;
                 None
             })
             .await;
@@ -175,7 +170,7 @@ impl Front {
 
     /// Why the server is not ready (empty when it is).
     fn not_ready(&self) -> Vec<String> {
-        if self.stopping.load(Relaxed) {
+        if self.shutdown.is_stopping() {
             return vec!["shutting down".into()];
         }
         self.views
@@ -204,7 +199,7 @@ pub async fn serve_connection(stream: glommio::net::TcpStream, front: Rc<Front>,
         (Some(tls), Listener::Public) => {
             // A handshake in progress at shutdown is dropped: no request has started on it.
             let handshake = future::or(async { Some(tls.accept(stream).await) }, async {
-                front.shutdown.wait().await;
+                front.shutdown.stopping().await;
                 None
             });
             match handshake.await {
@@ -259,7 +254,7 @@ where
         .keep_alive(true);
     let conn = builder.serve_connection(io, svc);
     futures_lite::pin!(conn);
-    let stop = front.shutdown.wait();
+    let stop = front.shutdown.stopping();
     let finished_first = future::or(
         async {
             let _ = conn.as_mut().await;

@@ -12,15 +12,16 @@
 //!
 //! Every refusal is a [`Refusal`]; `http` maps it to a status.
 
+mod record;
 mod replay;
 
 use crate::auth::{Denied, ShardTokens, Tenant};
 use crate::config::{Ack, Config};
 use crate::ingest::{BodyParser, BodyTooLarge, ParseError, Span};
-use crate::job::{Delivery, HeaderValues, Job, Spooled};
+use crate::job::{Delivery, HeaderValues, Job, Spooled, Waiter};
 use crate::metrics::{inc, ShardStats};
 use crate::queue::{Budget, JobSender, NoRoom, Reservation, Share};
-use crate::shutdown::Shutdown;
+use crate::shutdown::Local;
 use crate::spool::{Releaser, Spool, SpoolError};
 use bytes::Bytes;
 use futures_lite::future;
@@ -135,7 +136,7 @@ pub struct Intake {
     /// (not yet known while the body is read) may hold together
     /// (`auth.unverified_queue_percent`).
     unverified: Option<Arc<Share>>,
-    shutdown: Rc<Shutdown>,
+    shutdown: Rc<Local>,
     mode: Mode,
     /// The request headers the key template names (`{header.NAME}`, lower-cased): only
     /// their values travel with a request, not its whole head.
@@ -155,8 +156,8 @@ pub struct Parts {
     pub stats: Arc<ShardStats>,
     /// The token set in force (`[auth]`).
     pub tokens: Option<ShardTokens>,
-    /// The shard's shutdown signal.
-    pub shutdown: Rc<Shutdown>,
+    /// The shard's copy of the shutdown signal.
+    pub shutdown: Rc<Local>,
     /// The shard's spool with its releaser (`ack = "durable"`).
     pub spool: Option<(Rc<Spool>, Releaser)>,
 }
@@ -234,7 +235,7 @@ impl Intake {
         if declared.is_some_and(|n| n > limit) {
             return Err(BodyTooLarge(limit).into());
         }
-        if self.shutdown.is_triggered() {
+        if self.shutdown.is_stopping() {
             return Err(Refusal::ShuttingDown);
         }
         let bytes = declared.unwrap_or(0);
@@ -354,11 +355,7 @@ impl Intake {
 
     /// `ack = "queued"` (and the queueing half of `uploaded`): the request becomes one job,
     /// its payloads numbered from the shard's sequence.
-    fn queue(
-        &self,
-        req: Taken,
-        ack: Option<tokio::sync::oneshot::Sender<Delivery>>,
-    ) -> Result<(), NoRoom> {
+    fn queue(&self, req: Taken, waiter: Option<Waiter>) -> Result<(), NoRoom> {
         let first_seq = self.seq.get();
         self.seq.set(first_seq + req.spans.len() as u64);
         let job = Job {
@@ -368,7 +365,7 @@ impl Intake {
             received_secs: crate::keys::unix_secs(),
             tenant: req.tenant,
             headers: req.headers,
-            ack,
+            waiter,
             spooled: None,
         };
         self.send(job, req.room)
@@ -377,8 +374,8 @@ impl Intake {
     /// `ack = "uploaded"`: queued, then waits (without blocking the shard) for the worker to
     /// say every payload is stored, at most `timeout_ms`.
     async fn upload(&self, req: Taken, timeout_ms: u64) -> Result<(), Refusal> {
-        let (tx, stored) = tokio::sync::oneshot::channel();
-        self.queue(req, Some(tx))?;
+        let (waiter, stored) = Waiter::new();
+        self.queue(req, Some(waiter))?;
         let delivery = future::or(async { Some(stored.await) }, async {
             glommio::timer::sleep(Duration::from_millis(timeout_ms)).await;
             None
@@ -406,7 +403,7 @@ impl Intake {
         // One buffer for both: the spool writes the record, the worker reads the body part of
         // it (the spans are relative to the body). The tenant is recorded, so a replay stores
         // the payloads under it whatever the tokens file says by then.
-        let mut record = crate::spool::request_record_with(
+        let mut record = record::request_record_with(
             received_secs,
             req.tenant.as_deref(),
             &req.headers,
@@ -457,7 +454,7 @@ impl Intake {
         match e {
             SpoolError::Full => Refusal::SpoolFull,
             SpoolError::TooLarge { max, .. } => {
-                BodyTooLarge(max.saturating_sub(crate::spool::RECORD_HEADER)).into()
+                BodyTooLarge(max.saturating_sub(record::RECORD_HEADER)).into()
             }
             SpoolError::Io(io) => {
                 self.stats.readiness.spool_write(Err(&io.to_string()));

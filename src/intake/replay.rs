@@ -36,7 +36,7 @@ pub async fn replay(
         let stopped = future::or(
             async { Some(intake.replay_one(spool, releaser, rec, naming, from).await) },
             async {
-                intake.shutdown.wait().await;
+                intake.shutdown.stopping().await;
                 None
             },
         )
@@ -85,13 +85,13 @@ impl Intake {
         let id = rec.id;
         let (max_payloads, max_bytes) =
             (self.config.queue.max_payloads, self.config.queue.max_bytes);
-        let want = rec.len.saturating_sub(crate::spool::RECORD_HEADER);
+        let want = rec.len.saturating_sub(super::record::RECORD_HEADER);
         if want > max_bytes {
             let why = format!(
                 "{want} bytes: more than the whole queue holds (queue.max_bytes {max_bytes})"
             );
             if let Some(data) = self.read(spool, rec).await {
-                let body = crate::spool::split_record(&data).map_or(&data[..], |r| r.body);
+                let body = super::record::split_record(&data).map_or(&data[..], |r| r.body);
                 self.dead_letter(releaser, from, id, body, &why);
             }
             return Ok(());
@@ -101,7 +101,7 @@ impl Intake {
         let Some(data) = self.read(spool, rec).await else {
             return Ok(());
         };
-        let Some((secs, tenant, headers, header)) = crate::spool::split_record(&data).map(|r| {
+        let Some((secs, tenant, headers, header)) = super::record::split_record(&data).map(|r| {
             (
                 r.received_secs,
                 r.tenant.map(crate::auth::Tenant::from),

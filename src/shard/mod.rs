@@ -14,21 +14,15 @@ use crate::intake::{Intake, Parts};
 use crate::keys::{host_name, unix_micros, KeySpace};
 use crate::metrics::{ShardStats, ShardView};
 use crate::queue::{channel, Budget};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Local, Phase, Shutdown};
 use crate::upload::{self, WorkerSetup};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// What a shard's stop channel carries: the first message starts its shutdown, a second
-/// (a second signal) ends the grace period for requests in progress at once.
-#[derive(Debug, Clone, Copy)]
-struct Stop;
+use std::time::Duration;
 
 /// A running server: its shards and upload workers.
 #[derive(Debug)]
@@ -36,12 +30,11 @@ pub struct Server {
     addr: SocketAddr,
     admin: Option<SocketAddr>,
     shards: usize,
-    stops: Vec<flume::Sender<Stop>>,
     executors: Vec<glommio::ExecutorJoinHandle<()>>,
     workers: Vec<std::thread::JoinHandle<()>>,
-    drains: Vec<flume::Sender<Instant>>,
     drain_timeout: Duration,
-    stopping: Arc<AtomicBool>,
+    /// The one shutdown signal every shard and upload worker listens to.
+    shutdown: Arc<Shutdown>,
     /// What SIGHUP re-reads.
     reloaders: crate::reload::Reloaders,
     /// Writes the spools' release checkpoints; the last ones once the workers have ended.
@@ -70,7 +63,8 @@ pub fn start(mut config: Config) -> Result<Server, ShardError> {
         locks.push(DirLock::acquire("spool.dir", Path::new(&config.spool.dir))?);
     }
     let instance = config.keys.instance.clone().unwrap_or_else(host_name);
-    let workers = start_workers(&config, &placement, &instance)?;
+    let shutdown = Shutdown::new();
+    let workers = start_workers(&config, &placement, &instance, &shutdown)?;
     let (mut addr, admin_addr) = addresses(&config)?;
     // Read (and checked) before any shard starts: a bad file stops the start, naming it.
     let tls = match &config.tls {
@@ -81,11 +75,11 @@ pub fn start(mut config: Config) -> Result<Server, ShardError> {
         config: config.clone(),
         instance,
         views: Arc::new(workers.views),
-        stopping: Arc::new(AtomicBool::new(false)),
+        shutdown,
         tokens: tokens.clone(),
         tls: tls.clone(),
     };
-    let (mut admin_bound, mut stops, mut executors) = (None, Vec::new(), Vec::new());
+    let (mut admin_bound, mut executors) = (None, Vec::new());
     // Shard 0 binds first so that port 0 resolves to one port that the others then share;
     // it also serves the admin listener (the metrics cover every shard).
     for (p, sender) in placement.iter().zip(workers.senders) {
@@ -94,7 +88,6 @@ pub fn start(mut config: Config) -> Result<Server, ShardError> {
         let started = spawn_shard(&common, p, (sender, adopt), (addr, admin))?;
         addr = started.addr;
         admin_bound = admin_bound.or(started.admin);
-        stops.push(started.stop);
         executors.push(started.executor);
     }
     let reloaders = crate::reload::Reloaders::default();
@@ -118,12 +111,10 @@ pub fn start(mut config: Config) -> Result<Server, ShardError> {
         addr,
         admin: admin_bound,
         shards: placement.len(),
-        stops,
         executors,
         workers: workers.threads,
-        drains: workers.drains,
         drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
-        stopping: common.stopping,
+        shutdown: common.shutdown,
         reloaders,
         _locks: locks,
     })
@@ -165,7 +156,6 @@ struct Workers {
     views: Vec<ShardView>,
     senders: Vec<crate::queue::JobSender>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    drains: Vec<flume::Sender<Instant>>,
 }
 
 /// Starts one upload worker per shard, each with its shard's queue and budget.
@@ -173,6 +163,7 @@ fn start_workers(
     config: &Arc<Config>,
     placement: &[crate::config::ShardPlacement],
     instance: &str,
+    shutdown: &Arc<Shutdown>,
 ) -> Result<Workers, ShardError> {
     let start_micros = unix_micros();
     // Parsed once; validation has refused a template that does not parse.
@@ -184,11 +175,8 @@ fn start_workers(
         views: Vec::new(),
         senders: Vec::new(),
         threads: Vec::new(),
-        drains: Vec::new(),
     };
     for p in placement {
-        // Two deadlines at most: the first signal's, and an earlier one from a second signal.
-        let (drain_tx, drain_rx) = flume::bounded::<Instant>(2);
         let stats = Arc::new(ShardStats::sharing(stored_anywhere.clone()));
         let budget = Arc::new(Budget::new(
             config.queue.max_payloads,
@@ -206,7 +194,7 @@ fn start_workers(
             shard: p.shard,
             cpu: p.worker_cpu,
             rx,
-            drain: drain_rx,
+            shutdown: shutdown.clone(),
             replay_spill: p.shard == 0,
             budget: budget.clone(),
             stats: stats.clone(),
@@ -225,7 +213,6 @@ fn start_workers(
             max_connections: config.shards.max_connections,
         });
         w.senders.push(tx);
-        w.drains.push(drain_tx);
     }
     Ok(w)
 }
@@ -235,7 +222,7 @@ struct Common {
     config: Arc<Config>,
     instance: String,
     views: Arc<Vec<ShardView>>,
-    stopping: Arc<AtomicBool>,
+    shutdown: Arc<Shutdown>,
     tokens: Option<Arc<crate::auth::Tokens>>,
     tls: Option<Arc<crate::tls::Tls>>,
 }
@@ -243,7 +230,6 @@ struct Common {
 /// A shard's executor, bound and serving.
 struct Started {
     executor: glommio::ExecutorJoinHandle<()>,
-    stop: flume::Sender<Stop>,
     addr: SocketAddr,
     admin: Option<SocketAddr>,
 }
@@ -259,19 +245,17 @@ fn spawn_shard(
     addrs: (SocketAddr, Option<SocketAddr>),
 ) -> Result<Started, ShardError> {
     let shard = p.shard;
-    let (stop_tx, stop_rx) = flume::bounded::<Stop>(2);
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Bound>();
     let setup = ShardSetup {
         shard,
         config: common.config.clone(),
         instance: common.instance.clone(),
         views: common.views.clone(),
-        stopping: common.stopping.clone(),
+        shutdown: common.shutdown.clone(),
         tokens: common.tokens.clone(),
         tls: common.tls.as_ref().map(|t| t.shards[shard].clone()),
         sender,
         adopt,
-        stop: stop_rx,
     };
     let g = &common.config.glommio;
     let mut builder = LocalExecutorBuilder::new(Placement::Fixed(p.cpu))
@@ -291,7 +275,6 @@ fn spawn_shard(
     let (addr, admin) = bound_rx.recv().map_err(|_| ShardError::Vanished(shard))??;
     Ok(Started {
         executor,
-        stop: stop_tx,
         addr,
         admin,
     })
@@ -303,13 +286,12 @@ struct ShardSetup {
     config: Arc<Config>,
     instance: String,
     views: Arc<Vec<ShardView>>,
-    stopping: Arc<AtomicBool>,
+    shutdown: Arc<Shutdown>,
     tokens: Option<Arc<crate::auth::Tokens>>,
     tls: Option<crate::tls::ShardTls>,
     sender: crate::queue::JobSender,
     /// Spools of an earlier run that this shard delivers (see `spools`).
     adopt: Vec<spools::Adopted>,
-    stop: flume::Receiver<Stop>,
 }
 
 /// A shard's life on its executor: opens (and recovers) its spool, binds its listeners
@@ -360,7 +342,7 @@ async fn run_shard(
         })
         .map_err(ShardError::LocalAddr);
     let _ = bound.send(addr);
-    let shutdown = Rc::new(Shutdown::default());
+    let shutdown = Local::follow(s.shutdown);
     let intake = Rc::new(Intake::new(Parts {
         shard,
         config: cfg.clone(),
@@ -380,10 +362,9 @@ async fn run_shard(
         intake: intake.clone(),
         views: s.views,
         shutdown: shutdown.clone(),
-        stopping: s.stopping,
         tls: s.tls,
     }));
-    shard_main(front, &intake, &shutdown, listeners, s.stop, grace).await;
+    shard_main(front, &intake, &shutdown, listeners, grace).await;
 }
 
 /// The shard's listeners: the public one, and the admin one if it has it.
@@ -416,24 +397,16 @@ fn lock_data_dirs(config: &Config) -> Result<Vec<DirLock>, ShardError> {
     Ok(locks)
 }
 
-/// Runs a shard: serves its listeners until its stop channel says stop, then waits for its
-/// connections (at most `server.shutdown_grace_ms`, or until a second stop), and closes its
-/// queue so that its upload worker finishes once it has drained it.
+/// Runs a shard: serves its listeners until shutdown begins, then waits for its connections
+/// (at most `server.shutdown_grace_ms`, or until the signal is hurried), and closes its queue
+/// so that its upload worker finishes once it has drained it.
 async fn shard_main(
     front: Rc<Front>,
     intake: &Intake,
-    shutdown: &Rc<Shutdown>,
+    shutdown: &Local,
     (listener, admin): (TcpListener, Option<TcpListener>),
-    stop: flume::Receiver<Stop>,
     grace: Duration,
 ) {
-    let stopper = shutdown.clone();
-    let first = stop.clone();
-    glommio::spawn_local(async move {
-        let _ = first.recv_async().await;
-        stopper.trigger();
-    })
-    .detach();
     let admin = admin.map(|l| glommio::spawn_local(front.clone().accept_loop(l, Listener::Admin)));
     let listener = front.clone().accept_loop(listener, Listener::Public).await;
     if let Some(a) = admin {
@@ -444,9 +417,7 @@ async fn shard_main(
     front
         .connections_closed(async {
             let _ = futures_lite::future::or(
-                async {
-                    let _ = stop.recv_async().await;
-                },
+                shutdown.reached(Phase::Hurry),
                 glommio::timer::sleep(grace),
             )
             .await;
@@ -485,27 +456,15 @@ impl Server {
         self,
         hurry: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ShardError> {
-        self.stopping.store(true, Relaxed);
-        let deadline = Instant::now() + self.drain_timeout;
-        for d in &self.drains {
-            let _ = d.try_send(deadline);
-        }
-        for s in &self.stops {
-            let _ = s.try_send(Stop);
-        }
-        let (drains, stops) = (self.drains.clone(), self.stops.clone());
+        self.shutdown.begin(self.drain_timeout);
+        let shutdown = self.shutdown.clone();
         // Detached: if no second signal comes, the process exits with it still waiting.
         let _ = std::thread::Builder::new()
             .name("hurry".into())
             .spawn(move || {
                 futures_lite::future::block_on(hurry);
                 tracing::warn!("second signal: ending the drain now");
-                for s in &stops {
-                    let _ = s.try_send(Stop);
-                }
-                for d in &drains {
-                    let _ = d.try_send(Instant::now());
-                }
+                shutdown.hurry();
             });
         let mut result = Ok(());
         for (i, h) in self.executors.into_iter().enumerate() {

@@ -76,7 +76,6 @@ mod files;
 mod format;
 mod open;
 mod release;
-mod request;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -85,7 +84,6 @@ use files::*;
 use open::{check_options, fill_free_pool, read_meta, recover_segments};
 pub use release::{Releaser, SpoolStats, Spools};
 use release::{SegState, Shared, FREE_POOL};
-pub use request::*;
 use writer::*;
 
 use crate::keys::unix_micros;

@@ -475,33 +475,6 @@ fn each_segment_hands_back_the_context_it_was_written_with() {
 }
 
 #[test]
-fn request_records_carry_their_tenant_and_old_records_still_read() {
-    // Written before tenants existed: the arrival time, then the body.
-    let mut old = 1_795_910_399u64.to_le_bytes().to_vec();
-    old.extend_from_slice(b"{\"data\":[1]}");
-    let r = split_record(&old).unwrap();
-    assert_eq!(
-        (r.received_secs, r.tenant, r.header_len, r.body),
-        (1_795_910_399, None, RECORD_HEADER, &b"{\"data\":[1]}"[..])
-    );
-    assert_eq!(request_record(1_795_910_399, None, b"{\"data\":[1]}"), old);
-    let rec = request_record(1_795_910_399, Some("acme.eu-1"), b"{\"data\":[1]}");
-    let r = split_record(&rec).unwrap();
-    assert_eq!(
-        (r.received_secs, r.tenant, r.body),
-        (1_795_910_399, Some("acme.eu-1"), &b"{\"data\":[1]}"[..])
-    );
-    assert_eq!(r.header_len, RECORD_HEADER + 1 + 9);
-    assert_eq!(&rec[r.header_len..], r.body);
-    // Cut inside the tenant, or a tenant that is not one: unreadable, not a wrong tenant.
-    assert!(split_record(&rec[..RECORD_HEADER + 4]).is_none());
-    let mut bad = rec.clone();
-    bad[RECORD_HEADER + 1] = b'/';
-    assert!(split_record(&bad).is_none());
-    assert!(split_record(&rec[..5]).is_none());
-}
-
-#[test]
 fn a_checkpoint_keeps_released_records_from_being_replayed() {
     let dir = tempdir();
     // Small segments: the records span several, some of which become fully released.

@@ -49,8 +49,8 @@ pub(super) struct Upload {
     pub(super) pending: Cell<usize>,
     /// The worst of its objects' outcomes so far.
     pub(super) outcome: Cell<Delivery>,
-    /// Where the client (or the spool replay) waits for the outcome, taken when it is sent.
-    pub(super) ack: RefCell<Option<tokio::sync::oneshot::Sender<Delivery>>>,
+    /// The handler waiting for the outcome (`ack = "uploaded"`), taken when it is told.
+    pub(super) waiter: RefCell<Option<crate::job::Waiter>>,
     /// Its record in the durable spool, released once everything is stored.
     pub(super) spooled: Option<Spooled>,
 }
@@ -99,9 +99,8 @@ impl Ctx {
                     sp.releaser.release(sp.id);
                 }
             }
-            if let Some(ack) = up.ack.borrow_mut().take() {
-                // The client may have given up waiting; nothing to do then.
-                let _ = ack.send(up.outcome.get());
+            if let Some(waiter) = up.waiter.borrow_mut().take() {
+                waiter.tell(up.outcome.get());
             }
         }
     }

@@ -55,8 +55,8 @@ pub struct WorkerSetup {
     pub cpu: usize,
     /// The shard's queue.
     pub rx: flume::Receiver<Job>,
-    /// Receives the drain deadline when shutdown starts.
-    pub drain: flume::Receiver<Instant>,
+    /// The server's shutdown signal: its drain deadline ends the worker's store attempts.
+    pub shutdown: Arc<crate::shutdown::Shutdown>,
     /// Whether this worker uploads the spill directory left by an earlier run (worker 0).
     pub replay_spill: bool,
     /// The shard's memory budget, released as requests finish.
@@ -111,7 +111,7 @@ async fn run(s: WorkerSetup) {
     let permits = Arc::new(Semaphore::new(max));
     let ctx = Rc::new(worker_ctx(&s));
     tokio::task::spawn_local(watch_sink(ctx.clone()));
-    tokio::task::spawn_local(watch_deadline(ctx.clone(), s.drain.clone()));
+    tokio::task::spawn_local(watch_deadline(ctx.clone(), s.shutdown.clone()));
     if s.replay_spill {
         spill::start_redelivery(&ctx, max);
     }
@@ -172,22 +172,15 @@ fn worker_ctx(s: &WorkerSetup) -> Ctx {
     }
 }
 
-/// At the drain deadline (the first signal's, or an earlier one from a second signal), stops
-/// trying the store: what is left is spilled.
-async fn watch_deadline(ctx: Rc<Ctx>, drain: flume::Receiver<Instant>) {
-    let Ok(mut at) = drain.recv_async().await else {
-        return;
-    };
-    loop {
+/// At the drain deadline (the first signal's, or now at a second signal), stops trying the
+/// store: what is left is spilled.
+async fn watch_deadline(ctx: Rc<Ctx>, shutdown: Arc<crate::shutdown::Shutdown>) {
+    use crate::shutdown::Phase;
+    shutdown.reached(Phase::Draining).await;
+    if let Some(at) = shutdown.deadline() {
         tokio::select! {
-            _ = tokio::time::sleep_until(at.into()) => break,
-            next = drain.recv_async() => match next {
-                Ok(sooner) => at = at.min(sooner),
-                Err(_) => {
-                    tokio::time::sleep_until(at.into()).await;
-                    break;
-                }
-            },
+            _ = tokio::time::sleep_until(at.into()) => {}
+            _ = shutdown.reached(Phase::Hurry) => {}
         }
     }
     ctx.spilling.set(true);

@@ -162,7 +162,7 @@ impl Batcher {
             bytes: job.body.len(),
             pending: Cell::new(1),
             outcome: Cell::new(Delivery::Stored),
-            ack: RefCell::new(job.ack),
+            waiter: RefCell::new(job.waiter),
             spooled: job.spooled,
         };
         if let Sink::Discard = ctx.sink {

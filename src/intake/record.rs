@@ -1,5 +1,6 @@
 //! The request record: what `ack = "durable"` spools per request (received time, optional
-//! tenant, the header values the key template names, body), and its parse.
+//! tenant, the header values the key template names, body), and its parse. Intake writes
+//! it and replays it; to the spool it is opaque bytes.
 
 /// Builds the record of one request: its arrival time (Unix seconds, for its keys' date
 /// path, so a replay names its objects as the first run did), its tenant if it has one (so a
@@ -9,6 +10,7 @@
 /// set, a one-byte length and the tenant's bytes follow; then the body. Records written
 /// before tenants existed have the bit clear (no arrival time reaches 2^63) and read as
 /// records without a tenant.
+#[cfg(test)]
 pub fn request_record(received_secs: u64, tenant: Option<&str>, body: &[u8]) -> Vec<u8> {
     request_record_with(received_secs, tenant, &[], body)
 }
@@ -156,6 +158,33 @@ impl RequestRecord<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_records_carry_their_tenant_and_old_records_still_read() {
+        // Written before tenants existed: the arrival time, then the body.
+        let mut old = 1_795_910_399u64.to_le_bytes().to_vec();
+        old.extend_from_slice(b"{\"data\":[1]}");
+        let r = split_record(&old).unwrap();
+        assert_eq!(
+            (r.received_secs, r.tenant, r.header_len, r.body),
+            (1_795_910_399, None, RECORD_HEADER, &b"{\"data\":[1]}"[..])
+        );
+        assert_eq!(request_record(1_795_910_399, None, b"{\"data\":[1]}"), old);
+        let rec = request_record(1_795_910_399, Some("acme.eu-1"), b"{\"data\":[1]}");
+        let r = split_record(&rec).unwrap();
+        assert_eq!(
+            (r.received_secs, r.tenant, r.body),
+            (1_795_910_399, Some("acme.eu-1"), &b"{\"data\":[1]}"[..])
+        );
+        assert_eq!(r.header_len, RECORD_HEADER + 1 + 9);
+        assert_eq!(&rec[r.header_len..], r.body);
+        // Cut inside the tenant, or a tenant that is not one: unreadable, not a wrong tenant.
+        assert!(split_record(&rec[..RECORD_HEADER + 4]).is_none());
+        let mut bad = rec.clone();
+        bad[RECORD_HEADER + 1] = b'/';
+        assert!(split_record(&bad).is_none());
+        assert!(split_record(&rec[..5]).is_none());
+    }
 
     #[test]
     fn header_values_are_recorded_with_the_tenant_and_read_back() {

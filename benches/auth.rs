@@ -7,7 +7,7 @@
 
 use corepost::auth::{bearer, ShardTokens, Tokens};
 use corepost::config::ParserKind;
-use corepost::ingest::BodyParser;
+use corepost::parse::BodyParser;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 

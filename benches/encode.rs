@@ -6,8 +6,8 @@
 #![allow(missing_docs)]
 
 use corepost::config::{BatchConfig, BatchFormat, Compression, ParserKind};
-use corepost::ingest::BodyParser;
 use corepost::keys::{KeySpace, Template};
+use corepost::parse::BodyParser;
 use corepost::upload::{FsSink, ObjectBuilder};
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

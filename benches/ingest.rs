@@ -10,7 +10,7 @@
 #![allow(missing_docs)]
 
 use corepost::config::ParserKind;
-use corepost::ingest::BodyParser;
+use corepost::parse::BodyParser;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use simd_json::{fill_tape_padded, Buffers, Tape, INPUT_PADDING};
 use std::hint::black_box;

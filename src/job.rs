@@ -3,7 +3,7 @@
 //! request's [`Waiter`] with `ack = "uploaded"`. The queue that
 //! carries it is [`queue`](crate::queue).
 
-use crate::ingest::Span;
+use crate::parse::Span;
 use crate::spool::{RecordId, Releaser};
 use bytes::Bytes;
 use std::sync::Arc;

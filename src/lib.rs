@@ -4,7 +4,7 @@
 //! - [`config`]: defaults, config file, tuning profile, environment and flags; validation;
 //!   CPU placement.
 //! - [`auth`]: bearer tokens (`[auth] tokens_file`), their tenants, reloads on SIGHUP.
-//! - [`ingest`]: request body → validated payload byte ranges (simd-json or serde_json).
+//! - [`parse`]: request body → validated payload byte ranges (simd-json or serde_json).
 //! - [`intake`]: what a shard does with a request: its token, room in the queue budget,
 //!   parsing, then the ack mode's strategy (queued, uploaded, durable); spool replay.
 //! - [`job`]: what a shard hands its upload worker (an accepted request, its spool record)
@@ -65,7 +65,6 @@ pub mod config;
 pub mod dirlock;
 pub mod fd_limit;
 pub mod http;
-pub mod ingest;
 pub mod intake;
 pub mod job;
 pub mod keys;
@@ -73,6 +72,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod metrics;
 pub mod notify;
+pub mod parse;
 pub mod queue;
 pub mod readiness;
 pub mod reload;

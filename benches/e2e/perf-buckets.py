@@ -11,7 +11,7 @@ of shares; the most common leaf frames left unclassified go to stderr.
 import re, sys, collections
 comms = set(sys.argv[1].split(","))
 rules = [
-    ("validation (simd-json, walk)", r"simd_json|corepost::ingest|serde_json"),
+    ("validation (simd-json, walk)", r"simd_json|corepost::parse|serde_json"),
     ("allocator (mimalloc, kernel slab)", r"^_?mi_|mimalloc|^mi_|malloc|^free$|cfree|allocate_slab|kmem_cache|slab"),
     ("body copy (memmove)", r"memmove|memcpy"),
     ("hyper parse/encode/dispatch", r"hyper::|httparse|^http::|bytes::"),

@@ -21,7 +21,7 @@
 
 use corepost::config::ParserKind;
 use corepost::http::answer::parse_status;
-use corepost::ingest::{describe, BodyParser, ParseError, Span, MAX_DEPTH};
+use corepost::parse::{describe, BodyParser, ParseError, Span, MAX_DEPTH};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use std::cell::RefCell;

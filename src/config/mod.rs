@@ -196,7 +196,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// The body parser behind `ingest::BodyParser`.
+/// The body parser behind `parse::BodyParser`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ParserKind {

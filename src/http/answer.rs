@@ -2,8 +2,8 @@
 
 use super::body_error::BodyError;
 use super::decode;
-use crate::ingest::ParseError;
 use crate::intake::Refusal;
+use crate::parse::ParseError;
 use crate::queue::NoRoom;
 use bytes::Bytes;
 use http::header::{

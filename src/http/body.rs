@@ -3,7 +3,7 @@
 
 use super::body_error::BodyError;
 use super::decode::{BodyDecoder, Coding};
-use crate::ingest::BodyTooLarge;
+use crate::parse::BodyTooLarge;
 use crate::queue::Reservation;
 use bytes::Bytes;
 use futures_lite::future;

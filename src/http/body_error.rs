@@ -1,7 +1,7 @@
 //! Why a request's body could not be taken: the one error of the body path, shared by the
 //! reading of bodies (`body`) and their decoding (`decode`), mapped to a status in `answer`.
 
-use crate::ingest::BodyTooLarge;
+use crate::parse::BodyTooLarge;
 use crate::queue::NoRoom;
 
 /// Why a request's body could not be taken.

@@ -17,9 +17,9 @@ mod replay;
 
 use crate::auth::{Denied, ShardTokens, Tenant};
 use crate::config::{Ack, Config};
-use crate::ingest::{BodyParser, BodyTooLarge, ParseError, Span};
 use crate::job::{Delivery, HeaderValues, Job, Spooled, Waiter};
 use crate::metrics::{inc, ShardStats};
+use crate::parse::{BodyParser, BodyTooLarge, ParseError, Span};
 use crate::queue::{Budget, JobSender, NoRoom, Reservation, Share};
 use crate::shutdown::Local;
 use crate::spool::{Releaser, Spool, SpoolError};
@@ -413,7 +413,7 @@ impl Intake {
         // A bearer token is not kept at rest: the spooled copy (and a dead letter written
         // from it) has `*` in its place, the same length, so the spans stay valid.
         if let Some(at) = req.token_at {
-            crate::ingest::token::blank(&mut record, header + at.start..header + at.end);
+            crate::parse::token::blank(&mut record, header + at.start..header + at.end);
         }
         let record = Bytes::from(record);
         let body = record.slice(header..);
@@ -497,5 +497,5 @@ fn token_place(body: &[u8], token: &[u8]) -> Option<Range<usize>> {
     if start <= body.len() && token.len() <= body.len() - start {
         return Some(start..start + token.len());
     }
-    crate::ingest::token::token_range(body)
+    crate::parse::token::token_range(body)
 }

@@ -120,7 +120,9 @@ pub fn method_not_allowed(allow: &'static str) -> Resp {
 pub fn accepted(n: usize) -> Resp {
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(n);
-    let mut body = Vec::with_capacity(14 + digits.len());
+    // Exactly the length: `Bytes` takes a full `Vec` as it is, but allocates a shared header
+    // for one with spare capacity.
+    let mut body = Vec::with_capacity(13 + digits.len());
     body.extend_from_slice(b"{\"accepted\":");
     body.extend_from_slice(digits.as_bytes());
     body.push(b'}');

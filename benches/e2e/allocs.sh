@@ -2,6 +2,7 @@
 # Allocations per request (mimalloc's mi_malloc_aligned and mi_realloc_aligned, counted by uprobes
 # with `perf stat`) of a one-shard queued server under `wrk -c64` body10, over a 2 s window.
 # usage: benches/e2e/allocs.sh BINARY PORT   (root: uprobes)
+BIN=$(readlink -f "$1"); PORT=$2
 perf probe -d 'cp:*' >/dev/null 2>&1
 perf probe -x $BIN -a 'cp:m=mi_malloc_aligned' -a 'cp:r=mi_realloc_aligned' >/dev/null 2>&1
 (taskset -c 1 $BIN serve --listen 127.0.0.1:$PORT --cores 1 --sink discard --spill-dir /tmp/spill-$PORT > /tmp/allocs-$PORT.log 2>&1 &)

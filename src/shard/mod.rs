@@ -80,12 +80,15 @@ pub fn start(mut config: Config) -> Result<Server, ShardError> {
         tls: tls.clone(),
     };
     let (mut admin_bound, mut executors) = (None, Vec::new());
+    let drain_timeout = Duration::from_millis(config.upload.drain_timeout_ms);
     // Shard 0 binds first so that port 0 resolves to one port that the others then share;
     // it also serves the admin listener (the metrics cover every shard).
     for (p, sender) in placement.iter().zip(workers.senders) {
         let admin = admin_addr.filter(|_| p.shard == 0);
         let adopt = std::mem::take(&mut adopted[p.shard]);
-        let started = spawn_shard(&common, p, (sender, adopt), (addr, admin))?;
+        // A shard that cannot start stops the ones already serving, as a first signal would.
+        let started = spawn_shard(&common, p, (sender, adopt), (addr, admin))
+            .inspect_err(|_| common.shutdown.begin(drain_timeout))?;
         addr = started.addr;
         admin_bound = admin_bound.or(started.admin);
         executors.push(started.executor);
@@ -100,6 +103,7 @@ pub fn start(mut config: Config) -> Result<Server, ShardError> {
     let every = Duration::from_millis(config.spool.checkpoint_ms);
     let checkpointer =
         spools::Checkpointer::start(common.views.clone(), every).map_err(|source| {
+            common.shutdown.begin(drain_timeout);
             ShardError::Thread {
                 what: "the spool checkpoint thread",
                 source,
@@ -113,7 +117,7 @@ pub fn start(mut config: Config) -> Result<Server, ShardError> {
         shards: placement.len(),
         executors,
         workers: workers.threads,
-        drain_timeout: Duration::from_millis(config.upload.drain_timeout_ms),
+        drain_timeout,
         shutdown: common.shutdown,
         reloaders,
         _locks: locks,

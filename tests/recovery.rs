@@ -225,13 +225,21 @@ fn refused_then_accepted(ack: &str) {
     wait_until(30, "the refusal seen in /metrics", || {
         s.metrics().sum("corepost_sink_refusing") > 0
     });
-    let ready = request(s.addr, "GET", "/readyz", &[], b"");
-    assert_eq!(ready.status, 503);
-    let why = ready.json();
-    assert!(why["reasons"].to_string().contains("refusing"), "{why}");
-    let w = &why["waiting"];
-    let waiting = w["spool_records"].as_u64().unwrap() + w["spill_files"].as_u64().unwrap();
-    assert!(waiting > 0, "what waits is shown: {why}");
+    // What was refused is kept: in the spool already (durable), or in the spill directory
+    // once the worker has written it there, right after the refusal (queued); /readyz shows
+    // it from then on.
+    let mut why = serde_json::Value::Null;
+    let mut status = 0;
+    wait_until(30, "/readyz: refusing, and what waits", || {
+        let ready = request(s.addr, "GET", "/readyz", &[], b"");
+        status = ready.status;
+        why = ready.json();
+        let w = &why["waiting"];
+        let waiting =
+            w["spool_records"].as_u64().unwrap_or(0) + w["spill_files"].as_u64().unwrap_or(0);
+        status != 200 && why["reasons"].to_string().contains("refusing") && waiting > 0
+    });
+    assert_eq!(status, 503, "{why}");
     // Keep refusing a little longer (several retries), then write access comes back.
     let refused = proxy.fired(rule);
     wait_until(30, "retries while refused", || {

@@ -31,7 +31,9 @@
 //! - [`fd_limit`]: the file descriptor limit raised at start, connections fitted to it.
 //! - [`reload`]: SIGHUP: the files re-read while running (tokens, TLS certificate).
 //! - [`shard`]: executors pinned per core, listeners, start-up and graceful shutdown.
-//! - [`shutdown`]: the shard-local shutdown signal.
+//! - [`shutdown`]: the server's one shutdown signal (draining, then hurry) and each shard's
+//!   copy of it.
+//! - [`clock`]: coarse time (the kernel's last tick) for deadlines and key dates.
 //! - [`notify`]: systemd's readiness protocol (`READY=1` to `NOTIFY_SOCKET`) for
 //!   `Type=notify` units.
 //! - [`lifecycle`]: `corepost serve` as a process: signals, SIGHUP reloads, systemd
@@ -61,6 +63,7 @@ macro_rules! crash_point {
 }
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod dirlock;
 pub mod fd_limit;

@@ -151,6 +151,12 @@ impl hyper::rt::Timer for GlommioTimer {
         self.sleep_until(Instant::now() + duration)
     }
 
+    /// The coarse clock (see [`clock`](crate::clock)): hyper asks for the time once per
+    /// request, for the header-read deadline, which a tick's error does not matter to.
+    fn now(&self) -> Instant {
+        crate::clock::coarse_now()
+    }
+
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(LocalSleep(OnThread::new(SleepState {
             deadline,

@@ -143,12 +143,10 @@ impl KeySpace {
     }
 }
 
-/// Seconds since the Unix epoch, now.
+/// Seconds since the Unix epoch, now, to within the kernel's tick (a request's arrival
+/// second, which its keys are dated by, read once per request: see [`crate::clock`]).
 pub fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::clock::coarse_unix_secs()
 }
 
 /// Microseconds since the Unix epoch, now.

@@ -1,5 +1,6 @@
 //! Coarse time, for what needs no better than a few milliseconds: hyper's header-read
-//! deadline and the arrival second a request's keys are dated by.
+//! deadline, the arrival second a request's keys are dated by, and the spool's last good
+//! write (readiness).
 //!
 //! `CLOCK_MONOTONIC_COARSE` and `CLOCK_REALTIME_COARSE` give the kernel's last tick (1–4 ms
 //! old), read from the vDSO page; the precise clocks also read the CPU's time-stamp counter,
@@ -11,12 +12,17 @@ use std::time::{Duration, Instant};
 #[cfg(test)]
 use std::time::{SystemTime, UNIX_EPOCH};
 
-fn monotonic_coarse() -> Duration {
-    let t = clock_gettime(ClockId::MonotonicCoarse);
+/// Clock `id` as a `Duration` from its origin.
+fn read(id: ClockId) -> Duration {
+    let t = clock_gettime(id);
     Duration::new(
         u64::try_from(t.tv_sec).unwrap_or(0),
         u32::try_from(t.tv_nsec).unwrap_or(0),
     )
+}
+
+fn monotonic_coarse() -> Duration {
+    read(ClockId::MonotonicCoarse)
 }
 
 thread_local! {
@@ -31,9 +37,20 @@ pub fn coarse_now() -> Instant {
     BASE.with(|(at, coarse)| *at + monotonic_coarse().saturating_sub(*coarse))
 }
 
+/// Time since the Unix epoch, to within the kernel's tick.
+fn realtime_coarse() -> Duration {
+    read(ClockId::RealtimeCoarse)
+}
+
 /// Seconds since the Unix epoch, to within the kernel's tick.
 pub fn coarse_unix_secs() -> u64 {
-    u64::try_from(clock_gettime(ClockId::RealtimeCoarse).tv_sec).unwrap_or(0)
+    realtime_coarse().as_secs()
+}
+
+/// Milliseconds since the Unix epoch, to within the kernel's tick (the spool's last good
+/// write, stamped per durable request, for readiness).
+pub fn coarse_unix_ms() -> u64 {
+    u64::try_from(realtime_coarse().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Seconds since the Unix epoch from the precise clock (for comparisons).

@@ -30,10 +30,12 @@ pub struct Readiness {
     refused_at: AtomicU64,
     /// Why the sink last failed.
     sink_error: Mutex<String>,
-    /// When the shard's last spool write failed / succeeded (Unix ms; 0 = never).
+    /// Whether the shard's last spool write failed, and when a write last failed (Unix ms,
+    /// coarse): an order, not two times to compare, so a failure and a success in the same
+    /// clock tick are told apart, and a good write (one per durable request) reads no clock.
+    spool_last_failed: AtomicBool,
+    /// See `spool_last_failed`.
     spool_failed_ms: AtomicU64,
-    /// See `spool_failed_ms`.
-    spool_ok_ms: AtomicU64,
     /// Why the last spool write failed.
     spool_error: Mutex<String>,
 }
@@ -108,10 +110,18 @@ impl Readiness {
     /// Notes the outcome of a spool write.
     pub fn spool_write(&self, result: Result<(), &str>) {
         match result {
-            Ok(()) => self.spool_ok_ms.store(now_ms(), Relaxed),
+            Ok(()) => {
+                // Read first: the flag's cache line stays shared with the shards that
+                // answer `/readyz` unless it changes.
+                if self.spool_last_failed.load(Relaxed) {
+                    self.spool_last_failed.store(false, Relaxed);
+                }
+            }
             Err(why) => {
                 set_text(&self.spool_error, why);
-                self.spool_failed_ms.store(now_ms(), Relaxed);
+                self.spool_failed_ms
+                    .store(crate::clock::coarse_unix_ms(), Relaxed);
+                self.spool_last_failed.store(true, Relaxed);
             }
         }
     }
@@ -137,9 +147,9 @@ impl Readiness {
         if self.sink_failing.load(Relaxed) {
             return Some(format!("sink failing: {}", get_text(&self.sink_error)));
         }
-        let failed = self.spool_failed_ms.load(Relaxed);
-        if failed > self.spool_ok_ms.load(Relaxed)
-            && now_ms().saturating_sub(failed) < SPOOL_FAILURE_HOLD_MS
+        if self.spool_last_failed.load(Relaxed)
+            && crate::clock::coarse_unix_ms().saturating_sub(self.spool_failed_ms.load(Relaxed))
+                < SPOOL_FAILURE_HOLD_MS
         {
             return Some(format!(
                 "spool write failed: {}",
@@ -148,12 +158,6 @@ impl Readiness {
         }
         None
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn set_text(m: &Mutex<String>, text: &str) {
@@ -201,6 +205,15 @@ mod tests {
         assert!(r.stored() && r.not_ready().is_none());
         r.spool_write(Err("EIO"));
         assert_eq!(r.not_ready().as_deref(), Some("spool write failed: EIO"));
+        // A good write ends it at once, and a failure right after (within one clock tick)
+        // starts it again.
+        r.spool_write(Ok(()));
+        assert!(r.not_ready().is_none());
+        r.spool_write(Err("EIO again"));
+        assert_eq!(
+            r.not_ready().as_deref(),
+            Some("spool write failed: EIO again")
+        );
         r.worker_ended();
         assert_eq!(r.not_ready().as_deref(), Some("upload worker not running"));
     }

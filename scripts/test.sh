@@ -119,6 +119,8 @@ bash benches/go-baseline/build.sh
 # a debug build is enough to keep it from rotting (bench.py builds it with --release).
 step "tokio peer builds (benches/tokio-peer, the conventional server of benches/e2e scenario a)"
 cargo build --locked --manifest-path benches/tokio-peer/Cargo.toml
+step "http floor builds (benches/http-floor, corepost's network path under httparse: a measurement)"
+cargo build --locked --manifest-path benches/http-floor/Cargo.toml
 
 # Installed once per machine (cargo install compiles it: about 4 minutes on 2 busy cores).
 step "cargo-deb (installed when missing)"

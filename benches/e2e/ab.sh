@@ -44,7 +44,13 @@ mkdir -p target/ab/A target/ab/B
 [[ $(realpath "$B_IN") == "$ROOT/target/ab/B/corepost" ]] || cp "$B_IN" target/ab/B/corepost
 RUN=$(mktemp -d -p "$ROOT/target" ab.XXXXXX)
 RES=$RUN/results.tsv PORT=18261 PID=""
-stop() { if [[ -n $PID ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi; PID=""; }
+# A listener closed by a process that died with io_uring requests on it (http-floor) is released
+# by the kernel a moment after the exit: wait for the port, or a server that binds without
+# SO_REUSEPORT (the tokio peer) finds it in use.
+stop() {
+    if [[ -n $PID ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi; PID=""
+    for _ in $(seq 1 50); do [[ -z $(ss -Hltn "sport = :$PORT") ]] && break; sleep 0.1; done
+}
 trap 'stop; rm -rf "$RUN/spool" "$RUN/spill"' EXIT
 # CPU ticks of a server and its children: "user kernel"
 ticks() { local u=0 k=0 p; for p in "$1" $(pgrep -P "$1" || true); do read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + a)) k=$((k + b)); done; echo "$u $k"; }
